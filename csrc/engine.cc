@@ -1,0 +1,976 @@
+#include "engine.h"
+
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <random>
+
+#include "copy.h"
+
+namespace cachelink {
+namespace {
+
+constexpr uint32_t kProtocol = 1;
+constexpr size_t kMaxResolveSegments = 500000;
+
+std::string read_boot_id() {
+  std::ifstream in("/proc/sys/kernel/random/boot_id");
+  std::string id;
+  std::getline(in, id);
+  return id.empty() ? "unknown-host" : id;
+}
+
+uint64_t random_u64() {
+  std::random_device rd;
+  return (static_cast<uint64_t>(rd()) << 32) ^ rd();
+}
+
+uint64_t total_bytes(const std::vector<Segment>& segs) {
+  uint64_t total = 0;
+  for (const Segment& s : segs) total += s.len;
+  return total;
+}
+
+IoResult send_frame(int fd, wire::Type type, const std::vector<uint8_t>& payload, const std::vector<Segment>& data,
+                    Deadline deadline) {
+  wire::Header h;
+  h.type = static_cast<uint16_t>(type);
+  h.payload_len = payload.size();
+  uint8_t head[wire::kHeaderSize];
+  wire::encode_header(h, head);
+  std::vector<iovec> iov;
+  iov.reserve(2 + data.size());
+  iov.push_back({head, sizeof(head)});
+  iov.push_back({const_cast<uint8_t*>(payload.data()), payload.size()});
+  for (const Segment& s : data) iov.push_back({s.addr, s.len});
+  return sendv_all(fd, std::move(iov), deadline);
+}
+
+/// Receives one frame; `st` carries a protocol error (bad header), the IoResult a transport error.
+IoResult recv_frame(int fd, Deadline deadline, wire::Header* header, std::vector<uint8_t>* payload, Status* st) {
+  uint8_t head[wire::kHeaderSize];
+  IoResult io = recv_all(fd, head, sizeof(head), deadline);
+  if (!io.ok()) return io;
+  *st = wire::decode_header(head, header);
+  if (!st->ok()) return {};
+  payload->resize(header->payload_len);
+  return recv_all(fd, payload->data(), payload->size(), deadline);
+}
+
+/// Receives `total` bytes of a stream into consecutive segments.
+IoResult recv_into(int fd, const std::vector<Segment>& segs, uint64_t total, Deadline deadline) {
+  for (const Segment& s : segs) {
+    if (total == 0) break;
+    uint64_t n = std::min(total, s.len);
+    IoResult io = recv_all(fd, s.addr, n, deadline);
+    if (!io.ok()) return io;
+    total -= n;
+  }
+  return {};
+}
+
+std::vector<uint8_t> status_payload(const Status& st) {
+  wire::Writer w;
+  w.u32(static_cast<uint32_t>(st.code()));
+  w.str(st.message());
+  return w.take();
+}
+
+Status read_status(wire::Reader& r) {
+  auto code = static_cast<Code>(r.u32());
+  std::string message = r.str();
+  return {code, message};
+}
+
+}  // namespace
+
+// ----------------------------------------------------------------------------------- inner types
+
+struct Engine::Conn {
+  Fd fd;
+};
+
+struct Engine::Link {
+  uint64_t remote_cluster_id = 0;
+  std::string ip;
+  uint16_t port = 0;
+  uint64_t comm_id = 0;
+  uint64_t peer_incarnation = 0;
+  bool same_host = false;
+  std::vector<std::shared_ptr<SharedMapping>> peer_pools;  // by pool index; null where not mapped
+
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<std::unique_ptr<Conn>> idle;
+  int64_t open = 0;
+  std::atomic<bool> broken{false};
+  std::string last_error;
+
+  std::string address() const { return ip + ":" + std::to_string(port); }
+};
+
+struct Engine::Listener {
+  Fd fd;
+  std::string ip;
+  uint16_t port = 0;
+  std::thread thread;
+};
+
+struct Engine::ServerConn {
+  Fd fd;
+  std::thread thread;
+  std::atomic<bool> done{false};
+  uint64_t peer_cluster_id = kInvalidId;
+  std::map<uint64_t, Pin> pins;  // same-host transfers in flight, released by RELEASE or on close
+  uint64_t next_token = 1;
+};
+
+struct Engine::Domain {
+  uint64_t id = 0;
+  std::string name;
+  Listener* listener = nullptr;  // null when the domain shares the main listener
+  std::vector<uint64_t> peers;
+  std::thread thread;
+  std::atomic<int> state{1};  // RegisterMemStatus: 0 OK, 1 PREPARING, 2 FAILED
+  std::atomic<bool> stop{false};
+  std::mutex mu;
+  std::condition_variable cv;
+};
+
+/// A connection borrowed from a link; returned to the idle list unless marked bad.
+class Engine::ConnLease {
+ public:
+  ConnLease() = default;
+  ConnLease(const ConnLease&) = delete;
+  ConnLease& operator=(const ConnLease&) = delete;
+  ~ConnLease() { reset(); }
+  void assign(std::shared_ptr<Link> link, std::unique_ptr<Conn> conn) {
+    reset();
+    link_ = std::move(link);
+    conn_ = std::move(conn);
+    bad_ = false;
+  }
+  Conn& conn() { return *conn_; }
+  void mark_bad() { bad_ = true; }
+  void reset() {
+    if (!link_) return;
+    std::lock_guard<std::mutex> lock(link_->mu);
+    if (bad_ || link_->broken) {
+      link_->open -= 1;
+    } else {
+      link_->idle.push_back(std::move(conn_));
+    }
+    link_->cv.notify_one();
+    conn_.reset();
+    link_.reset();
+  }
+
+ private:
+  std::shared_ptr<Link> link_;
+  std::unique_ptr<Conn> conn_;
+  bool bad_ = false;
+};
+
+// --------------------------------------------------------------------------------------- lifecycle
+
+Engine::Engine(EngineConfig config) : config_(std::move(config)) {}
+
+Engine::~Engine() { finalize(false); }
+
+Status Engine::check_owner() const {
+  if (owner_pid_ != 0 && ::getpid() != owner_pid_) {
+    return {Code::kFailed, "this instance was initialized in process " + std::to_string(owner_pid_) +
+                               " and cannot be used in a forked child; create and init a new one there"};
+  }
+  return Status::Ok();
+}
+
+Status Engine::init() {
+  if (initialized_) return Status::Ok();
+  host_id_ = config_.host_id.empty() ? read_boot_id() : config_.host_id;
+  incarnation_ = random_u64() | 1;
+  owner_pid_ = ::getpid();
+  std::string stem = config_.pool_name.empty()
+                         ? "cachelink-" + std::to_string(config_.cluster_id) + "-" + std::to_string(owner_pid_)
+                         : config_.pool_name;
+  std::string base = config_.pool_dir + "/" + stem;
+  std::string index_path = config_.persistent_pool ? base + ".index" : "";
+  if (config_.device_pool.size > 0 || config_.host_pool.size > 0) {
+    CL_RETURN_IF_ERROR(
+        store_.open_pools(base, config_.device_pool, config_.host_pool, config_.adopt_pool, index_path));
+  }
+  wake_ = Fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!wake_.valid()) {
+    store_.close(!config_.persistent_pool);
+    return {Code::kFailed, std::string("eventfd(): ") + std::strerror(errno)};
+  }
+  stopping_ = false;
+  if (!config_.listen_ip.empty()) {
+    Status st = start_listener(config_.listen_ip, config_.listen_port, &main_listener_);
+    if (!st.ok()) {
+      stopping_ = true;
+      store_.close(!config_.persistent_pool);
+      wake_.reset();
+      return st;
+    }
+  }
+  initialized_ = true;
+  return Status::Ok();
+}
+
+void Engine::finalize(bool release_pool) {
+  if (!initialized_.exchange(false)) return;
+  const bool forked_child = ::getpid() != owner_pid_;
+  stopping_ = true;
+  if (wake_.valid()) {
+    uint64_t one = 1;
+    ssize_t ignored = ::write(wake_.get(), &one, sizeof(one));
+    (void)ignored;
+  }
+  std::map<uint64_t, std::shared_ptr<Link>> links;
+  std::map<uint64_t, std::unique_ptr<Domain>> domains;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    links.swap(links_);
+    domains.swap(domains_);
+    for (auto& l : listeners_) l->fd.shutdown_both();
+    for (auto& c : server_conns_) c->fd.shutdown_both();
+  }
+  for (auto& [id, link] : links) {
+    std::lock_guard<std::mutex> lock(link->mu);
+    link->broken = true;
+    for (auto& c : link->idle) c->fd.shutdown_both();
+    link->idle.clear();
+    link->cv.notify_all();
+  }
+  for (auto& [id, d] : domains) {
+    d->stop = true;
+    d->cv.notify_all();
+  }
+  // A forked child has copies of these thread objects but not the threads: never join there.
+  auto finish = [forked_child](std::thread& t) {
+    if (!t.joinable()) return;
+    if (forked_child) {
+      t.detach();
+    } else {
+      t.join();
+    }
+  };
+  for (auto& [id, d] : domains) finish(d->thread);
+  std::list<std::unique_ptr<Listener>> listeners;
+  std::list<std::unique_ptr<ServerConn>> conns;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    listeners.swap(listeners_);
+    main_listener_ = nullptr;
+  }
+  for (auto& l : listeners) finish(l->thread);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    conns.swap(server_conns_);
+  }
+  for (auto& c : conns) finish(c->thread);
+  conns.clear();
+  store_.close(!forked_child && (release_pool || !config_.persistent_pool));
+  wake_.reset();
+}
+
+std::string Engine::listen_address() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (main_listener_ == nullptr) return "";
+  return main_listener_->ip + ":" + std::to_string(main_listener_->port);
+}
+
+// ------------------------------------------------------------------------------------------ server
+
+Status Engine::start_listener(const std::string& ip, uint16_t port, Listener** out) {
+  auto listener = std::make_unique<Listener>();
+  CL_RETURN_IF_ERROR(listen_tcp(ip, port, &listener->fd, &listener->port));
+  listener->ip = ip;
+  Listener* raw = listener.get();
+  listener->thread = std::thread([this, raw] { accept_loop(raw); });
+  std::lock_guard<std::mutex> lock(mu_);
+  listeners_.push_back(std::move(listener));
+  *out = raw;
+  return Status::Ok();
+}
+
+void Engine::accept_loop(Listener* listener) {
+  while (!stopping_) {
+    IoResult ready = wait_readable(listener->fd.get(), wake_.get());
+    if (!ready.ok() || stopping_) return;
+    int fd = ::accept4(listener->fd.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EAGAIN || errno == EINTR || errno == ECONNABORTED) continue;
+      if (errno == EMFILE || errno == ENFILE) {
+        ::poll(nullptr, 0, 100);  // out of descriptors: back off instead of spinning
+        continue;
+      }
+      return;
+    }
+    tune_socket(fd);
+    auto conn = std::make_unique<ServerConn>();
+    conn->fd = Fd(fd);
+    ServerConn* raw = conn.get();
+    reap_server_conns(false);
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return;
+    conn->thread = std::thread([this, raw] { serve(raw); });
+    server_conns_.push_back(std::move(conn));
+  }
+}
+
+void Engine::reap_server_conns(bool all) {
+  std::list<std::unique_ptr<ServerConn>> finished;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto it = server_conns_.begin(); it != server_conns_.end();) {
+      if (all || (*it)->done) {
+        finished.push_back(std::move(*it));
+        it = server_conns_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  for (auto& c : finished) {
+    if (c->thread.joinable()) c->thread.join();
+  }
+}
+
+void Engine::serve(ServerConn* conn) {
+  std::vector<uint8_t> payload;
+  while (!stopping_) {
+    IoResult ready = wait_readable(conn->fd.get(), wake_.get());
+    if (!ready.ok() || stopping_) break;
+    wire::Header header;
+    Status st;
+    IoResult io = recv_frame(conn->fd.get(), deadline_in_ms(config_.sync_timeout_ms * 10 + 30000), &header,
+                             &payload, &st);
+    if (!io.ok() || !st.ok()) break;  // malformed or hostile frame: drop this connection only
+    if (header.type == static_cast<uint16_t>(wire::Type::kGoodbye)) break;
+    if (!serve_one(conn, header, payload).ok()) break;
+  }
+  conn->pins.clear();
+  conn->fd.shutdown_both();
+  conn->done = true;
+}
+
+Status Engine::serve_one(ServerConn* conn, const wire::Header& header, const std::vector<uint8_t>& payload) {
+  switch (static_cast<wire::Type>(header.type)) {
+    case wire::Type::kHello:
+      return handle_hello(conn, payload);
+    case wire::Type::kRead:
+      return handle_read(conn, payload);
+    case wire::Type::kWrite:
+      return handle_write(conn, payload);
+    case wire::Type::kResolve:
+      return handle_resolve(conn, payload);
+    case wire::Type::kRelease:
+      return handle_release(conn, payload);
+    default:
+      return {Code::kFailed, "unexpected frame type " + std::to_string(header.type)};
+  }
+}
+
+Status Engine::handle_hello(ServerConn* conn, const std::vector<uint8_t>& payload) {
+  wire::Reader r(payload);
+  uint32_t protocol = r.u32();
+  uint64_t peer_id = r.u64();
+  std::string peer_role = r.str();
+  std::string peer_host = r.str();
+  uint64_t peer_incarnation = r.u64();
+  uint64_t expected_id = r.u64();
+  CL_RETURN_IF_ERROR(r.finish("hello"));
+  (void)peer_role;
+  (void)peer_host;
+  (void)peer_incarnation;
+  Status verdict;
+  if (protocol != kProtocol) {
+    verdict = {Code::kLinkFailed, "protocol version mismatch: peer speaks " + std::to_string(protocol) +
+                                      ", this engine " + std::to_string(kProtocol)};
+  } else if (expected_id != kInvalidId && expected_id != config_.cluster_id) {
+    verdict = {Code::kLinkFailed, "cluster id mismatch: the peer asked for cluster " + std::to_string(expected_id) +
+                                      " but this instance is cluster " + std::to_string(config_.cluster_id)};
+  }
+  wire::Writer w;
+  w.u32(static_cast<uint32_t>(verdict.code()));
+  w.str(verdict.message());
+  w.u64(config_.cluster_id);
+  w.str(config_.role);
+  w.str(host_id_);
+  w.u64(incarnation_);
+  auto pools = store_.pool_files();
+  w.u32(static_cast<uint32_t>(pools.size()));
+  for (const auto& [path, size] : pools) {
+    w.str(path);
+    w.u64(size);
+  }
+  conn->peer_cluster_id = peer_id;
+  IoResult io = send_frame(conn->fd.get(), wire::Type::kHelloAck, w.bytes(), {}, deadline_in_ms(30000));
+  if (!io.ok()) return {Code::kFailed, io.message};
+  return verdict;
+}
+
+Status Engine::handle_read(ServerConn* conn, const std::vector<uint8_t>& payload) {
+  wire::Reader r(payload);
+  wire::TransferRequest req;
+  CL_RETURN_IF_ERROR(wire::decode(r, &req));
+  CL_RETURN_IF_ERROR(r.finish("read request"));
+  std::vector<Segment> segs;
+  Pin pin;
+  SlotKey key;
+  Status st = store_.acquire(req.ref, req.extent, true, &segs, &pin, &key);
+  uint64_t total = st.ok() ? total_bytes(segs) : 0;
+  if (st.ok() && total != req.expected_total &&
+      !((req.flags & wire::kFlagAllowShort) != 0 && total <= req.expected_total)) {
+    st = {Code::kParamInvalid, "size mismatch: the source holds " + std::to_string(total) +
+                                   " bytes, the destination expects " + std::to_string(req.expected_total)};
+  }
+  wire::Writer w;
+  w.u32(static_cast<uint32_t>(st.code()));
+  w.str(st.message());
+  w.u64(st.ok() ? total : 0);
+  Deadline deadline = deadline_in_ms(config_.sync_timeout_ms * 10 + 30000);
+  IoResult io = send_frame(conn->fd.get(), wire::Type::kReadResp, w.bytes(), st.ok() ? segs : std::vector<Segment>{},
+                           deadline);
+  if (!io.ok()) return {Code::kFailed, io.message};
+  if (st.ok()) {
+    counters_.bytes_served += total;
+    if ((req.flags & wire::kFlagReleaseKey) != 0 && req.ref.kind == wire::RefKind::kSlotKey) {
+      pin.set_key_release(key, req.extent.tensor_start, req.extent.tensor_count);
+      pin.commit();
+    }
+  }
+  return Status::Ok();
+}
+
+Status Engine::handle_write(ServerConn* conn, const std::vector<uint8_t>& payload) {
+  wire::Reader r(payload);
+  wire::TransferRequest req;
+  CL_RETURN_IF_ERROR(wire::decode(r, &req));
+  CL_RETURN_IF_ERROR(r.finish("write request"));
+  std::vector<Segment> segs;
+  Pin pin;
+  Status st = store_.acquire(req.ref, req.extent, true, &segs, &pin, nullptr);
+  if (st.ok() && total_bytes(segs) != req.expected_total) {
+    st = {Code::kParamInvalid, "size mismatch: the destination holds " + std::to_string(total_bytes(segs)) +
+                                   " bytes, the source sends " + std::to_string(req.expected_total)};
+  }
+  Deadline deadline = deadline_in_ms(config_.sync_timeout_ms * 10 + 30000);
+  IoResult io = st.ok() ? recv_into(conn->fd.get(), segs, req.expected_total, deadline)
+                        : discard(conn->fd.get(), req.expected_total, deadline);
+  if (!io.ok()) return {Code::kFailed, io.message};
+  io = send_frame(conn->fd.get(), wire::Type::kWriteResp, status_payload(st), {}, deadline);
+  if (!io.ok()) return {Code::kFailed, io.message};
+  return Status::Ok();
+}
+
+Status Engine::handle_resolve(ServerConn* conn, const std::vector<uint8_t>& payload) {
+  wire::Reader r(payload);
+  bool is_write = r.u8() != 0;
+  wire::TransferRequest req;
+  CL_RETURN_IF_ERROR(wire::decode(r, &req));
+  CL_RETURN_IF_ERROR(r.finish("resolve request"));
+  std::vector<Segment> segs;
+  Pin pin;
+  SlotKey key;
+  Status st = store_.acquire(req.ref, req.extent, true, &segs, &pin, &key);
+  uint64_t total = st.ok() ? total_bytes(segs) : 0;
+  if (st.ok() && total != req.expected_total &&
+      !(!is_write && (req.flags & wire::kFlagAllowShort) != 0 && total <= req.expected_total)) {
+    st = {Code::kParamInvalid, "size mismatch: the peer cache holds " + std::to_string(total) +
+                                   " bytes, the transfer expects " + std::to_string(req.expected_total)};
+  }
+  std::vector<PoolSegment> pool_segs;
+  bool shareable = st.ok() && segs.size() <= kMaxResolveSegments && store_.to_pool_segments(segs, &pool_segs);
+  wire::Writer w;
+  w.u32(static_cast<uint32_t>(st.code()));
+  w.str(st.message());
+  w.u8(shareable ? 1 : 0);
+  uint64_t token = 0;
+  if (shareable) {
+    token = conn->next_token++;
+    if (!is_write && (req.flags & wire::kFlagReleaseKey) != 0 && req.ref.kind == wire::RefKind::kSlotKey) {
+      pin.set_key_release(key, req.extent.tensor_start, req.extent.tensor_count);
+    }
+    conn->pins.emplace(token, std::move(pin));
+  }
+  w.u64(token);
+  w.u32(static_cast<uint32_t>(pool_segs.size()));
+  for (const PoolSegment& s : pool_segs) {
+    w.u32(s.pool);
+    w.u64(s.offset);
+    w.u64(s.len);
+  }
+  IoResult io = send_frame(conn->fd.get(), wire::Type::kResolveResp, w.bytes(), {}, deadline_in_ms(30000));
+  if (!io.ok()) return {Code::kFailed, io.message};
+  if (shareable) counters_.bytes_served += total;
+  return Status::Ok();
+}
+
+Status Engine::handle_release(ServerConn* conn, const std::vector<uint8_t>& payload) {
+  wire::Reader r(payload);
+  uint64_t token = r.u64();
+  bool success = r.u8() != 0;
+  CL_RETURN_IF_ERROR(r.finish("release"));
+  auto it = conn->pins.find(token);
+  if (it == conn->pins.end()) return {Code::kFailed, "release of an unknown transfer"};
+  if (success) it->second.commit();
+  conn->pins.erase(it);
+  return Status::Ok();
+}
+
+// ------------------------------------------------------------------------------------------- links
+
+Status Engine::open_conn(Link* link, Deadline deadline, std::unique_ptr<Conn>* out, uint64_t* incarnation,
+                         std::vector<std::pair<std::string, uint64_t>>* pools) {
+  auto conn = std::make_unique<Conn>();
+  CL_RETURN_IF_ERROR(connect_tcp(link->ip, link->port, deadline, &conn->fd));
+  wire::Writer w;
+  w.u32(kProtocol);
+  w.u64(config_.cluster_id);
+  w.str(config_.role);
+  w.str(host_id_);
+  w.u64(incarnation_);
+  w.u64(link->remote_cluster_id);
+  const std::string where = "cluster " + std::to_string(link->remote_cluster_id) + " at " + link->address();
+  IoResult io = send_frame(conn->fd.get(), wire::Type::kHello, w.bytes(), {}, deadline);
+  if (!io.ok()) return {Code::kLinkFailed, "handshake with " + where + " failed: " + io.message};
+  wire::Header header;
+  std::vector<uint8_t> payload;
+  Status st;
+  io = recv_frame(conn->fd.get(), deadline, &header, &payload, &st);
+  if (!io.ok()) return {Code::kLinkFailed, "handshake with " + where + " failed: " + io.message};
+  if (!st.ok()) return {Code::kLinkFailed, "handshake with " + where + " failed: " + st.message()};
+  if (header.type != static_cast<uint16_t>(wire::Type::kHelloAck)) {
+    return {Code::kLinkFailed, "handshake with " + where + " failed: unexpected reply"};
+  }
+  wire::Reader r(payload);
+  Status verdict = read_status(r);
+  uint64_t peer_id = r.u64();
+  std::string peer_role = r.str();
+  std::string peer_host = r.str();
+  *incarnation = r.u64();
+  uint32_t npools = r.u32();
+  pools->clear();
+  for (uint32_t i = 0; i < npools && i < 16 && r.ok(); ++i) {
+    std::string path = r.str();
+    uint64_t size = r.u64();
+    pools->emplace_back(path, size);
+  }
+  CL_RETURN_IF_ERROR(r.finish("hello ack"));
+  if (!verdict.ok()) return {Code::kLinkFailed, "link to " + where + " refused: " + verdict.message()};
+  if (peer_id != link->remote_cluster_id) {
+    return {Code::kLinkFailed, "link to " + where + " refused: it is cluster " + std::to_string(peer_id)};
+  }
+  if (peer_host != host_id_) pools->clear();  // another host: its pool paths mean nothing here
+  (void)peer_role;
+  *out = std::move(conn);
+  return Status::Ok();
+}
+
+Status Engine::link(uint64_t remote_cluster_id, const std::string& ip, uint16_t port, int64_t timeout_ms) {
+  CL_RETURN_IF_ERROR(check_owner());
+  if (!initialized_) return {Code::kEngineFinalized, "instance is not initialized"};
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = links_.find(remote_cluster_id);
+    if (it != links_.end() && !it->second->broken) {
+      return {Code::kAlreadyLink, "cluster " + std::to_string(remote_cluster_id) + " is already linked"};
+    }
+  }
+  auto link = std::make_shared<Link>();
+  link->remote_cluster_id = remote_cluster_id;
+  link->ip = ip;
+  link->port = port;
+  Status st;
+  std::unique_ptr<Conn> conn;
+  std::vector<std::pair<std::string, uint64_t>> pools;
+  int64_t attempts = std::max<int64_t>(1, config_.link_retry_count);
+  for (int64_t i = 0; i < attempts; ++i) {
+    st = open_conn(link.get(), deadline_in_ms(timeout_ms), &conn, &link->peer_incarnation, &pools);
+    if (st.ok() || stopping_) break;
+  }
+  if (!st.ok()) return st;
+  if (!config_.force_tcp && !pools.empty()) {
+    bool mapped_any = false;
+    for (const auto& [path, size] : pools) {
+      std::shared_ptr<SharedMapping> mapping;
+      if (!path.empty() && SharedMapping::open(path, size, &mapping).ok()) mapped_any = true;
+      link->peer_pools.push_back(std::move(mapping));
+    }
+    link->same_host = mapped_any;
+  }
+  link->idle.push_back(std::move(conn));
+  link->open = 1;
+  std::lock_guard<std::mutex> lock(mu_);
+  if (stopping_) return {Code::kEngineFinalized, "instance is finalizing"};
+  links_[remote_cluster_id] = std::move(link);
+  return Status::Ok();
+}
+
+Status Engine::unlink(uint64_t remote_cluster_id, bool force) {
+  CL_RETURN_IF_ERROR(check_owner());
+  (void)force;  // a forced unlink drops only the local end; ours always does, and tells the peer when it can
+  std::shared_ptr<Link> link;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = links_.find(remote_cluster_id);
+    if (it == links_.end()) {
+      return {Code::kNotYetLink, "cluster " + std::to_string(remote_cluster_id) + " is not linked"};
+    }
+    link = it->second;
+    links_.erase(it);
+  }
+  std::lock_guard<std::mutex> lock(link->mu);
+  link->broken = true;
+  for (auto& c : link->idle) {
+    (void)send_frame(c->fd.get(), wire::Type::kGoodbye, {}, {}, deadline_in_ms(100));
+  }
+  link->idle.clear();
+  link->cv.notify_all();
+  return Status::Ok();
+}
+
+std::vector<LinkInfo> Engine::links() const {
+  std::vector<LinkInfo> out;
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [id, link] : links_) {
+    LinkInfo info;
+    info.remote_cluster_id = id;
+    info.address = link->address();
+    info.state = link->broken ? "broken" : "linked";
+    info.data_path = link->same_host ? "shm" : "tcp";
+    info.peer_incarnation = link->peer_incarnation;
+    info.comm_id = link->comm_id;
+    {
+      std::lock_guard<std::mutex> link_lock(link->mu);
+      info.last_error = link->last_error;
+    }
+    out.push_back(std::move(info));
+  }
+  return out;
+}
+
+std::vector<uint64_t> Engine::clients() const {
+  std::vector<uint64_t> out;
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& c : server_conns_) {
+    if (!c->done && c->peer_cluster_id != kInvalidId) out.push_back(c->peer_cluster_id);
+  }
+  std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+  return out;
+}
+
+Status Engine::get_link(uint64_t remote_cluster_id, std::shared_ptr<Link>* out) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = links_.find(remote_cluster_id);
+  if (it == links_.end()) {
+    return {Code::kNotYetLink, "cluster " + std::to_string(remote_cluster_id) + " is not linked"};
+  }
+  *out = it->second;
+  return Status::Ok();
+}
+
+Status Engine::lease(const std::shared_ptr<Link>& link, Deadline deadline, ConnLease* out) {
+  std::unique_lock<std::mutex> lock(link->mu);
+  for (;;) {
+    if (link->broken) {
+      return {Code::kNotYetLink, "link to cluster " + std::to_string(link->remote_cluster_id) +
+                                     " is broken (" + link->last_error + "); unlink and link again"};
+    }
+    if (!link->idle.empty()) {
+      std::unique_ptr<Conn> conn = std::move(link->idle.back());
+      link->idle.pop_back();
+      // An idle connection that became readable was closed by the peer (it sends nothing unasked).
+      pollfd pfd{conn->fd.get(), POLLIN, 0};
+      if (::poll(&pfd, 1, 0) != 0) {
+        link->open -= 1;
+        continue;
+      }
+      out->assign(link, std::move(conn));
+      return Status::Ok();
+    }
+    if (link->open < config_.max_connections_per_link) {
+      link->open += 1;
+      lock.unlock();
+      std::unique_ptr<Conn> conn;
+      uint64_t incarnation = 0;
+      std::vector<std::pair<std::string, uint64_t>> pools;
+      Status st = open_conn(link.get(), deadline, &conn, &incarnation, &pools);
+      lock.lock();
+      if (st.ok() && incarnation != link->peer_incarnation) {
+        st = {Code::kNotYetLink, "cluster " + std::to_string(link->remote_cluster_id) +
+                                     " restarted (new incarnation); unlink and link again"};
+      }
+      if (!st.ok()) {
+        link->open -= 1;
+        link->broken = true;
+        link->last_error = st.message();
+        if (st.code() != Code::kNotYetLink) {
+          st = {Code::kNotYetLink, "link to cluster " + std::to_string(link->remote_cluster_id) +
+                                       " is broken: " + st.message()};
+        }
+        return st;
+      }
+      lock.unlock();
+      out->assign(link, std::move(conn));
+      return Status::Ok();
+    }
+    if (link->cv.wait_until(lock, deadline) == std::cv_status::timeout) {
+      return {Code::kTimeout, "all " + std::to_string(link->open) + " connections to cluster " +
+                                  std::to_string(link->remote_cluster_id) + " stayed busy until the timeout"};
+    }
+  }
+}
+
+// -------------------------------------------------------------------------------------- transfers
+
+Status Engine::pull(uint64_t remote_cluster_id, const wire::TransferRequest& remote, int64_t local_cache,
+                    const wire::Extent& local, int64_t timeout_ms) {
+  return transfer(true, remote_cluster_id, remote, local_cache, local, timeout_ms);
+}
+
+Status Engine::push(uint64_t remote_cluster_id, const wire::TransferRequest& remote, int64_t local_cache,
+                    const wire::Extent& local, int64_t timeout_ms) {
+  return transfer(false, remote_cluster_id, remote, local_cache, local, timeout_ms);
+}
+
+Status Engine::io_failure(Link& link, const IoResult& io, int64_t timeout_ms) {
+  const std::string who = "cluster " + std::to_string(link.remote_cluster_id) + " at " + link.address();
+  if (io.error == IoError::kTimeout) {
+    return {Code::kTimeout, "transfer with " + who + " did not finish within " + std::to_string(timeout_ms) + " ms"};
+  }
+  {
+    std::lock_guard<std::mutex> lock(link.mu);
+    link.broken = true;
+    link.last_error = "peer lost: " + io.message;
+  }
+  return {Code::kTimeout, "lost " + who + " mid-transfer: " + io.message};
+}
+
+Status Engine::transfer(bool is_pull, uint64_t remote_cluster_id, const wire::TransferRequest& remote,
+                        int64_t local_cache, const wire::Extent& local, int64_t timeout_ms) {
+  CL_RETURN_IF_ERROR(check_owner());
+  if (!initialized_) return {Code::kEngineFinalized, "instance is not initialized"};
+  std::shared_ptr<Link> link;
+  CL_RETURN_IF_ERROR(get_link(remote_cluster_id, &link));
+  std::vector<Segment> segs;
+  Pin pin;
+  CL_RETURN_IF_ERROR(store_.acquire_local(local_cache, local, &segs, &pin));
+  wire::TransferRequest req = remote;
+  req.expected_total = total_bytes(segs);
+  Deadline deadline = deadline_in_ms(timeout_ms);
+  ConnLease conn;
+  CL_RETURN_IF_ERROR(lease(link, deadline, &conn));
+  Status st;
+  bool fallback = true;
+  if (link->same_host) {
+    st = transfer_shm(is_pull, *link, conn.conn(), req, segs, deadline, &fallback);
+  }
+  if (st.ok() && fallback) st = transfer_tcp(is_pull, *link, conn.conn(), req, segs, deadline);
+  if (!st.ok() && (st.code() == Code::kTimeout || st.code() == Code::kFailed)) conn.mark_bad();
+  counters_.transfers += 1;
+  if (st.ok()) {
+    (is_pull ? counters_.bytes_pulled : counters_.bytes_pushed) += req.expected_total;
+  } else {
+    counters_.transfer_errors += 1;
+  }
+  return st;
+}
+
+Status Engine::transfer_tcp(bool is_pull, Link& link, Conn& conn, const wire::TransferRequest& req,
+                            const std::vector<Segment>& local, Deadline deadline) {
+  const int64_t timeout_ms = config_.sync_timeout_ms;
+  wire::Writer w;
+  wire::encode(w, req);
+  IoResult io = send_frame(conn.fd.get(), is_pull ? wire::Type::kRead : wire::Type::kWrite, w.bytes(),
+                           is_pull ? std::vector<Segment>{} : local, deadline);
+  if (!io.ok()) return io_failure(link, io, timeout_ms);
+  wire::Header header;
+  std::vector<uint8_t> payload;
+  Status proto;
+  io = recv_frame(conn.fd.get(), deadline, &header, &payload, &proto);
+  if (!io.ok()) return io_failure(link, io, timeout_ms);
+  if (!proto.ok()) return {Code::kFailed, "cluster " + std::to_string(link.remote_cluster_id) + ": " + proto.message()};
+  wire::Reader r(payload);
+  Status st = read_status(r);
+  if (!is_pull) {
+    CL_RETURN_IF_ERROR(r.finish("write response"));
+    return st;
+  }
+  uint64_t total = r.u64();
+  CL_RETURN_IF_ERROR(r.finish("read response"));
+  if (!st.ok()) return st;
+  if (total > req.expected_total) return {Code::kFailed, "peer announced more bytes than requested"};
+  io = recv_into(conn.fd.get(), local, total, deadline);
+  if (!io.ok()) return io_failure(link, io, timeout_ms);
+  return Status::Ok();
+}
+
+Status Engine::transfer_shm(bool is_pull, Link& link, Conn& conn, const wire::TransferRequest& req,
+                            const std::vector<Segment>& local, Deadline deadline, bool* fallback) {
+  const int64_t timeout_ms = config_.sync_timeout_ms;
+  wire::Writer w;
+  w.u8(is_pull ? 0 : 1);
+  wire::encode(w, req);
+  IoResult io = send_frame(conn.fd.get(), wire::Type::kResolve, w.bytes(), {}, deadline);
+  if (!io.ok()) return io_failure(link, io, timeout_ms);
+  wire::Header header;
+  std::vector<uint8_t> payload;
+  Status proto;
+  io = recv_frame(conn.fd.get(), deadline, &header, &payload, &proto);
+  if (!io.ok()) return io_failure(link, io, timeout_ms);
+  if (!proto.ok()) return {Code::kFailed, proto.message()};
+  wire::Reader r(payload);
+  Status st = read_status(r);
+  bool shareable = r.u8() != 0;
+  uint64_t token = r.u64();
+  uint32_t n = r.u32();
+  if (!r.ok() || n > kMaxResolveSegments) return {Code::kFailed, "bad frame: resolve response"};
+  std::vector<Segment> remote;
+  remote.reserve(n);
+  bool valid = true;
+  for (uint32_t i = 0; i < n && r.ok(); ++i) {
+    uint32_t pool = r.u32();
+    uint64_t offset = r.u64();
+    uint64_t len = r.u64();
+    const SharedMapping* m = pool < link.peer_pools.size() ? link.peer_pools[pool].get() : nullptr;
+    if (m == nullptr || offset > m->size() || len > m->size() - offset) {
+      valid = false;
+      continue;
+    }
+    remote.push_back({m->data() + offset, len});
+  }
+  CL_RETURN_IF_ERROR(r.finish("resolve response"));
+  if (!st.ok()) return st;
+  if (!shareable) return Status::Ok();  // caller memory or too many pieces: TCP it is
+  *fallback = false;
+  bool copied = false;
+  uint64_t remote_total = total_bytes(remote);
+  if (valid && remote_total <= req.expected_total) {
+    if (is_pull) {
+      copy_segments(local, remote, remote_total);
+    } else {
+      copy_segments(remote, local, remote_total);
+    }
+    copied = true;
+  }
+  wire::Writer release;
+  release.u64(token);
+  release.u8(copied ? 1 : 0);
+  io = send_frame(conn.fd.get(), wire::Type::kRelease, release.bytes(), {}, deadline);
+  if (!io.ok()) return io_failure(link, io, timeout_ms);
+  if (!copied) return {Code::kFailed, "peer described memory outside its pools"};
+  return Status::Ok();
+}
+
+// -------------------------------------------------------------------------- communication domains
+
+Status Engine::comm_link(const std::string& name, const CommPeer& self, const std::vector<CommPeer>& peers,
+                         int64_t total_timeout_ms, uint64_t* comm_id) {
+  CL_RETURN_IF_ERROR(check_owner());
+  if (!initialized_) return {Code::kEngineFinalized, "instance is not initialized"};
+  auto domain = std::make_unique<Domain>();
+  domain->name = name;
+  bool shares_main = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    shares_main = main_listener_ != nullptr && main_listener_->ip == self.ip && main_listener_->port == self.port;
+    for (const auto& [id, d] : domains_) {
+      if (d->name == name) return {Code::kParamInvalid, "communication domain '" + name + "' already exists"};
+    }
+  }
+  if (!shares_main) CL_RETURN_IF_ERROR(start_listener(self.ip, self.port, &domain->listener));
+  for (const CommPeer& p : peers) domain->peers.push_back(p.cluster_id);
+  Domain* raw = domain.get();
+  std::lock_guard<std::mutex> lock(mu_);
+  domain->id = next_comm_id_++;
+  *comm_id = domain->id;
+  Deadline deadline = deadline_in_ms(total_timeout_ms);
+  domain->thread = std::thread([this, raw, peers, deadline] { domain_loop(raw, peers, deadline); });
+  domains_[domain->id] = std::move(domain);
+  return Status::Ok();
+}
+
+void Engine::domain_loop(Domain* domain, std::vector<CommPeer> peers, Deadline deadline) {
+  std::vector<bool> linked(peers.size(), false);
+  size_t remaining = peers.size();
+  while (remaining > 0 && !domain->stop && Clock::now() < deadline) {
+    for (size_t i = 0; i < peers.size() && !domain->stop; ++i) {
+      if (linked[i]) continue;
+      Deadline attempt = std::min(deadline, deadline_in_ms(1000));
+      int64_t ms = std::max<int64_t>(
+          1, std::chrono::duration_cast<std::chrono::milliseconds>(attempt - Clock::now()).count());
+      Status st = link(peers[i].cluster_id, peers[i].ip, peers[i].port, ms);
+      if (st.ok() || st.code() == Code::kAlreadyLink) {
+        std::lock_guard<std::mutex> lock(mu_);
+        auto it = links_.find(peers[i].cluster_id);
+        if (it != links_.end()) it->second->comm_id = domain->id;
+        linked[i] = true;
+        remaining -= 1;
+      }
+    }
+    if (remaining > 0) {
+      std::unique_lock<std::mutex> lock(domain->mu);
+      domain->cv.wait_for(lock, std::chrono::milliseconds(100), [domain] { return domain->stop.load(); });
+    }
+  }
+  domain->state = remaining == 0 ? 0 : 2;
+}
+
+Status Engine::comm_unlink(uint64_t comm_id) {
+  CL_RETURN_IF_ERROR(check_owner());
+  std::unique_ptr<Domain> domain;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = domains_.find(comm_id);
+    if (it == domains_.end()) return {Code::kParamInvalid, "comm id " + std::to_string(comm_id) + " is unknown"};
+    domain = std::move(it->second);
+    domains_.erase(it);
+  }
+  domain->stop = true;
+  domain->cv.notify_all();
+  if (domain->thread.joinable()) domain->thread.join();
+  for (uint64_t peer : domain->peers) {
+    std::shared_ptr<Link> link;
+    if (get_link(peer, &link).ok() && link->comm_id == comm_id) (void)unlink(peer, true);
+  }
+  if (domain->listener != nullptr) {
+    std::unique_ptr<Listener> owned;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (auto it = listeners_.begin(); it != listeners_.end(); ++it) {
+        if (it->get() == domain->listener) {
+          owned = std::move(*it);
+          listeners_.erase(it);
+          break;
+        }
+      }
+    }
+    if (owned) {
+      owned->fd.shutdown_both();
+      // The accept thread waits on the listener and the wake fd; shutting the listener down wakes it.
+      if (owned->thread.joinable()) owned->thread.join();
+    }
+  }
+  return Status::Ok();
+}
+
+Status Engine::comm_status(uint64_t comm_id, int* state) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = domains_.find(comm_id);
+  if (it == domains_.end()) return {Code::kParamInvalid, "comm id " + std::to_string(comm_id) + " is unknown"};
+  *state = it->second->state;
+  return Status::Ok();
+}
+
+}  // namespace cachelink

@@ -1,0 +1,1 @@
+"""Internal helpers of the llm_datadist package."""

@@ -1,0 +1,1 @@
+"""LLM-DataDist v2 (cache-manager) API types."""
