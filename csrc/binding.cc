@@ -219,6 +219,9 @@ PYBIND11_MODULE(_core, m) {
           },
           py::arg("pool"))
       .def(
+          "pool_base", [](Engine& e, int pool) { return e.store().pool_base(static_cast<PoolKind>(pool)); },
+          py::arg("pool"))
+      .def(
           "link",
           [](Engine& e, uint64_t remote, const std::string& ip, uint16_t port, int64_t timeout_ms) {
             Status st;

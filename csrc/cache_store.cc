@@ -172,6 +172,12 @@ PoolUsage CacheStore::usage(PoolKind pool) const {
   return {p.allocator->capacity(), p.allocator->used()};
 }
 
+uint64_t CacheStore::pool_base(PoolKind pool) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  const Pool& p = pools_[pool == PoolKind::kHost ? 1 : 0];
+  return p.mapping ? reinterpret_cast<uint64_t>(p.mapping->data()) : 0;
+}
+
 std::shared_ptr<SharedMapping> CacheStore::mapping_of(int64_t id) const {
   std::lock_guard<std::mutex> lock(mu_);
   const Record* r = find_locked(id);

@@ -132,6 +132,8 @@ class CacheStore {
   std::vector<CacheInfo> list() const;
   std::optional<CacheInfo> find(int64_t id) const;
   PoolUsage usage(PoolKind pool) const;
+  /// Address where the pool is mapped in this process (0 when not configured).
+  uint64_t pool_base(PoolKind pool) const;
   /// (path, size) of each shared pool, in pool-index order; empty paths for pools not configured.
   std::vector<std::pair<std::string, uint64_t>> pool_files() const;
   std::shared_ptr<SharedMapping> mapping_of(int64_t id) const;

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar
 
-from llm_datadist import _native, rank_table
+from llm_datadist import _native, pool_sweep, rank_table
 from llm_datadist import options as option_keys
 from llm_datadist.status import LLMException, LLMStatusCode
 from llm_datadist.utils.utils import (
@@ -60,6 +60,9 @@ class LLMDataDist:
     """An engine instance; at most one is initialized per process (as in LLM-DataDist)."""
 
     llm_engine_instance: ClassVar[LLMDataDist | None] = None
+    #: CacheLink extension: subclasses that set this are exempt from the one-per-process rule
+    #: (``llm_datadist.ext.HostedDataDist``, used by the node agent to host many instances).
+    _multi_instance: ClassVar[bool] = False
 
     def __init__(self, role: LLMRole, cluster_id: int) -> None:
         check_isinstance("role", role, LLMRole)
@@ -86,9 +89,10 @@ class LLMDataDist:
         check_isinstance("options", options, dict)
         opts = self._complete_options(options)
         config = options_module_build(opts, self._cluster_id, _ROLE_NAMES[self._role])
+        pool_sweep.sweep_dead_pools(config.pool_dir)
         with _live_lock:
             live = LLMDataDist.llm_engine_instance
-            if live is not None and live is not self and live._engine is not None:
+            if not self._multi_instance and live is not None and live is not self and live._engine is not None:
                 raise LLMException("Cannot init multiple LLMDataDists", status_code=LLMStatusCode.LLM_FAILED)
             engine = _native.Engine(config)
             with _native.core_call("init"):
@@ -96,7 +100,8 @@ class LLMDataDist:
             self._engine = engine
             self._options = opts
             self._init_pid = os.getpid()
-            LLMDataDist.llm_engine_instance = self
+            if not self._multi_instance:
+                LLMDataDist.llm_engine_instance = self
         self._cache_manager = cache_manager_module.CacheManager(self)
         _log.info("LLMDataDist cluster %d initialized (%s)", self._cluster_id, engine.listen_address or "client")
 
