@@ -28,7 +28,7 @@ class FdCloser {
 };
 
 Status map_fd(int fd, const std::string& path, uint64_t size, uint8_t** out) {
-  void* addr = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  void* addr = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
   if (addr == MAP_FAILED) {
     return {Code::kOutOfMemory, "cannot map " + path + ": " + errno_text()};
   }

@@ -1,0 +1,161 @@
+"""``cachelink demo``: a prompt and a decode process move a realistic paged KV cache and verify it.
+
+The prompt process allocates a blocks cache shaped like a 32-layer model's KV cache (K and V per layer),
+fills it, and listens; the decode process links to it, pulls a shuffled block list over each data path
+(same-host shared memory, then TCP), verifies every byte and prints what moved and how fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+
+import numpy as np
+
+PROMPT_CLUSTER, DECODE_CLUSTER, MODEL_ID = 1, 2, 0
+
+
+@dataclass(frozen=True)
+class KvShape:
+    """A paged KV cache: ``layers`` x (K, V) tensors of ``blocks`` blocks of ``block_tokens`` tokens."""
+
+    layers: int = 32
+    blocks: int = 64
+    block_tokens: int = 16
+    kv_heads: int = 8
+    head_dim: int = 128
+
+    @property
+    def tensors(self) -> int:
+        return 2 * self.layers
+
+    @property
+    def block_elems(self) -> int:
+        return self.block_tokens * self.kv_heads * self.head_dim
+
+    @property
+    def block_bytes(self) -> int:
+        return self.block_elems * 2  # float16
+
+    @property
+    def cache_bytes(self) -> int:
+        return self.tensors * self.blocks * self.block_bytes
+
+
+def _options(listen: str | None, shape: KvShape, force_tcp: bool) -> dict[str, str]:
+    from llm_datadist import LLMConfig  # noqa: PLC0415 - imported in the child after spawn
+
+    config = LLMConfig()
+    config.device_id = 0
+    config.enable_cache_manager = True
+    config.mem_pool_cfg = '{"memory_size": %d}' % (shape.cache_bytes + (16 << 20))
+    config.sync_kv_timeout = 60000
+    if listen:
+        config.listen_ip_info = listen
+    options = config.generate_options()
+    if force_tcp:
+        options["cachelink.force_tcp"] = "1"
+    return options
+
+
+def _fill(cache: object, shape: KvShape) -> None:
+    for tensor in range(shape.tensors):
+        view = cache.numpy(tensor)  # type: ignore[attr-defined]
+        view.view(np.uint16)[:] = np.random.default_rng(tensor).integers(0, 1 << 16, view.shape, dtype=np.uint16)
+
+
+def _prompt_main(conn: Connection, shape: KvShape, force_tcp: bool) -> None:
+    from llm_datadist import BlocksCacheKey, CacheDesc, DataType, LLMDataDist, LLMRole  # noqa: PLC0415
+    from llm_datadist import ext  # noqa: PLC0415
+
+    datadist = LLMDataDist(LLMRole.PROMPT, PROMPT_CLUSTER)
+    datadist.init(_options("127.0.0.1:0", shape, force_tcp))
+    desc = CacheDesc(shape.tensors, [shape.blocks, shape.block_elems], DataType.DT_FLOAT16)
+    cache = datadist.cache_manager.allocate_blocks_cache(desc, BlocksCacheKey(PROMPT_CLUSTER, MODEL_ID))
+    _fill(cache, shape)
+    conn.send(ext.listen_address(datadist))
+    conn.recv()  # wait until the decode side is done
+    datadist.finalize()
+
+
+def _run_path(label: str, shape: KvShape, force_tcp: bool) -> dict[str, object]:
+    from llm_datadist import (  # noqa: PLC0415
+        BlocksCacheKey,
+        CacheDesc,
+        DataType,
+        LLMClusterInfo,
+        LLMDataDist,
+        LLMRole,
+        LLMStatusCode,
+    )
+    from llm_datadist import ext  # noqa: PLC0415
+
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    prompt = ctx.Process(target=_prompt_main, args=(child, shape, force_tcp), name="prompt")
+    prompt.start()
+    try:
+        address = parent.recv()
+        decode = LLMDataDist(LLMRole.DECODER, DECODE_CLUSTER)
+        decode.init(_options(None, shape, force_tcp))
+        try:
+            info = LLMClusterInfo()
+            info.remote_cluster_id = PROMPT_CLUSTER
+            info.append_local_ip_info("127.0.0.1", 0)
+            ip, port = address.split(":")
+            info.append_remote_ip_info(ip, int(port))
+            started = time.perf_counter()
+            status, per_cluster = decode.link_clusters([info], timeout=5000)
+            link_ms = (time.perf_counter() - started) * 1000
+            if status != LLMStatusCode.LLM_SUCCESS:
+                raise SystemExit(f"link failed: {per_cluster}")
+            manager = decode.cache_manager
+            desc = CacheDesc(shape.tensors, [shape.blocks, shape.block_elems], DataType.DT_FLOAT16)
+            local = manager.allocate_blocks_cache(desc)
+            order = np.random.default_rng(0).permutation(shape.blocks).tolist()
+            started = time.perf_counter()
+            manager.pull_blocks(BlocksCacheKey(PROMPT_CLUSTER, MODEL_ID), local, order, list(range(shape.blocks)))
+            seconds = time.perf_counter() - started
+            for tensor in range(shape.tensors):
+                expected = np.random.default_rng(tensor).integers(
+                    0, 1 << 16, (shape.blocks, shape.block_elems), dtype=np.uint16
+                )
+                if not np.array_equal(local.numpy(tensor).view(np.uint16), expected[order]):
+                    raise SystemExit(f"{label}: tensor {tensor} differs after the pull")
+            data_path = ext.links(decode)[0].data_path
+            decode.unlink_clusters([info])
+        finally:
+            decode.finalize()
+    finally:
+        parent.send("done")
+        prompt.join(30)
+    return {"path": label, "data_path": data_path, "link_ms": link_ms, "bytes": shape.cache_bytes,
+            "seconds": seconds, "gbps": shape.cache_bytes / seconds / 1e9}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the demo; returns the exit status."""
+    shape = KvShape(layers=args.layers, blocks=args.blocks)
+    print(f"KV cache: {shape.layers} layers x (K, V), {shape.blocks} blocks of {shape.block_tokens} tokens "
+          f"x {shape.kv_heads} heads x {shape.head_dim} dims fp16 = {shape.cache_bytes / 2**20:.0f} MiB")
+    paths = {"same-host": False, "tcp": True}
+    rows = [_run_path(label, shape, force_tcp) for label, force_tcp in paths.items()
+            if args.path in ("both", label)]
+    print(f"{'path':<10} {'data path':<10} {'link ms':>8} {'MiB moved':>10} {'seconds':>8} {'GB/s':>7}  verified")
+    for row in rows:
+        print(f"{row['path']:<10} {row['data_path']:<10} {row['link_ms']:>8.1f} {row['bytes'] / 2**20:>10.0f} "
+              f"{row['seconds']:>8.3f} {row['gbps']:>7.2f}  yes")
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register ``cachelink demo``."""
+    parser = subparsers.add_parser("demo", help="run the local prompt -> decode demo", description=__doc__)
+    parser.add_argument("--layers", type=int, default=32, help="model layers (default 32)")
+    parser.add_argument("--blocks", type=int, default=64, help="KV blocks per tensor (default 64)")
+    parser.add_argument("--path", choices=["both", "same-host", "tcp"], default="both",
+                        help="data paths to demonstrate (default both)")
+    parser.set_defaults(handler=run)
