@@ -8,6 +8,7 @@ fills it, and listens; the decode process links to it, pulls a shuffled block li
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import time
 from dataclasses import dataclass
@@ -51,7 +52,7 @@ def _options(listen: str | None, shape: KvShape, force_tcp: bool) -> dict[str, s
     config = LLMConfig()
     config.device_id = 0
     config.enable_cache_manager = True
-    config.mem_pool_cfg = '{"memory_size": %d}' % (shape.cache_bytes + (16 << 20))
+    config.mem_pool_cfg = json.dumps({"memory_size": shape.cache_bytes + (16 << 20)})
     config.sync_kv_timeout = 60000
     if listen:
         config.listen_ip_info = listen
@@ -64,12 +65,20 @@ def _options(listen: str | None, shape: KvShape, force_tcp: bool) -> dict[str, s
 def _fill(cache: object, shape: KvShape) -> None:
     for tensor in range(shape.tensors):
         view = cache.numpy(tensor)  # type: ignore[attr-defined]
-        view.view(np.uint16)[:] = np.random.default_rng(tensor).integers(0, 1 << 16, view.shape, dtype=np.uint16)
+        view.view(np.uint16)[:] = np.random.default_rng(tensor).integers(
+            0, 1 << 16, view.shape, dtype=np.uint16
+        )
 
 
 def _prompt_main(conn: Connection, shape: KvShape, force_tcp: bool) -> None:
-    from llm_datadist import BlocksCacheKey, CacheDesc, DataType, LLMDataDist, LLMRole  # noqa: PLC0415
-    from llm_datadist import ext  # noqa: PLC0415
+    from llm_datadist import (  # noqa: PLC0415
+        BlocksCacheKey,
+        CacheDesc,
+        DataType,
+        LLMDataDist,
+        LLMRole,
+        ext,
+    )
 
     datadist = LLMDataDist(LLMRole.PROMPT, PROMPT_CLUSTER)
     datadist.init(_options("127.0.0.1:0", shape, force_tcp))
@@ -81,7 +90,22 @@ def _prompt_main(conn: Connection, shape: KvShape, force_tcp: bool) -> None:
     datadist.finalize()
 
 
-def _run_path(label: str, shape: KvShape, force_tcp: bool) -> dict[str, object]:
+@dataclass(frozen=True)
+class PathResult:
+    """What one data path moved, and how fast."""
+
+    path: str
+    data_path: str
+    link_ms: float
+    bytes: int
+    seconds: float
+
+    @property
+    def gbps(self) -> float:
+        return self.bytes / self.seconds / 1e9
+
+
+def _run_path(label: str, shape: KvShape, force_tcp: bool) -> PathResult:
     from llm_datadist import (  # noqa: PLC0415
         BlocksCacheKey,
         CacheDesc,
@@ -90,8 +114,8 @@ def _run_path(label: str, shape: KvShape, force_tcp: bool) -> dict[str, object]:
         LLMDataDist,
         LLMRole,
         LLMStatusCode,
+        ext,
     )
-    from llm_datadist import ext  # noqa: PLC0415
 
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
@@ -117,7 +141,9 @@ def _run_path(label: str, shape: KvShape, force_tcp: bool) -> dict[str, object]:
             local = manager.allocate_blocks_cache(desc)
             order = np.random.default_rng(0).permutation(shape.blocks).tolist()
             started = time.perf_counter()
-            manager.pull_blocks(BlocksCacheKey(PROMPT_CLUSTER, MODEL_ID), local, order, list(range(shape.blocks)))
+            manager.pull_blocks(
+                BlocksCacheKey(PROMPT_CLUSTER, MODEL_ID), local, order, list(range(shape.blocks))
+            )
             seconds = time.perf_counter() - started
             for tensor in range(shape.tensors):
                 expected = np.random.default_rng(tensor).integers(
@@ -132,22 +158,31 @@ def _run_path(label: str, shape: KvShape, force_tcp: bool) -> dict[str, object]:
     finally:
         parent.send("done")
         prompt.join(30)
-    return {"path": label, "data_path": data_path, "link_ms": link_ms, "bytes": shape.cache_bytes,
-            "seconds": seconds, "gbps": shape.cache_bytes / seconds / 1e9}
+    return PathResult(label, data_path, link_ms, shape.cache_bytes, seconds)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo; returns the exit status."""
     shape = KvShape(layers=args.layers, blocks=args.blocks)
-    print(f"KV cache: {shape.layers} layers x (K, V), {shape.blocks} blocks of {shape.block_tokens} tokens "
-          f"x {shape.kv_heads} heads x {shape.head_dim} dims fp16 = {shape.cache_bytes / 2**20:.0f} MiB")
+    print(
+        f"KV cache: {shape.layers} layers x (K, V), {shape.blocks} blocks of {shape.block_tokens} tokens "
+        f"x {shape.kv_heads} heads x {shape.head_dim} dims fp16 = {shape.cache_bytes / 2**20:.0f} MiB"
+    )
     paths = {"same-host": False, "tcp": True}
-    rows = [_run_path(label, shape, force_tcp) for label, force_tcp in paths.items()
-            if args.path in ("both", label)]
-    print(f"{'path':<10} {'data path':<10} {'link ms':>8} {'MiB moved':>10} {'seconds':>8} {'GB/s':>7}  verified")
+    rows = [
+        _run_path(label, shape, force_tcp)
+        for label, force_tcp in paths.items()
+        if args.path in ("both", label)
+    ]
+    print(
+        f"{'path':<10} {'data path':<10} {'link ms':>8} {'MiB moved':>10} {'seconds':>8} {'GB/s':>7}"
+        "  verified"
+    )
     for row in rows:
-        print(f"{row['path']:<10} {row['data_path']:<10} {row['link_ms']:>8.1f} {row['bytes'] / 2**20:>10.0f} "
-              f"{row['seconds']:>8.3f} {row['gbps']:>7.2f}  yes")
+        print(
+            f"{row.path:<10} {row.data_path:<10} {row.link_ms:>8.1f} {row.bytes / 2**20:>10.0f} "
+            f"{row.seconds:>8.3f} {row.gbps:>7.2f}  yes"
+        )
     return 0
 
 
@@ -156,6 +191,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     parser = subparsers.add_parser("demo", help="run the local prompt -> decode demo", description=__doc__)
     parser.add_argument("--layers", type=int, default=32, help="model layers (default 32)")
     parser.add_argument("--blocks", type=int, default=64, help="KV blocks per tensor (default 64)")
-    parser.add_argument("--path", choices=["both", "same-host", "tcp"], default="both",
-                        help="data paths to demonstrate (default both)")
+    parser.add_argument(
+        "--path",
+        choices=["both", "same-host", "tcp"],
+        default="both",
+        help="data paths to demonstrate (default both)",
+    )
     parser.set_defaults(handler=run)

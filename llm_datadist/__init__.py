@@ -7,7 +7,7 @@ cache-manager mode only.
 
 import os
 
-from llm_datadist.configs import LlmConfig, LLMConfig
+from llm_datadist.configs import LLMConfig, LlmConfig
 from llm_datadist.data_type import DataType
 from llm_datadist.status import LLMException, LLMStatusCode, Status
 from llm_datadist.v2.cache_manager import CacheManager

@@ -73,7 +73,9 @@ def listen_address(datadist: LLMDataDist) -> str:
 def links(datadist: LLMDataDist) -> list[LinkState]:
     """Links this instance initiated (``link_clusters`` and communication domains)."""
     return [
-        LinkState(i.remote_cluster_id, i.address, i.state, i.data_path, i.peer_incarnation, i.comm_id, i.last_error)
+        LinkState(
+            i.remote_cluster_id, i.address, i.state, i.data_path, i.peer_incarnation, i.comm_id, i.last_error
+        )
         for i in _engine(datadist).links()
     ]
 

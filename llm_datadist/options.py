@@ -22,8 +22,10 @@ CACHELINK_OPTIONS: dict[str, str] = {
     "cachelink.host_id": "host identity exchanged at link time (default: the machine's boot id)",
     "cachelink.pool_dir": "directory of the pool files (default /dev/shm)",
     "cachelink.pool_name": "file-name stem of the pool files (default cachelink-<cluster id>-<pid>)",
-    "cachelink.persistent_pool": '"1": keep the pool and its cache index when the process exits without finalize',
-    "cachelink.adopt_pool": '"1": adopt an existing pool and cache index of the same name instead of creating one',
+    "cachelink.persistent_pool": '"1": keep the pool and its cache index when the process exits without '
+    "finalize",
+    "cachelink.adopt_pool": '"1": adopt an existing pool and cache index of the same name instead of '
+    "creating one",
     "cachelink.comm_base_port": "base port of communication-domain listeners (port = base + device_id)",
     "cachelink.max_connections_per_link": "connections a link may open for concurrent transfers (default 8)",
 }
@@ -53,7 +55,9 @@ def _positive_int(options: Mapping[str, str], key: str, default: int, *, allow_z
     if value is None:
         return default
     if not value.isdigit() or (int(value) == 0 and not allow_zero):
-        raise _invalid(f"option {key} must be a {'non-negative' if allow_zero else 'positive'} integer, got {value!r}")
+        raise _invalid(
+            f"option {key} must be a {'non-negative' if allow_zero else 'positive'} integer, got {value!r}"
+        )
     return int(value)
 
 
@@ -77,7 +81,11 @@ def parse_pool_config(key: str, text: str) -> PoolSpec:
     shift = data.get("page_shift", 16)
     if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
         raise _invalid(f"option {key}: memory_size must be a positive integer, got {size!r}")
-    if not isinstance(shift, int) or isinstance(shift, bool) or not _MIN_PAGE_SHIFT <= shift < _MAX_PAGE_SHIFT:
+    if (
+        not isinstance(shift, int)
+        or isinstance(shift, bool)
+        or not _MIN_PAGE_SHIFT <= shift < _MAX_PAGE_SHIFT
+    ):
         raise _invalid(f"option {key}: page_shift must be an integer in [10, 31), got {shift!r}")
     if size >> shift >= 1 << 32:
         raise _invalid(f"option {key}: memory_size >> page_shift must be below 2^32")
@@ -95,7 +103,9 @@ def parse_listen(text: str) -> tuple[str, int]:
     except ValueError:
         raise ValueError(f"port in llm.listenIpInfo is not an integer: {port_text!r}") from None
     if not 0 <= port <= 0xFFFF:
-        raise ValueError(f"port's value is out of range, port in llm.listenIpInfo must be in [0, 65535]: {port}")
+        raise ValueError(
+            f"port's value is out of range, port in llm.listenIpInfo must be in [0, 65535]: {port}"
+        )
     return ip, port
 
 

@@ -105,12 +105,20 @@ def _tensor_span(
 
 
 def _spans(
-    src_range: range | None, dst_range: range | None, per_layer: int, src_tensors: int | None, dst_tensors: int
+    src_range: range | None,
+    dst_range: range | None,
+    per_layer: int,
+    src_tensors: int | None,
+    dst_tensors: int,
 ) -> tuple[tuple[int, int], tuple[int, int]]:
     """Source and destination tensor spans; omitted ranges mean all layers, and both must match."""
     dst = _tensor_span(dst_range, per_layer, dst_tensors, "dst_layer_range") or (0, dst_tensors)
     if src_tensors is None:  # remote cache: its bounds are checked by the peer
-        src = (src_range.start * per_layer, len(src_range) * per_layer) if src_range is not None else (0, dst[1])
+        src = (
+            (src_range.start * per_layer, len(src_range) * per_layer)
+            if src_range is not None
+            else (0, dst[1])
+        )
     else:
         src = _tensor_span(src_range, per_layer, src_tensors, "src_layer_range") or (0, src_tensors)
     check_param(src[1] == dst[1], "layer ranges differ in length: src {0} tensors, dst {1}", src[1], dst[1])
@@ -136,9 +144,15 @@ def _slot_bytes(cache: Cache) -> int:
 class _LayerwiseTransfer:
     """Runs ``transfer_cache_async`` on its own thread, one layer at a time (the ``CacheTask`` target)."""
 
-    def __init__(self, manager: CacheManager, src_cache: Cache, synchronizer: LayerSynchronizer,
-                 configs: Sequence[TransferWithCacheKeyConfig], src_blocks: list[int] | None,
-                 dst_blocks: list[int] | None) -> None:
+    def __init__(
+        self,
+        manager: CacheManager,
+        src_cache: Cache,
+        synchronizer: LayerSynchronizer,
+        configs: Sequence[TransferWithCacheKeyConfig],
+        src_blocks: list[int] | None,
+        dst_blocks: list[int] | None,
+    ) -> None:
         self._manager = manager
         self._src_cache = src_cache
         self._synchronizer = synchronizer
@@ -166,11 +180,14 @@ class _LayerwiseTransfer:
             self._done.set()
 
     def _send_layer(self, config: TransferWithCacheKeyConfig, layer: int) -> LLMStatusCode:
-        offset = layer - config.src_layer_range.start
-        if not 0 <= offset < len(config.src_layer_range):
+        src_layers, dst_layers = config.src_layer_range, config.dst_layer_range
+        assert src_layers is not None
+        assert dst_layers is not None
+        offset = layer - src_layers.start
+        if not 0 <= offset < len(src_layers):
             return self._results[self._configs.index(config)] or LLMStatusCode.LLM_SUCCESS
         src = range(layer, layer + 1)
-        dst = range(config.dst_layer_range.start + offset, config.dst_layer_range.start + offset + 1)
+        dst = range(dst_layers.start + offset, dst_layers.start + offset + 1)
         try:
             key = config.cache_key
             if isinstance(key, BlocksCacheKey):
@@ -206,7 +223,9 @@ class CacheManager:
     def _mark_dead(self) -> None:
         self._dead = True
 
-    def _live_engine(self, func: str, code: LLMStatusCode = LLMStatusCode.LLM_PARAM_INVALID) -> _native.Engine:
+    def _live_engine(
+        self, func: str, code: LLMStatusCode = LLMStatusCode.LLM_PARAM_INVALID
+    ) -> _native.Engine:
         if self._dead:
             raise LLMException(
                 f"[{func}] failed, error code is {code}, llm datadist is finalized.", status_code=code
@@ -230,9 +249,21 @@ class CacheManager:
 
             return raw.view(numpy_dtype(desc.data_type)).reshape(tuple(desc.shape))
 
-        pool = "host" if info.pool == _native.POOL_HOST else "device" if info.pool == _native.POOL_DEVICE else None
-        return Cache(cache_id, desc, list(info.addrs), blocks, placement_pool=pool,
-                     view_factory=view if pool is not None else None)
+        pool = (
+            "host"
+            if info.pool == _native.POOL_HOST
+            else "device"
+            if info.pool == _native.POOL_DEVICE
+            else None
+        )
+        return Cache(
+            cache_id,
+            desc,
+            list(info.addrs),
+            blocks,
+            placement_pool=pool,
+            view_factory=view if pool is not None else None,
+        )
 
     # ---------------------------------------------------------------------------- allocation
 
@@ -280,7 +311,9 @@ class CacheManager:
             self._engine.deallocate(cache_id, blocks)
             raise
 
-    def allocate_blocks_cache(self, cache_desc: CacheDesc, blocks_cache_key: BlocksCacheKey | None = None) -> Cache:
+    def allocate_blocks_cache(
+        self, cache_desc: CacheDesc, blocks_cache_key: BlocksCacheKey | None = None
+    ) -> Cache:
         """Allocate a paged cache of ``shape[0]`` blocks, optionally named by a ``BlocksCacheKey``."""
         check_isinstance("blocks_cache_key", blocks_cache_key, BlocksCacheKey, allow_none=True)
         info = self._allocate("allocate_blocks_cache", cache_desc, True)
@@ -349,7 +382,12 @@ class CacheManager:
         engine = self._live_engine(func, LLMStatusCode.LLM_FAILED)
         with _native.core_call(func):
             return engine.register_memory(
-                blocks, desc.num_tensors, desc.size, _units_of(desc, blocks), addrs, remote_accessible,
+                blocks,
+                desc.num_tensors,
+                desc.size,
+                _units_of(desc, blocks),
+                addrs,
+                remote_accessible,
                 describe(desc),
             )
 
@@ -414,11 +452,24 @@ class CacheManager:
         local: _native.Extent,
     ) -> None:
         engine = self._live_engine(func)
-        check_param(local_cache.cache_id > 0, "cache {0} is not managed by this instance", local_cache.cache_id)
+        check_param(
+            local_cache.cache_id > 0, "cache {0} is not managed by this instance", local_cache.cache_id
+        )
         kind, a, b, c = ref
         with _native.core_call(func):
-            engine.transfer(is_pull, cluster_id, kind, a, b, c, remote, flags, local_cache.cache_id, local,
-                            self._timeout_ms())
+            engine.transfer(
+                is_pull,
+                cluster_id,
+                kind,
+                a,
+                b,
+                c,
+                remote,
+                flags,
+                local_cache.cache_id,
+                local,
+                self._timeout_ms(),
+            )
 
     @staticmethod
     def _pull_kwargs(kwargs: dict[str, Any]) -> tuple[range | None, range | None, int]:
@@ -437,7 +488,9 @@ class CacheManager:
         if isinstance(key, CacheKey):
             has_req = key.req_id != INVALID_ID
             has_prefix = key.prefix_id != INVALID_ID
-            check_param(has_req != has_prefix, "exactly one of req_id and prefix_id must be set in the cache key")
+            check_param(
+                has_req != has_prefix, "exactly one of req_id and prefix_id must be set in the cache key"
+            )
             return (_REF_SLOT_KEY, key.req_id, key.model_id, key.prefix_id), _native.FLAG_RELEASE_KEY
         return (_REF_ID_AND_INDEX, key.cache_id, key.batch_index, 0), 0
 
@@ -464,9 +517,14 @@ class CacheManager:
         ref, flags = self._key_ref(cache_key)
         length = _native.WHOLE_SLOT if size == -1 else size
         self._transfer(
-            "pull_cache", is_pull=True, cluster_id=cache_key.cluster_id, ref=ref,
+            "pull_cache",
+            is_pull=True,
+            cluster_id=cache_key.cluster_id,
+            ref=ref,
             remote=_extent(src, slot=ref[2] if ref[0] == _REF_ID_AND_INDEX else 0, length=length),
-            flags=flags, local_cache=cache, local=_extent(dst, slot=batch_index, length=length),
+            flags=flags,
+            local_cache=cache,
+            local=_extent(dst, slot=batch_index, length=length),
         )
 
     def pull_blocks(
@@ -500,13 +558,23 @@ class CacheManager:
             remote = _extent(src, blocks_unit=True, blocks=list(src_blocks), block_bytes=block_bytes)
             flags = 0
         else:
-            check_param(len(src_blocks) == 0, "src_blocks must be empty when the source is not a blocks cache")
+            check_param(
+                len(src_blocks) == 0, "src_blocks must be empty when the source is not a blocks cache"
+            )
             ref, flags = self._key_ref(src_cache_key)
             flags |= _native.FLAG_ALLOW_SHORT
             slot = ref[2] if ref[0] == _REF_ID_AND_INDEX else 0
             remote = _extent(src, slot=slot, length=_native.WHOLE_SLOT)
-        self._transfer("pull_blocks", is_pull=True, cluster_id=src_cache_key.cluster_id, ref=ref, remote=remote,
-                       flags=flags, local_cache=dst_cache, local=local)
+        self._transfer(
+            "pull_blocks",
+            is_pull=True,
+            cluster_id=src_cache_key.cluster_id,
+            ref=ref,
+            remote=remote,
+            flags=flags,
+            local_cache=dst_cache,
+            local=local,
+        )
 
     def _push_ranges(
         self, src_cache: Cache, src_range: range | None, dst_range: range | None, per_layer: object
@@ -544,10 +612,14 @@ class CacheManager:
         check_param(size == -1, "push_cache only supports size == -1")
         src, dst = self._push_ranges(src_cache, src_layer_range, dst_layer_range, tensor_num_per_layer)
         self._transfer(
-            "push_cache", is_pull=False, cluster_id=dst_cache_key.cluster_id,
+            "push_cache",
+            is_pull=False,
+            cluster_id=dst_cache_key.cluster_id,
             ref=(_REF_ID_AND_INDEX, dst_cache_key.cache_id, dst_cache_key.batch_index, 0),
-            remote=_extent(dst, slot=dst_cache_key.batch_index, length=_native.WHOLE_SLOT), flags=0,
-            local_cache=src_cache, local=_extent(src, slot=src_batch_index, length=_native.WHOLE_SLOT),
+            remote=_extent(dst, slot=dst_cache_key.batch_index, length=_native.WHOLE_SLOT),
+            flags=0,
+            local_cache=src_cache,
+            local=_extent(src, slot=src_batch_index, length=_native.WHOLE_SLOT),
         )
 
     def push_blocks(
@@ -576,9 +648,12 @@ class CacheManager:
         src, dst = self._push_ranges(src_cache, src_layer_range, dst_layer_range, tensor_num_per_layer)
         block_bytes = _block_bytes(src_cache)
         self._transfer(
-            "push_blocks", is_pull=False, cluster_id=dst_cache_key.cluster_id,
+            "push_blocks",
+            is_pull=False,
+            cluster_id=dst_cache_key.cluster_id,
             ref=(_REF_BLOCKS_KEY, 0, dst_cache_key.model_id, 0),
-            remote=_extent(dst, blocks_unit=True, blocks=list(dst_blocks), block_bytes=block_bytes), flags=0,
+            remote=_extent(dst, blocks_unit=True, blocks=list(dst_blocks), block_bytes=block_bytes),
+            flags=0,
             local_cache=src_cache,
             local=_extent(src, blocks_unit=True, blocks=list(src_blocks), block_bytes=block_bytes),
         )
@@ -598,7 +673,9 @@ class CacheManager:
         """Copy one batch slot between two local caches (``offset``/``size`` in bytes)."""
         check_isinstance("dst", dst, Cache)
         check_isinstance("src", src, Cache)
-        check_param(not dst.is_blocks_cache and not src.is_blocks_cache, "copy_cache does not support blocks cache")
+        check_param(
+            not dst.is_blocks_cache and not src.is_blocks_cache, "copy_cache does not support blocks cache"
+        )
         check_uint32("dst_batch_index", dst_batch_index)
         check_uint32("src_batch_index", src_batch_index)
         check_uint64("offset", offset)
@@ -613,8 +690,17 @@ class CacheManager:
         check_param(offset + length <= min(dst_slot, src_slot), "size:{0} exceeds the batch slot", size)
         self._live_engine("copy_cache")
         _log.debug("copy_cache req_id=%s", req_id)
-        _native.copy_units(dst.tensor_addrs, dst_slot, [dst_batch_index], offset,
-                           src.tensor_addrs, src_slot, [src_batch_index], offset, length)
+        _native.copy_units(
+            dst.tensor_addrs,
+            dst_slot,
+            [dst_batch_index],
+            offset,
+            src.tensor_addrs,
+            src_slot,
+            [src_batch_index],
+            offset,
+            length,
+        )
 
     def copy_blocks(self, cache: Cache, copy_block_info: dict[int, list[int]]) -> None:
         """Copy each source block to each listed destination block, inside one blocks cache."""
@@ -631,7 +717,9 @@ class CacheManager:
                 dst_index.append(dst_block)
         self._live_engine("copy_blocks")
         unit = _block_bytes(cache)
-        _native.copy_units(cache.tensor_addrs, unit, dst_index, 0, cache.tensor_addrs, unit, src_index, 0, unit)
+        _native.copy_units(
+            cache.tensor_addrs, unit, dst_index, 0, cache.tensor_addrs, unit, src_index, 0, unit
+        )
 
     def swap_blocks(self, src_cache: Cache, dst_cache: Cache, src_to_dst: dict[int, int]) -> None:
         """Swap blocks in (HOST -> DEVICE) or out (DEVICE -> HOST)."""
@@ -639,21 +727,36 @@ class CacheManager:
         check_isinstance("dst_cache", dst_cache, Cache)
         check_isinstance("src_to_dst", src_to_dst, dict)
         check_dict("src_to_dst", src_to_dst, int, int)
-        check_param(src_cache.is_blocks_cache and dst_cache.is_blocks_cache, "swap_blocks needs blocks caches")
+        check_param(
+            src_cache.is_blocks_cache and dst_cache.is_blocks_cache, "swap_blocks needs blocks caches"
+        )
         placements = (src_cache.cache_desc.placement, dst_cache.cache_desc.placement)
         check_param(
             placements in ((Placement.HOST, Placement.DEVICE), (Placement.DEVICE, Placement.HOST)),
             "swap_blocks supports HOST->DEVICE or DEVICE->HOST only",
         )
-        check_param(src_cache.cache_desc.num_tensors == dst_cache.cache_desc.num_tensors, "num_tensors differ")
+        check_param(
+            src_cache.cache_desc.num_tensors == dst_cache.cache_desc.num_tensors, "num_tensors differ"
+        )
         unit = _block_bytes(src_cache)
         check_param(unit == _block_bytes(dst_cache), "bytes per block differ")
         src_blocks, dst_blocks = _units_of(src_cache.cache_desc, True), _units_of(dst_cache.cache_desc, True)
         for src_block, dst_block in src_to_dst.items():
-            check_param(0 <= src_block < src_blocks and 0 <= dst_block < dst_blocks, "block index out of range")
+            check_param(
+                0 <= src_block < src_blocks and 0 <= dst_block < dst_blocks, "block index out of range"
+            )
         self._live_engine("swap_blocks")
-        _native.copy_units(dst_cache.tensor_addrs, unit, list(src_to_dst.values()), 0,
-                           src_cache.tensor_addrs, unit, list(src_to_dst.keys()), 0, unit)
+        _native.copy_units(
+            dst_cache.tensor_addrs,
+            unit,
+            list(src_to_dst.values()),
+            0,
+            src_cache.tensor_addrs,
+            unit,
+            list(src_to_dst.keys()),
+            0,
+            unit,
+        )
 
     # ----------------------------------------------------------------------------- layer-wise
 
@@ -677,18 +780,27 @@ class CacheManager:
             check_isinstance("transfer_config", config, [TransferConfig, TransferWithCacheKeyConfig])
             if isinstance(config, TransferConfig):
                 raise LLMException(
-                    "transfer_cache_async with TransferConfig (raw destination addresses) is not supported by "
+                    "transfer_cache_async with TransferConfig (raw destination addresses) is not supported "
+                    "by "
                     "CacheLink yet; use TransferWithCacheKeyConfig",
                     status_code=LLMStatusCode.LLM_FEATURE_NOT_ENABLED,
                 )
-        check_param(self._remote_accessible, "TransferWithCacheKeyConfig needs enable_remote_cache_accessible")
+        check_param(
+            self._remote_accessible, "TransferWithCacheKeyConfig needs enable_remote_cache_accessible"
+        )
         if src_block_indices is not None or dst_block_indices is not None:
             check_isinstance("src_block_indices", src_block_indices, list, inner=int)
             check_isinstance("dst_block_indices", dst_block_indices, list, inner=int)
-            assert src_block_indices is not None and dst_block_indices is not None
-            check_param(len(src_block_indices) == len(dst_block_indices), "block index lists differ in length")
+            assert src_block_indices is not None
+            assert dst_block_indices is not None
+            check_param(
+                len(src_block_indices) == len(dst_block_indices), "block index lists differ in length"
+            )
         check_param(src_cache.cache_desc.num_tensors % 2 == 0, "src_cache num_tensors must be even")
         del dst_block_memory_size  # blocks keep their size on both sides in CacheLink
         configs = [config for config in transfer_configs if isinstance(config, TransferWithCacheKeyConfig)]
-        return CacheTask(_LayerwiseTransfer(self, src_cache, layer_synchronizer, configs,
-                                            src_block_indices, dst_block_indices))
+        return CacheTask(
+            _LayerwiseTransfer(
+                self, src_cache, layer_synchronizer, configs, src_block_indices, dst_block_indices
+            )
+        )

@@ -92,7 +92,12 @@ class LLMDataDist:
         pool_sweep.sweep_dead_pools(config.pool_dir)
         with _live_lock:
             live = LLMDataDist.llm_engine_instance
-            if not self._multi_instance and live is not None and live is not self and live._engine is not None:
+            if (
+                not self._multi_instance
+                and live is not None
+                and live is not self
+                and live._engine is not None
+            ):
                 raise LLMException("Cannot init multiple LLMDataDists", status_code=LLMStatusCode.LLM_FAILED)
             engine = _native.Engine(config)
             with _native.core_call("init"):
@@ -103,7 +108,9 @@ class LLMDataDist:
             if not self._multi_instance:
                 LLMDataDist.llm_engine_instance = self
         self._cache_manager = cache_manager_module.CacheManager(self)
-        _log.info("LLMDataDist cluster %d initialized (%s)", self._cluster_id, engine.listen_address or "client")
+        _log.info(
+            "LLMDataDist cluster %d initialized (%s)", self._cluster_id, engine.listen_address or "client"
+        )
 
     def _complete_options(self, options: dict[str, str]) -> dict[str, str]:
         opts = dict(options)
@@ -121,7 +128,9 @@ class LLMDataDist:
             )
             opts.setdefault("llm.EnableRemoteCacheAccessible", "1")
         if "llm.TransferBackend" in opts:
-            check_param(opts.get("llm.EnableCacheManager") == "1", "llm.TransferBackend needs EnableCacheManager")
+            check_param(
+                opts.get("llm.EnableCacheManager") == "1", "llm.TransferBackend needs EnableCacheManager"
+            )
             check_param(
                 opts.setdefault("llm.EnableRemoteCacheAccessible", "1") == "1",
                 "llm.TransferBackend needs EnableRemoteCacheAccessible",
@@ -227,6 +236,7 @@ class LLMDataDist:
                 _log.error("cluster %s has no remote_ip_info", cluster.remote_cluster_id)
                 return LLMStatusCode.LLM_PARAM_INVALID
             ip, port = cluster.remote_ip_info_list[0]
+            assert cluster.remote_cluster_id is not None  # checked by _check_clusters
             code, message = engine.link(cluster.remote_cluster_id, ip_int_to_str(ip), port, timeout)
             status = _native.status_of(code)
             if status != LLMStatusCode.LLM_SUCCESS:
@@ -247,6 +257,7 @@ class LLMDataDist:
         check_isinstance("force", force, bool)
 
         def unlink_one(cluster: LLMClusterInfo) -> LLMStatusCode:
+            assert cluster.remote_cluster_id is not None  # checked by _check_clusters
             code, message = engine.unlink(cluster.remote_cluster_id, force)
             status = _native.status_of(code)
             if status != LLMStatusCode.LLM_SUCCESS:
@@ -315,7 +326,12 @@ class LLMDataDist:
         ]
         with _native.core_call("link"):
             comm_id: int = engine.comm_link(
-                comm_name, self._cluster_id, me.ip, me.port, peers, option_keys.link_total_time_ms(self._options)
+                comm_name,
+                self._cluster_id,
+                me.ip,
+                me.port,
+                peers,
+                option_keys.link_total_time_ms(self._options),
             )
         self._linked_domain = True
         return comm_id
@@ -354,9 +370,7 @@ def options_module_build(opts: dict[str, str], cluster_id: int, role: str) -> _n
     return option_keys.build_engine_config(opts, cluster_id, role)
 
 
-def _fan_out(
-    func: object, clusters: Sequence[LLMClusterInfo]
-) -> tuple[LLMStatusCode, list[LLMStatusCode]]:
+def _fan_out(func: object, clusters: Sequence[LLMClusterInfo]) -> tuple[LLMStatusCode, list[LLMStatusCode]]:
     assert callable(func)
     if not clusters:
         return LLMStatusCode.LLM_SUCCESS, []

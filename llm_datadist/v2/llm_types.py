@@ -234,7 +234,7 @@ class CacheDesc:
     batch size. ``size`` is the byte size of ONE tensor.
     """
 
-    def __init__(  # noqa: PLR0917 - the reference's constructor takes these positionally
+    def __init__(
         self,
         num_tensors: int,
         shape: list[int] | tuple[int, ...],

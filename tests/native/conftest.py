@@ -35,12 +35,19 @@ def peer_factory(tmp_path: Path) -> Iterator[Callable[[], object]]:
 @pytest.fixture
 def local_dd() -> Iterator[Callable[..., object]]:
     """Build and init an LLMDataDist in this process; finalized at teardown."""
-    import llm_datadist as ld  # noqa: PLC0415
+    import llm_datadist as ld
 
     made: list[ld.LLMDataDist] = []
 
-    def make(role: ld.LLMRole, cluster_id: int, *, listen: str | None = None, pool_mb: int = 64,
-             extra: dict[str, str] | None = None, remote_accessible: bool = False) -> ld.LLMDataDist:
+    def make(
+        role: ld.LLMRole,
+        cluster_id: int,
+        *,
+        listen: str | None = None,
+        pool_mb: int = 64,
+        extra: dict[str, str] | None = None,
+        remote_accessible: bool = False,
+    ) -> ld.LLMDataDist:
         dd = ld.LLMDataDist(role, cluster_id)
         cfg = ld.LLMConfig()
         cfg.device_id = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -72,10 +73,8 @@ class Peer:
 
     def close(self) -> None:
         if self.proc.poll() is None:
-            try:
+            with contextlib.suppress(RuntimeError, BrokenPipeError, OSError):
                 self.run("dd.finalize() if 'dd' in globals() else None")
-            except (RuntimeError, BrokenPipeError, OSError):
-                pass
             assert self.proc.stdin is not None
             self.proc.stdin.close()
             try:
@@ -88,8 +87,15 @@ class Peer:
                 stream.close()
 
 
-def init_code(role: str, cluster_id: int, *, listen: str | None = None, pool_mb: int = 64,
-              extra: dict[str, str] | None = None, remote_accessible: bool = False) -> str:
+def init_code(
+    role: str,
+    cluster_id: int,
+    *,
+    listen: str | None = None,
+    pool_mb: int = 64,
+    extra: dict[str, str] | None = None,
+    remote_accessible: bool = False,
+) -> str:
     """Snippet creating ``dd`` and ``cm`` in a peer."""
     return f"""
     dd = LLMDataDist(LLMRole.{role}, {cluster_id})

@@ -6,12 +6,11 @@ import socket
 import threading
 import time
 
-import numpy as np
 import pytest
+from native_harness import init_code
 
 import llm_datadist as ld
 import llm_datadist.ext as ext
-from native_harness import init_code
 
 Code = ld.LLMStatusCode
 
@@ -28,13 +27,14 @@ def link(dd: ld.LLMDataDist, remote_id: int, address: str, timeout: int = 3000):
 @pytest.fixture
 def pair(peer_factory, local_dd):
     prompt = peer_factory()
-    address = prompt.run(init_code("PROMPT", 1, listen="127.0.0.1:0",
-                                   extra={"cachelink.force_tcp": "1"}))
+    address = prompt.run(init_code("PROMPT", 1, listen="127.0.0.1:0", extra={"cachelink.force_tcp": "1"}))
     prompt.run("""
         kv = cm.allocate_cache(CacheDesc(2, [2, 1024], DataType.DT_UINT8), [CacheKey(1, req_id=1)])
         blk = cm.allocate_blocks_cache(CacheDesc(2, [4, 1024], DataType.DT_UINT8), BlocksCacheKey(1, 0))
     """)
-    dd = local_dd(ld.LLMRole.DECODER, 2, extra={"cachelink.force_tcp": "1", "llm.SyncKvCacheWaitTime": "2000"})
+    dd = local_dd(
+        ld.LLMRole.DECODER, 2, extra={"cachelink.force_tcp": "1", "llm.SyncKvCacheWaitTime": "2000"}
+    )
     status, _ = link(dd, 1, address)
     assert status == Code.LLM_SUCCESS
     return prompt, dd
@@ -52,8 +52,14 @@ def test_unknown_cache_key(pair):
     dst = dd.cache_manager.allocate_cache(ld.CacheDesc(2, [2, 1024], ld.DataType.DT_UINT8))
     error = expect(Code.LLM_KV_CACHE_NOT_EXIST, dd.cache_manager.pull_cache, ld.CacheKey(1, req_id=99), dst)
     assert "req_id=99" in str(error)
-    expect(Code.LLM_KV_CACHE_NOT_EXIST, dd.cache_manager.pull_blocks, ld.BlocksCacheKey(1, 42),
-           dd.cache_manager.allocate_blocks_cache(ld.CacheDesc(2, [4, 1024], ld.DataType.DT_UINT8)), [0], [0])
+    expect(
+        Code.LLM_KV_CACHE_NOT_EXIST,
+        dd.cache_manager.pull_blocks,
+        ld.BlocksCacheKey(1, 42),
+        dd.cache_manager.allocate_blocks_cache(ld.CacheDesc(2, [4, 1024], ld.DataType.DT_UINT8)),
+        [0],
+        [0],
+    )
 
 
 def test_out_of_range_indices_and_size_mismatch(pair):
@@ -69,7 +75,8 @@ def test_out_of_range_indices_and_size_mismatch(pair):
     assert "size mismatch" in str(error)
     other = cm.allocate_blocks_cache(ld.CacheDesc(2, [4, 512], ld.DataType.DT_UINT8))
     assert "block size mismatch" in str(
-        expect(Code.LLM_PARAM_INVALID, cm.pull_blocks, ld.BlocksCacheKey(1, 0), other, [0], [0]))
+        expect(Code.LLM_PARAM_INVALID, cm.pull_blocks, ld.BlocksCacheKey(1, 0), other, [0], [0])
+    )
     # a failed pull leaves the key in place: the full-size pull still works afterwards
     cm.pull_cache(ld.CacheKey(1, req_id=1), dst)
 
@@ -89,9 +96,12 @@ def test_python_side_validation(pair):
     with pytest.raises(ValueError, match="tensor_num_per_layer"):
         cm.pull_cache(ld.CacheKey(1, req_id=1), dst, tensor_num_per_layer=-1)
     expect(Code.LLM_PARAM_INVALID, cm.pull_cache, ld.CacheKey(1, req_id=1), dst, tensor_num_per_layer=0)
-    expect(Code.LLM_PARAM_INVALID, cm.push_blocks, ld.BlocksCacheKey(1, 0), blk, [0], [0])  # not remote-accessible
+    expect(
+        Code.LLM_PARAM_INVALID, cm.push_blocks, ld.BlocksCacheKey(1, 0), blk, [0], [0]
+    )  # not remote-accessible
     assert "exceeds the device pool" in str(
-        expect(Code.LLM_OUT_OF_MEMORY, cm.allocate_cache, ld.CacheDesc(1, [1 << 30], ld.DataType.DT_FLOAT)))
+        expect(Code.LLM_OUT_OF_MEMORY, cm.allocate_cache, ld.CacheDesc(1, [1 << 30], ld.DataType.DT_FLOAT))
+    )
     with pytest.raises(ld.LLMException) as err:
         cm.allocate_cache(ld.CacheDesc(1, [1, 60 << 20], ld.DataType.DT_UINT8))
         cm.allocate_cache(ld.CacheDesc(1, [1, 60 << 20], ld.DataType.DT_UINT8))
@@ -121,7 +131,7 @@ def test_link_wrong_cluster_id_is_refused(peer_factory, local_dd):
     prompt = peer_factory()
     address = prompt.run(init_code("PROMPT", 1, listen="127.0.0.1:0"))
     dd = local_dd(ld.LLMRole.DECODER, 2)
-    status, per_cluster = link(dd, 7, address)
+    _status, per_cluster = link(dd, 7, address)
     assert per_cluster == [Code.LLM_LINK_FAILED]
     assert link(dd, 1, address)[0] == Code.LLM_SUCCESS
     assert link(dd, 1, address)[1] == [Code.LLM_ALREADY_LINK]
@@ -133,7 +143,9 @@ def test_peer_killed_mid_transfer(peer_factory, local_dd):
     prompt.run("""
         blk = cm.allocate_blocks_cache(CacheDesc(2, [16, 1 << 20], DataType.DT_UINT8), BlocksCacheKey(1, 0))
     """)
-    dd = local_dd(ld.LLMRole.DECODER, 2, extra={"cachelink.force_tcp": "1", "llm.SyncKvCacheWaitTime": "3000"})
+    dd = local_dd(
+        ld.LLMRole.DECODER, 2, extra={"cachelink.force_tcp": "1", "llm.SyncKvCacheWaitTime": "3000"}
+    )
     assert link(dd, 1, address)[0] == Code.LLM_SUCCESS
     cm = dd.cache_manager
     mine = cm.allocate_blocks_cache(ld.CacheDesc(2, [16, 1 << 20], ld.DataType.DT_UINT8))
@@ -143,7 +155,9 @@ def test_peer_killed_mid_transfer(peer_factory, local_dd):
     prompt.stop()  # the request reaches a frozen peer ...
     threading.Timer(0.3, prompt.kill).start()  # ... which then dies with the transfer in flight
     start = time.monotonic()
-    error = expect(Code.LLM_TIMEOUT, cm.pull_blocks, ld.BlocksCacheKey(1, 0), mine, list(range(16)), list(range(16)))
+    error = expect(
+        Code.LLM_TIMEOUT, cm.pull_blocks, ld.BlocksCacheKey(1, 0), mine, list(range(16)), list(range(16))
+    )
     assert time.monotonic() - start < 3, "a dead peer must be detected before the timeout"
     assert "cluster 1" in str(error)
     assert ext.links(dd)[0].state == "broken"
@@ -155,8 +169,10 @@ def test_peer_killed_mid_transfer(peer_factory, local_dd):
     port = address.split(":")[1]
     again = peer_factory()
     again.run(init_code("PROMPT", 1, listen=f"127.0.0.1:{port}"))
-    again.run("blk = cm.allocate_blocks_cache(CacheDesc(2, [16, 1 << 20], DataType.DT_UINT8), BlocksCacheKey(1, 0))\n"
-              "blk.numpy(0)[3] = 5")
+    again.run(
+        "blk = cm.allocate_blocks_cache(CacheDesc(2, [16, 1 << 20], DataType.DT_UINT8), BlocksCacheKey(1, 0))\n"
+        "blk.numpy(0)[3] = 5"
+    )
     dd.unlink_clusters([_info(1, address)])
     assert link(dd, 1, address)[0] == Code.LLM_SUCCESS
     cm.pull_blocks(ld.BlocksCacheKey(1, 0), mine, [3], [0])
@@ -166,7 +182,9 @@ def test_peer_killed_mid_transfer(peer_factory, local_dd):
 def test_peer_frozen_times_out(peer_factory, local_dd):
     prompt = peer_factory()
     address = prompt.run(init_code("PROMPT", 1, listen="127.0.0.1:0"))
-    prompt.run("blk = cm.allocate_blocks_cache(CacheDesc(1, [4, 4096], DataType.DT_UINT8), BlocksCacheKey(1, 0))")
+    prompt.run(
+        "blk = cm.allocate_blocks_cache(CacheDesc(1, [4, 4096], DataType.DT_UINT8), BlocksCacheKey(1, 0))"
+    )
     dd = local_dd(ld.LLMRole.DECODER, 2, extra={"llm.SyncKvCacheWaitTime": "400"})
     assert link(dd, 1, address)[0] == Code.LLM_SUCCESS
     mine = dd.cache_manager.allocate_blocks_cache(ld.CacheDesc(1, [4, 4096], ld.DataType.DT_UINT8))
@@ -258,14 +276,24 @@ def test_bad_options(tmp_path):
     assert "cachelink.nope" in str(expect(Code.LLM_PARAM_INVALID, init, {**base, "cachelink.nope": "1"}))
     expect(Code.LLM_PARAM_INVALID, init, {**base, "cachelink.force_tcp": "yes"})
     expect(Code.LLM_PARAM_INVALID, init, {**base, "llm.MemPoolConfig": '{"memory_size": -1}'})
-    expect(Code.LLM_PARAM_INVALID, init, {**base, "llm.MemPoolConfig": '{"memory_size": 1024, "page_shift": 40}'})
+    expect(
+        Code.LLM_PARAM_INVALID, init, {**base, "llm.MemPoolConfig": '{"memory_size": 1024, "page_shift": 40}'}
+    )
     expect(Code.LLM_PARAM_INVALID, init, {**base, "llm.MemPoolConfig": "not json"})
     expect(Code.LLM_PARAM_INVALID, init, {**base, "llm.listenIpInfo": "127.0.0.1"})
     with pytest.raises(ValueError, match="port"):
         init({**base, "llm.listenIpInfo": "127.0.0.1:70000"})
     assert "10.255.255.1" in str(
-        expect(Code.LLM_PARAM_INVALID, init, {**base, "llm.listenIpInfo": "10.255.255.1:0"}))
-    expect(Code.LLM_PARAM_INVALID, init, {**base, "cachelink.pool_dir": str(tmp_path / "missing"),
-                                          "llm.MemPoolConfig": '{"memory_size": 65536}'})
+        expect(Code.LLM_PARAM_INVALID, init, {**base, "llm.listenIpInfo": "10.255.255.1:0"})
+    )
+    expect(
+        Code.LLM_PARAM_INVALID,
+        init,
+        {
+            **base,
+            "cachelink.pool_dir": str(tmp_path / "missing"),
+            "llm.MemPoolConfig": '{"memory_size": 65536}',
+        },
+    )
     # nothing half-applied: a good init works right after the failures
     init(base)

@@ -13,10 +13,10 @@ import time
 
 import numpy as np
 import pytest
+from native_harness import init_code
 
 import llm_datadist as ld
 import llm_datadist.ext as ext
-from native_harness import init_code
 
 Code = ld.LLMStatusCode
 
@@ -32,8 +32,14 @@ llm_datadist.init(engine_options)
 
 
 def run_script(code: str, tmp_path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-P", "-c", textwrap.dedent(code)], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-P", "-c", textwrap.dedent(code)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_seed_calling_example_runs_verbatim(tmp_path):
@@ -52,14 +58,28 @@ def free_port() -> int:
 
 
 def rank_table(ports: list[int]) -> str:
-    return json.dumps({
-        "server_count": "2", "status": "completed", "version": "1.2",
-        "server_list": [
-            {"server_id": str(i), "host_ip": "127.0.0.1",
-             "device": [{"device_id": "0", "device_ip": f"127.0.0.{i + 1}", "device_port": str(port),
-                         "rank_id": str(i)}]}
-            for i, port in enumerate(ports)],
-    })
+    return json.dumps(
+        {
+            "server_count": "2",
+            "status": "completed",
+            "version": "1.2",
+            "server_list": [
+                {
+                    "server_id": str(i),
+                    "host_ip": "127.0.0.1",
+                    "device": [
+                        {
+                            "device_id": "0",
+                            "device_ip": f"127.0.0.{i + 1}",
+                            "device_port": str(port),
+                            "rank_id": str(i),
+                        }
+                    ],
+                }
+                for i, port in enumerate(ports)
+            ],
+        }
+    )
 
 
 @pytest.mark.parametrize("path", ["shm", "tcp"])
@@ -129,8 +149,12 @@ def test_domain_peer_that_never_comes_fails(local_dd):
 
 
 def test_persistent_pool_is_adopted_after_sigkill(peer_factory, tmp_path):
-    pool_opts = {"cachelink.pool_dir": str(tmp_path), "cachelink.pool_name": "node-a-prompt",
-                 "cachelink.persistent_pool": "1", "cachelink.adopt_pool": "1"}
+    pool_opts = {
+        "cachelink.pool_dir": str(tmp_path),
+        "cachelink.pool_name": "node-a-prompt",
+        "cachelink.persistent_pool": "1",
+        "cachelink.adopt_pool": "1",
+    }
     first = peer_factory()
     first.run(init_code("PROMPT", 1, extra=pool_opts))
     first.run("""
@@ -142,8 +166,11 @@ def test_persistent_pool_is_adopted_after_sigkill(peer_factory, tmp_path):
         cm.deallocate_cache(gone)
     """)
     first.kill()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["node-a-prompt.device", "node-a-prompt.host",
-                                                          "node-a-prompt.index"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "node-a-prompt.device",
+        "node-a-prompt.host",
+        "node-a-prompt.index",
+    ]
     second = peer_factory()
     second.run(init_code("PROMPT", 1, extra=pool_opts))
     adopted = second.run("""
@@ -154,7 +181,10 @@ def test_persistent_pool_is_adopted_after_sigkill(peer_factory, tmp_path):
     """)
     expected_sum = int((np.arange(1024, dtype=np.uint8)).astype(np.int64).sum())
     doubled = int((np.arange(1024, dtype=np.uint8) * 2).astype(np.uint8).astype(np.int64).sum())
-    assert adopted == [[1, False, [2, 512], [5, 6], expected_sum, doubled], [2, True, [3, 64], [], 9 * 64, 9 * 64]]
+    assert adopted == [
+        [1, False, [2, 512], [5, 6], expected_sum, doubled],
+        [2, True, [3, 64], [], 9 * 64, 9 * 64],
+    ]
     # new caches get fresh ids and never overlap the adopted ones
     assert second.run("result = cm.allocate_cache(CacheDesc(1, [1, 64], DataType.DT_UINT8)).cache_id") == 4
     second.run("dd.finalize()")

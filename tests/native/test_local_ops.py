@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from native_harness import init_code
 
 import llm_datadist as ld
-from native_harness import init_code
 
 
 def test_copy_cache_with_offset_and_size(local_dd):
@@ -32,14 +32,19 @@ def test_copy_blocks_and_swap_blocks(local_dd):
         dev.numpy(t)[:] = np.arange(6 * 32, dtype=np.int32).reshape(6, 32) + 1000 * t
     cm.copy_blocks(dev, {0: [4, 5], 1: [3]})
     for t in range(2):
-        assert np.array_equal(dev.numpy(t)[4], dev.numpy(t)[0]) and np.array_equal(dev.numpy(t)[5], dev.numpy(t)[0])
+        assert np.array_equal(dev.numpy(t)[4], dev.numpy(t)[0]) and np.array_equal(
+            dev.numpy(t)[5], dev.numpy(t)[0]
+        )
         assert np.array_equal(dev.numpy(t)[3], dev.numpy(t)[1])
     host_mem = [np.zeros((4, 32), dtype=np.int32) for _ in range(2)]
-    host = ld.Cache.create_cpu_cache(ld.CacheDesc(2, [4, 32], ld.DataType.DT_INT32, ld.Placement.HOST),
-                                     [a.ctypes.data for a in host_mem])
+    host = ld.Cache.create_cpu_cache(
+        ld.CacheDesc(2, [4, 32], ld.DataType.DT_INT32, ld.Placement.HOST), [a.ctypes.data for a in host_mem]
+    )
     cm.swap_blocks(dev, host, {1: 0, 2: 3})  # swap out
     for t in range(2):
-        assert np.array_equal(host_mem[t][0], dev.numpy(t)[1]) and np.array_equal(host_mem[t][3], dev.numpy(t)[2])
+        assert np.array_equal(host_mem[t][0], dev.numpy(t)[1]) and np.array_equal(
+            host_mem[t][3], dev.numpy(t)[2]
+        )
     host_mem[0][0] = -1
     cm.swap_blocks(host, dev, {0: 5})  # swap in
     assert (dev.numpy(0)[5] == -1).all()
@@ -61,7 +66,9 @@ class AllLayersReady(ld.LayerSynchronizer):
 def test_transfer_cache_async_layer_by_layer(peer_factory, local_dd):
     decode = peer_factory()
     address = decode.run(init_code("DECODER", 2, listen="127.0.0.1:0"))
-    decode.run("dst = cm.allocate_blocks_cache(CacheDesc(4, [8, 64], DataType.DT_UINT8), BlocksCacheKey(2, 1))")
+    decode.run(
+        "dst = cm.allocate_blocks_cache(CacheDesc(4, [8, 64], DataType.DT_UINT8), BlocksCacheKey(2, 1))"
+    )
     prompt = local_dd(ld.LLMRole.PROMPT, 1, remote_accessible=True)
     info = ld.LLMClusterInfo()
     info.remote_cluster_id = 2

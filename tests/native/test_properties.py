@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from native_harness import init_code
 
 import llm_datadist as ld
-from native_harness import init_code
 
 SRC_BLOCKS = 24
 SHAPES = [(2, 64), (4, 256), (2, 4096)]  # (num_tensors, bytes per block)
@@ -42,8 +42,10 @@ def linked(tmp_path_factory):
     ip, port = address.split(":")
     info.append_remote_ip_info(ip, int(port))
     assert dd.link_clusters([info])[0] == ld.LLMStatusCode.LLM_SUCCESS
-    dests = [dd.cache_manager.allocate_blocks_cache(ld.CacheDesc(t, [SRC_BLOCKS, b], ld.DataType.DT_UINT8))
-             for t, b in SHAPES]
+    dests = [
+        dd.cache_manager.allocate_blocks_cache(ld.CacheDesc(t, [SRC_BLOCKS, b], ld.DataType.DT_UINT8))
+        for t, b in SHAPES
+    ]
     yield dd, dests
     dd.finalize()
     peer.close()
@@ -71,8 +73,14 @@ def test_any_block_plan_moves_exact_bytes(linked, plan):
     dst = dests[shape]
     for t in range(tensors):
         dst.numpy(t)[:] = 0
-    dd.cache_manager.pull_blocks(ld.BlocksCacheKey(1, shape), dst, src_blocks, dst_blocks,
-                                 src_layer_range=layers, dst_layer_range=layers)
+    dd.cache_manager.pull_blocks(
+        ld.BlocksCacheKey(1, shape),
+        dst,
+        src_blocks,
+        dst_blocks,
+        src_layer_range=layers,
+        dst_layer_range=layers,
+    )
     moved = set(range(layers.start * 2, layers.stop * 2))
     for t in range(tensors):
         expected = np.random.default_rng(shape * 10 + t).integers(0, 256, (SRC_BLOCKS, block), dtype=np.uint8)

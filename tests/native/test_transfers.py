@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from native_harness import init_code
 
 import llm_datadist as ld
 import llm_datadist.ext as ext
-from native_harness import init_code
 
 PATHS = {"shm": {}, "tcp": {"cachelink.force_tcp": "1"}}
 PATTERN = """
@@ -45,7 +45,9 @@ def path(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def prompt(peer_factory, path):
     peer = peer_factory()
-    address = peer.run(init_code("PROMPT", 1, listen="127.0.0.1:0", extra=PATHS[path], remote_accessible=True))
+    address = peer.run(
+        init_code("PROMPT", 1, listen="127.0.0.1:0", extra=PATHS[path], remote_accessible=True)
+    )
     peer.run(PATTERN)
     peer.address = address
     return peer
@@ -87,7 +89,9 @@ def test_pull_cache_by_key_whole_slot_and_layer_range(prompt, decode):
         cm.pull_cache(ld.CacheKey(1, 11), dst, batch_index=0)
     assert err.value.status_code == ld.LLMStatusCode.LLM_KV_CACHE_NOT_EXIST
     # layer-wise: only layer 1 (tensors 2, 3) of slot 0, into layer 0 of local slot 1
-    cm.pull_cache(ld.CacheKey(1, 10), dst, batch_index=1, src_layer_range=range(1, 2), dst_layer_range=range(0, 1))
+    cm.pull_cache(
+        ld.CacheKey(1, 10), dst, batch_index=1, src_layer_range=range(1, 2), dst_layer_range=range(0, 1)
+    )
     assert np.array_equal(raw(dst, 0)[1], pattern(102, 2 * slot)[:slot])
     assert np.array_equal(raw(dst, 1)[1], pattern(103, 2 * slot)[:slot])
     assert not raw(dst, 2)[1].any()
@@ -123,8 +127,15 @@ def test_pull_blocks_arbitrary_lists_and_tensor_num_per_layer(prompt, decode):
         assert np.array_equal(raw(dst, t)[dst_blocks], src[src_blocks])
     # three tensors per layer: layer 1 = tensors 3..5 of the source into layer 0 = tensors 0..2
     fresh = cm.allocate_blocks_cache(ld.CacheDesc(6, [16, 128], ld.DataType.DT_FLOAT))
-    cm.pull_blocks(ld.BlocksCacheKey(1, 5), fresh, [1], [4], src_layer_range=range(1, 2),
-                   dst_layer_range=range(0, 1), tensor_num_per_layer=3)
+    cm.pull_blocks(
+        ld.BlocksCacheKey(1, 5),
+        fresh,
+        [1],
+        [4],
+        src_layer_range=range(1, 2),
+        dst_layer_range=range(0, 1),
+        tensor_num_per_layer=3,
+    )
     for t in range(3):
         assert np.array_equal(raw(fresh, t)[4], pattern(50 + 3 + t, 32 * block).reshape(32, block)[1])
     for t in range(3, 6):
@@ -179,7 +190,9 @@ def test_caller_registered_memory_both_sides(prompt, decode):
     """)
     cm = decode.cache_manager
     mine = [np.zeros((8, 512), dtype=np.uint8) for _ in range(2)]
-    blk = cm.register_blocks_cache(ld.CacheDesc(2, [8, 512], ld.DataType.DT_UINT8), [a.ctypes.data for a in mine])
+    blk = cm.register_blocks_cache(
+        ld.CacheDesc(2, [8, 512], ld.DataType.DT_UINT8), [a.ctypes.data for a in mine]
+    )
     cm.pull_blocks(ld.BlocksCacheKey(1, 9), blk, [0, 5], [7, 1])
     for t in range(2):
         src = pattern(400 + t, 8 * 512).reshape(8, 512)
