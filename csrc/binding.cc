@@ -109,7 +109,9 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("checksum", &EngineConfig::checksum)
       .def_readwrite("sync_timeout_ms", &EngineConfig::sync_timeout_ms)
       .def_readwrite("link_retry_count", &EngineConfig::link_retry_count)
-      .def_readwrite("max_connections_per_link", &EngineConfig::max_connections_per_link);
+      .def_readwrite("max_connections_per_link", &EngineConfig::max_connections_per_link)
+      .def_readwrite("tcp_stripes", &EngineConfig::tcp_stripes)
+      .def_readwrite("copy_threads", &EngineConfig::copy_threads);
 
   py::class_<wire::Extent>(m, "Extent")
       .def(py::init<>())

@@ -8,7 +8,11 @@
 
 namespace cachelink {
 
-/// Copies the first `total` bytes of the `src` stream into the `dst` stream.
-void copy_segments(const std::vector<Segment>& dst, const std::vector<Segment>& src, uint64_t total);
+/// Below this many bytes a copy stays on the calling thread.
+constexpr uint64_t kParallelCopyMin = 8u << 20;
+
+/// Copies the first `total` bytes of the `src` stream into the `dst` stream, on up to `threads` threads.
+void copy_segments(const std::vector<Segment>& dst, const std::vector<Segment>& src, uint64_t total,
+                   unsigned threads = 1);
 
 }  // namespace cachelink

@@ -11,6 +11,7 @@
 #include <fstream>
 #include <random>
 
+#include "checksum.h"
 #include "copy.h"
 
 namespace cachelink {
@@ -18,6 +19,7 @@ namespace {
 
 constexpr uint32_t kProtocol = 1;
 constexpr size_t kMaxResolveSegments = 500000;
+constexpr uint64_t kStripeMin = 8u << 20;  // smaller transfers stay on one connection
 
 std::string read_boot_id() {
   std::ifstream in("/proc/sys/kernel/random/boot_id");
@@ -63,16 +65,34 @@ IoResult recv_frame(int fd, Deadline deadline, wire::Header* header, std::vector
   return recv_all(fd, payload->data(), payload->size(), deadline);
 }
 
-/// Receives `total` bytes of a stream into consecutive segments.
+/// Receives `total` bytes of a stream into consecutive segments (scatter reads, many segments a call).
 IoResult recv_into(int fd, const std::vector<Segment>& segs, uint64_t total, Deadline deadline) {
+  std::vector<iovec> iov;
+  iov.reserve(segs.size());
   for (const Segment& s : segs) {
     if (total == 0) break;
     uint64_t n = std::min(total, s.len);
-    IoResult io = recv_all(fd, s.addr, n, deadline);
-    if (!io.ok()) return io;
+    iov.push_back({s.addr, n});
     total -= n;
   }
-  return {};
+  return recvv_all(fd, std::move(iov), deadline);
+}
+
+uint32_t crc_of(const std::vector<Segment>& segs, uint64_t total) {
+  Crc32c crc;
+  crc.update(segs, total);
+  return crc.value();
+}
+
+/// Splits a block list into `parts` contiguous chunks.
+std::vector<std::vector<uint64_t>> chunks(const std::vector<uint64_t>& blocks, size_t parts) {
+  std::vector<std::vector<uint64_t>> out;
+  size_t per = (blocks.size() + parts - 1) / parts;
+  for (size_t i = 0; i < blocks.size(); i += per) {
+    out.emplace_back(blocks.begin() + static_cast<long>(i),
+                     blocks.begin() + static_cast<long>(std::min(blocks.size(), i + per)));
+  }
+  return out;
 }
 
 std::vector<uint8_t> status_payload(const Status& st) {
@@ -438,8 +458,13 @@ Status Engine::handle_read(ServerConn* conn, const std::vector<uint8_t>& payload
   w.str(st.message());
   w.u64(st.ok() ? total : 0);
   Deadline deadline = deadline_in_ms(config_.sync_timeout_ms * 10 + 30000);
-  IoResult io = send_frame(conn->fd.get(), wire::Type::kReadResp, w.bytes(), st.ok() ? segs : std::vector<Segment>{},
-                           deadline);
+  std::vector<Segment> outgoing = st.ok() ? segs : std::vector<Segment>{};
+  uint32_t crc = 0;
+  if (st.ok() && (req.flags & wire::kFlagChecksum) != 0) {
+    crc = crc_of(segs, total);
+    outgoing.push_back({reinterpret_cast<uint8_t*>(&crc), sizeof(crc)});
+  }
+  IoResult io = send_frame(conn->fd.get(), wire::Type::kReadResp, w.bytes(), outgoing, deadline);
   if (!io.ok()) return {Code::kFailed, io.message};
   if (st.ok()) {
     counters_.bytes_served += total;
@@ -464,9 +489,20 @@ Status Engine::handle_write(ServerConn* conn, const std::vector<uint8_t>& payloa
                                    " bytes, the source sends " + std::to_string(req.expected_total)};
   }
   Deadline deadline = deadline_in_ms(config_.sync_timeout_ms * 10 + 30000);
+  const bool checksum = (req.flags & wire::kFlagChecksum) != 0;
+  const uint64_t trailer = checksum ? sizeof(uint32_t) : 0;
   IoResult io = st.ok() ? recv_into(conn->fd.get(), segs, req.expected_total, deadline)
-                        : discard(conn->fd.get(), req.expected_total, deadline);
+                        : discard(conn->fd.get(), req.expected_total + trailer, deadline);
   if (!io.ok()) return {Code::kFailed, io.message};
+  if (st.ok() && checksum) {
+    uint32_t sent = 0;
+    io = recv_all(conn->fd.get(), &sent, sizeof(sent), deadline);
+    if (!io.ok()) return {Code::kFailed, io.message};
+    if (sent != crc_of(segs, req.expected_total)) {
+      st = {Code::kFailed, "checksum mismatch on data pushed by cluster " + std::to_string(conn->peer_cluster_id) +
+                               ": the bytes were corrupted in transit"};
+    }
+  }
   io = send_frame(conn->fd.get(), wire::Type::kWriteResp, status_payload(st), {}, deadline);
   if (!io.ok()) return {Code::kFailed, io.message};
   return Status::Ok();
@@ -764,36 +800,103 @@ Status Engine::transfer(bool is_pull, uint64_t remote_cluster_id, const wire::Tr
   std::shared_ptr<Link> link;
   CL_RETURN_IF_ERROR(get_link(remote_cluster_id, &link));
   std::vector<Segment> segs;
-  Pin pin;
+  Pin pin;  // keeps the local cache alive for the whole transfer, every stripe included
   CL_RETURN_IF_ERROR(store_.acquire_local(local_cache, local, &segs, &pin));
-  wire::TransferRequest req = remote;
-  req.expected_total = total_bytes(segs);
+  const uint64_t total = total_bytes(segs);
   Deadline deadline = deadline_in_ms(timeout_ms);
-  ConnLease conn;
-  CL_RETURN_IF_ERROR(lease(link, deadline, &conn));
-  Status st;
-  bool fallback = true;
-  if (link->same_host) {
-    st = transfer_shm(is_pull, *link, conn.conn(), req, segs, deadline, &fallback);
+  wire::TransferRequest req = remote;
+  if (config_.checksum) req.flags |= wire::kFlagChecksum;
+
+  // One large TCP transfer is striped over several connections: by block chunks when both sides
+  // name blocks, else by tensors. Same-host copies are parallelised inside copy_segments instead.
+  std::vector<std::pair<wire::TransferRequest, wire::Extent>> parts;
+  const auto stripes = static_cast<size_t>(std::max<int64_t>(1, config_.tcp_stripes));
+  const bool blocks_both = req.extent.unit == wire::Unit::kBlocks && local.unit == wire::Unit::kBlocks;
+  if (!link->same_host && stripes > 1 && total >= kStripeMin) {
+    if (blocks_both && local.blocks.size() >= stripes && req.extent.blocks.size() == local.blocks.size()) {
+      auto remote_chunks = chunks(req.extent.blocks, stripes);
+      auto local_chunks = chunks(local.blocks, stripes);
+      for (size_t i = 0; i < remote_chunks.size(); ++i) {
+        parts.emplace_back(req, local);
+        parts.back().first.extent.blocks = std::move(remote_chunks[i]);
+        parts.back().second.blocks = std::move(local_chunks[i]);
+      }
+    } else if ((req.flags & wire::kFlagAllowShort) == 0 && local.tensor_count >= stripes &&
+               req.extent.tensor_count == local.tensor_count) {
+      uint32_t per = (local.tensor_count + static_cast<uint32_t>(stripes) - 1) / static_cast<uint32_t>(stripes);
+      for (uint32_t first = 0; first < local.tensor_count; first += per) {
+        uint32_t count = std::min(per, local.tensor_count - first);
+        parts.emplace_back(req, local);
+        parts.back().first.extent.tensor_start += first;
+        parts.back().first.extent.tensor_count = count;
+        parts.back().second.tensor_start += first;
+        parts.back().second.tensor_count = count;
+      }
+    }
   }
-  if (st.ok() && fallback) st = transfer_tcp(is_pull, *link, conn.conn(), req, segs, deadline);
-  if (!st.ok() && (st.code() == Code::kTimeout || st.code() == Code::kFailed)) conn.mark_bad();
+  Status st;
+  if (parts.size() <= 1) {
+    st = transfer_part(is_pull, link, req, segs, deadline);
+  } else {
+    std::vector<Status> results(parts.size());
+    std::vector<std::vector<Segment>> part_segs(parts.size());
+    for (size_t i = 0; i < parts.size(); ++i) {
+      Pin part_pin;
+      results[i] = store_.acquire_local(local_cache, parts[i].second, &part_segs[i], &part_pin);
+    }
+    std::vector<std::thread> helpers;
+    for (size_t i = 1; i < parts.size(); ++i) {
+      if (!results[i].ok()) continue;
+      helpers.emplace_back([&, i] { results[i] = transfer_part(is_pull, link, parts[i].first, part_segs[i], deadline); });
+    }
+    if (results[0].ok()) results[0] = transfer_part(is_pull, link, parts[0].first, part_segs[0], deadline);
+    for (auto& t : helpers) t.join();
+    for (const Status& r : results) {
+      if (!r.ok()) {
+        st = r;
+        break;
+      }
+    }
+  }
   counters_.transfers += 1;
   if (st.ok()) {
-    (is_pull ? counters_.bytes_pulled : counters_.bytes_pushed) += req.expected_total;
+    (is_pull ? counters_.bytes_pulled : counters_.bytes_pushed) += total;
   } else {
     counters_.transfer_errors += 1;
   }
   return st;
 }
 
+Status Engine::transfer_part(bool is_pull, const std::shared_ptr<Link>& link, wire::TransferRequest req,
+                             const std::vector<Segment>& local, Deadline deadline) {
+  req.expected_total = total_bytes(local);
+  ConnLease conn;
+  CL_RETURN_IF_ERROR(lease(link, deadline, &conn));
+  Status st;
+  bool fallback = true;
+  if (link->same_host) st = transfer_shm(is_pull, *link, conn.conn(), req, local, deadline, &fallback);
+  if (st.ok() && fallback) st = transfer_tcp(is_pull, *link, conn.conn(), req, local, deadline);
+  if (!st.ok() && (st.code() == Code::kTimeout || st.code() == Code::kFailed)) conn.mark_bad();
+  return st;
+}
+
 Status Engine::transfer_tcp(bool is_pull, Link& link, Conn& conn, const wire::TransferRequest& req,
                             const std::vector<Segment>& local, Deadline deadline) {
   const int64_t timeout_ms = config_.sync_timeout_ms;
+  const bool checksum = (req.flags & wire::kFlagChecksum) != 0;
   wire::Writer w;
   wire::encode(w, req);
-  IoResult io = send_frame(conn.fd.get(), is_pull ? wire::Type::kRead : wire::Type::kWrite, w.bytes(),
-                           is_pull ? std::vector<Segment>{} : local, deadline);
+  std::vector<Segment> outgoing;
+  uint32_t crc = 0;
+  if (!is_pull) {
+    outgoing = local;
+    if (checksum) {
+      crc = crc_of(local, req.expected_total);
+      outgoing.push_back({reinterpret_cast<uint8_t*>(&crc), sizeof(crc)});
+    }
+  }
+  IoResult io = send_frame(conn.fd.get(), is_pull ? wire::Type::kRead : wire::Type::kWrite, w.bytes(), outgoing,
+                           deadline);
   if (!io.ok()) return io_failure(link, io, timeout_ms);
   wire::Header header;
   std::vector<uint8_t> payload;
@@ -813,6 +916,15 @@ Status Engine::transfer_tcp(bool is_pull, Link& link, Conn& conn, const wire::Tr
   if (total > req.expected_total) return {Code::kFailed, "peer announced more bytes than requested"};
   io = recv_into(conn.fd.get(), local, total, deadline);
   if (!io.ok()) return io_failure(link, io, timeout_ms);
+  if (checksum) {
+    uint32_t sent = 0;
+    io = recv_all(conn.fd.get(), &sent, sizeof(sent), deadline);
+    if (!io.ok()) return io_failure(link, io, timeout_ms);
+    if (sent != crc_of(local, total)) {
+      return {Code::kFailed, "checksum mismatch on data from cluster " + std::to_string(link.remote_cluster_id) +
+                                 " at " + link.address() + ": the bytes were corrupted in transit"};
+    }
+  }
   return Status::Ok();
 }
 
@@ -855,21 +967,26 @@ Status Engine::transfer_shm(bool is_pull, Link& link, Conn& conn, const wire::Tr
   if (!shareable) return Status::Ok();  // caller memory or too many pieces: TCP it is
   *fallback = false;
   bool copied = false;
+  bool intact = true;
   uint64_t remote_total = total_bytes(remote);
   if (valid && remote_total <= req.expected_total) {
-    if (is_pull) {
-      copy_segments(local, remote, remote_total);
-    } else {
-      copy_segments(remote, local, remote_total);
-    }
+    const auto threads = static_cast<unsigned>(std::max<int64_t>(1, config_.copy_threads));
+    const std::vector<Segment>& from = is_pull ? remote : local;
+    const std::vector<Segment>& to = is_pull ? local : remote;
+    copy_segments(to, from, remote_total, threads);
+    if ((req.flags & wire::kFlagChecksum) != 0) intact = crc_of(from, remote_total) == crc_of(to, remote_total);
     copied = true;
   }
   wire::Writer release;
   release.u64(token);
-  release.u8(copied ? 1 : 0);
+  release.u8(copied && intact ? 1 : 0);
   io = send_frame(conn.fd.get(), wire::Type::kRelease, release.bytes(), {}, deadline);
   if (!io.ok()) return io_failure(link, io, timeout_ms);
   if (!copied) return {Code::kFailed, "peer described memory outside its pools"};
+  if (!intact) {
+    return {Code::kFailed, "checksum mismatch after the same-host copy with cluster " +
+                               std::to_string(link.remote_cluster_id) + ": the memory changed during the copy"};
+  }
   return Status::Ok();
 }
 

@@ -40,6 +40,8 @@ struct EngineConfig {
   int64_t sync_timeout_ms = 1000;
   int64_t link_retry_count = 1;
   int64_t max_connections_per_link = 8;
+  int64_t tcp_stripes = 2;   // connections one large TCP transfer is split across
+  int64_t copy_threads = 2;  // threads of one large same-host copy
 };
 
 struct LinkInfo {
@@ -133,6 +135,8 @@ class Engine {
   Status lease(const std::shared_ptr<Link>& link, Deadline deadline, ConnLease* out);
   Status transfer(bool is_pull, uint64_t remote_cluster_id, const wire::TransferRequest& remote,
                   int64_t local_cache, const wire::Extent& local, int64_t timeout_ms);
+  Status transfer_part(bool is_pull, const std::shared_ptr<Link>& link, wire::TransferRequest req,
+                       const std::vector<Segment>& local, Deadline deadline);
   Status transfer_tcp(bool is_pull, Link& link, Conn& conn, const wire::TransferRequest& req,
                       const std::vector<Segment>& local, Deadline deadline);
   Status transfer_shm(bool is_pull, Link& link, Conn& conn, const wire::TransferRequest& req,

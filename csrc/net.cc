@@ -183,6 +183,42 @@ IoResult recv_all(int fd, void* data, size_t len, Deadline deadline) {
   return {};
 }
 
+IoResult recvv_all(int fd, std::vector<iovec> iov, Deadline deadline) {
+  size_t index = 0;
+  while (index < iov.size()) {
+    if (iov[index].iov_len == 0) {
+      ++index;
+      continue;
+    }
+    msghdr msg{};
+    msg.msg_iov = &iov[index];
+    msg.msg_iovlen = std::min<size_t>(iov.size() - index, IOV_MAX);
+    ssize_t n = ::recvmsg(fd, &msg, 0);
+    if (n == 0) return {IoError::kClosed, "connection closed by peer"};
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        IoResult waited = wait_for(fd, POLLIN, deadline);
+        if (!waited.ok()) return waited;
+        continue;
+      }
+      return {IoError::kClosed, std::strerror(errno)};
+    }
+    auto got = static_cast<size_t>(n);
+    while (got > 0 && index < iov.size()) {
+      if (got >= iov[index].iov_len) {
+        got -= iov[index].iov_len;
+        ++index;
+      } else {
+        iov[index].iov_base = static_cast<char*>(iov[index].iov_base) + got;
+        iov[index].iov_len -= got;
+        got = 0;
+      }
+    }
+  }
+  return {};
+}
+
 IoResult discard(int fd, uint64_t len, Deadline deadline) {
   char sink[65536];
   while (len > 0) {

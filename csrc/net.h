@@ -64,6 +64,7 @@ void tune_socket(int fd);
 IoResult send_all(int fd, const void* data, size_t len, Deadline deadline);
 IoResult sendv_all(int fd, std::vector<iovec> iov, Deadline deadline);
 IoResult recv_all(int fd, void* data, size_t len, Deadline deadline);
+IoResult recvv_all(int fd, std::vector<iovec> iov, Deadline deadline);
 /// Receives `len` bytes and throws them away (drains a rejected payload).
 IoResult discard(int fd, uint64_t len, Deadline deadline);
 /// Waits until `fd` is readable or `wake_fd` is signalled; no deadline (idle connections).

@@ -28,6 +28,8 @@ CACHELINK_OPTIONS: dict[str, str] = {
     "creating one",
     "cachelink.comm_base_port": "base port of communication-domain listeners (port = base + device_id)",
     "cachelink.max_connections_per_link": "connections a link may open for concurrent transfers (default 8)",
+    "cachelink.tcp_stripes": "connections one large TCP transfer is split across (default 2)",
+    "cachelink.copy_threads": "threads of one large same-host copy (default 2)",
 }
 
 DEFAULT_COMM_BASE_PORT = 16000
@@ -165,6 +167,8 @@ def build_engine_config(options: Mapping[str, str], cluster_id: int, role_name: 
     config.sync_timeout_ms = sync_timeout_ms(options)
     config.link_retry_count = _positive_int(options, "llm.LinkRetryCount", 1)
     config.max_connections_per_link = _positive_int(options, "cachelink.max_connections_per_link", 8)
+    config.tcp_stripes = _positive_int(options, "cachelink.tcp_stripes", 2)
+    config.copy_threads = _positive_int(options, "cachelink.copy_threads", 2)
     comm_base_port(options)
     link_total_time_ms(options)
     return config
