@@ -133,8 +133,11 @@ def run_point(total: int, block: int, tcp: bool, runs: int) -> dict[str, Any]:
         perm = np.random.default_rng(1234).permutation(blocks)
         perm_list, identity = perm.tolist(), list(range(blocks))
         key = BlocksCacheKey(PROMPT, MODEL)
-        result: dict[str, Any] = {"block_bytes": block, "bytes_per_run": blocks * block * TENSORS,
-                                  "data_path": ext.links(dd)[0].data_path}
+        result: dict[str, Any] = {
+            "block_bytes": block,
+            "bytes_per_run": blocks * block * TENSORS,
+            "data_path": ext.links(dd)[0].data_path,
+        }
         for op in ("pull", "push"):
             if op == "push":
                 for t in range(TENSORS):
@@ -155,8 +158,12 @@ def run_point(total: int, block: int, tcp: bool, runs: int) -> dict[str, Any]:
                 parent.send(("verify", perm))
                 ok = parent.recv()
             moved = blocks * block * TENSORS
-            result[op] = {"gbps": median_gbps(times, moved), "seconds": times,
-                          "cpu_s_per_gb": statistics.median(cpu) / (moved / 1e9), "verified": bool(ok)}
+            result[op] = {
+                "gbps": median_gbps(times, moved),
+                "seconds": times,
+                "cpu_s_per_gb": statistics.median(cpu) / (moved / 1e9),
+                "verified": bool(ok),
+            }
             if not ok:
                 raise SystemExit(f"bytes differ after {op} ({block} B blocks, tcp={tcp})")
         dd.unlink_clusters([info])
@@ -237,7 +244,9 @@ def idle_cpu_percent(seconds: float) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--gib", type=float, default=1.0, help="GiB moved per run (default 1)")
     parser.add_argument("--runs", type=int, default=10, help="runs per point; the median is reported")
     parser.add_argument("--sizes", default=",".join(SIZES), help="block sizes, from " + ",".join(SIZES))
@@ -250,7 +259,9 @@ def main() -> None:
     report: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
         "method": f"{args.gib} GiB per run, median of {args.runs}, blocks shuffled by a fixed permutation",
-        "memcpy_gbps": memcpy, "tcp_stream_gbps": tcp, "points": [],
+        "memcpy_gbps": memcpy,
+        "tcp_stream_gbps": tcp,
+        "points": [],
     }
     for path in args.paths.split(","):
         for name in args.sizes.split(","):
@@ -260,11 +271,16 @@ def main() -> None:
             for op in ("pull", "push"):
                 point[op]["ratio_to_baseline"] = point[op]["gbps"] / baseline
             report["points"].append(point)
-            print(f"{path:4} {name:>6}: pull {point['pull']['gbps']:6.2f} GB/s ({point['pull']['ratio_to_baseline']:.2f}x)"
-                  f"  push {point['push']['gbps']:6.2f} GB/s ({point['push']['ratio_to_baseline']:.2f}x)"
-                  f"  cpu {point['pull']['cpu_s_per_gb']:.2f} s/GB", flush=True)
+            print(
+                f"{path:4} {name:>6}: pull {point['pull']['gbps']:6.2f} GB/s ({point['pull']['ratio_to_baseline']:.2f}x)"
+                f"  push {point['push']['gbps']:6.2f} GB/s ({point['push']['ratio_to_baseline']:.2f}x)"
+                f"  cpu {point['pull']['cpu_s_per_gb']:.2f} s/GB",
+                flush=True,
+            )
     report["idle_linked_pair_cpu_percent"] = idle_cpu_percent(5.0)
-    print(f"memcpy {memcpy:.2f} GB/s, tcp stream {tcp:.2f} GB/s, idle pair {report['idle_linked_pair_cpu_percent']:.2f}% cpu")
+    print(
+        f"memcpy {memcpy:.2f} GB/s, tcp stream {tcp:.2f} GB/s, idle pair {report['idle_linked_pair_cpu_percent']:.2f}% cpu"
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))

@@ -111,7 +111,9 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("link_retry_count", &EngineConfig::link_retry_count)
       .def_readwrite("max_connections_per_link", &EngineConfig::max_connections_per_link)
       .def_readwrite("tcp_stripes", &EngineConfig::tcp_stripes)
-      .def_readwrite("copy_threads", &EngineConfig::copy_threads);
+      .def_readwrite("copy_threads", &EngineConfig::copy_threads)
+      .def_readwrite("link_secret", &EngineConfig::link_secret)
+      .def_readwrite("key_lease_ms", &EngineConfig::key_lease_ms);
 
   py::class_<wire::Extent>(m, "Extent")
       .def(py::init<>())
@@ -186,10 +188,11 @@ PYBIND11_MODULE(_core, m) {
           py::arg("remote_accessible"), py::arg("meta"))
       .def(
           "bind_slot_key",
-          [](Engine& e, int64_t id, uint64_t slot, uint64_t req, uint64_t model, uint64_t prefix) {
-            throw_if_error(e.store().bind_slot_key(id, slot, SlotKey{req, model, prefix}));
+          [](Engine& e, int64_t id, uint64_t slot, uint64_t req, uint64_t model, uint64_t prefix, int64_t lease_ms) {
+            throw_if_error(e.bind_slot_key(id, slot, SlotKey{req, model, prefix}, lease_ms));
           },
-          py::arg("cache_id"), py::arg("slot"), py::arg("req_id"), py::arg("model_id"), py::arg("prefix_id"))
+          py::arg("cache_id"), py::arg("slot"), py::arg("req_id"), py::arg("model_id"), py::arg("prefix_id"),
+          py::arg("lease_ms") = -1)
       .def(
           "bind_blocks_key",
           [](Engine& e, int64_t id, uint64_t model) { throw_if_error(e.store().bind_blocks_key(id, model)); },
@@ -308,6 +311,8 @@ PYBIND11_MODULE(_core, m) {
         d["bytes_served"] = c.bytes_served.load();
         d["transfers"] = c.transfers.load();
         d["transfer_errors"] = c.transfer_errors.load();
+        d["leases_expired"] = c.leases_expired.load();
+        d["auth_failures"] = c.auth_failures.load();
         return d;
       });
 

@@ -64,6 +64,7 @@ struct CacheStore::Record {
   bool id_ref = true;
   int pins = 0;
   std::map<uint64_t, std::pair<SlotKey, std::vector<bool>>> slot_keys;  // slot -> key, tensors pulled
+  std::map<uint64_t, std::chrono::steady_clock::time_point> leases;      // slot -> key lease deadline
   std::optional<uint64_t> blocks_model;
 
   uint64_t unit_bytes() const { return units == 0 ? 0 : tensor_bytes / units; }
@@ -262,7 +263,7 @@ std::tuple<bool, uint64_t, uint64_t> CacheStore::key_of(const SlotKey& key) {
   return {false, key.req_id, key.model_id};
 }
 
-Status CacheStore::bind_slot_key(int64_t id, uint64_t slot, const SlotKey& key) {
+Status CacheStore::bind_slot_key(int64_t id, uint64_t slot, const SlotKey& key, int64_t lease_ms) {
   std::lock_guard<std::mutex> lock(mu_);
   Record* r = find_locked(id);
   if (r == nullptr) return {Code::kKvCacheNotExist, "cache " + std::to_string(id) + " does not exist"};
@@ -274,8 +275,39 @@ Status CacheStore::bind_slot_key(int64_t id, uint64_t slot, const SlotKey& key) 
   }
   slot_keys_[k] = {id, slot};
   r->slot_keys[slot] = {key, std::vector<bool>(r->num_tensors, false)};
+  if (lease_ms > 0) r->leases[slot] = std::chrono::steady_clock::now() + std::chrono::milliseconds(lease_ms);
   persist_locked();
   return Status::Ok();
+}
+
+std::optional<std::chrono::steady_clock::time_point> CacheStore::next_lease() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::optional<std::chrono::steady_clock::time_point> next;
+  for (const auto& [id, rec] : records_) {
+    for (const auto& [slot, deadline] : rec->leases) {
+      if (!next || deadline < *next) next = deadline;
+    }
+  }
+  return next;
+}
+
+size_t CacheStore::expire_leases(std::chrono::steady_clock::time_point now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<std::tuple<bool, uint64_t, uint64_t>> expired;
+  for (auto& [id, rec] : records_) {
+    for (auto it = rec->leases.begin(); it != rec->leases.end();) {
+      if (it->second <= now) {
+        auto key = rec->slot_keys.find(it->first);
+        if (key != rec->slot_keys.end()) expired.push_back(key_of(key->second.first));
+        it = rec->leases.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  for (const auto& k : expired) release_key_locked(k);
+  if (!expired.empty()) persist_locked();
+  return expired.size();
 }
 
 Status CacheStore::bind_blocks_key(int64_t id, uint64_t model_id) {
@@ -318,6 +350,7 @@ void CacheStore::release_key_locked(const std::tuple<bool, uint64_t, uint64_t>& 
   Record* r = find_locked(id);
   if (r != nullptr) {
     r->slot_keys.erase(slot);
+    r->leases.erase(slot);
     maybe_free_locked(id);
   }
 }

@@ -5,6 +5,7 @@
 // freed when the last pin goes, never under a copy.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -114,7 +115,12 @@ class CacheStore {
   Status register_memory(bool blocks, uint32_t num_tensors, uint64_t tensor_bytes, uint64_t units,
                          const std::vector<uint64_t>& addrs, bool remote_accessible, const std::string& meta,
                          CacheInfo* out);
-  Status bind_slot_key(int64_t id, uint64_t slot, const SlotKey& key);
+  /// Binds a key to a batch slot; `lease_ms` > 0 releases the key if nobody pulled it in time.
+  Status bind_slot_key(int64_t id, uint64_t slot, const SlotKey& key, int64_t lease_ms = 0);
+  /// When the next key lease runs out (nullopt: none pending).
+  std::optional<std::chrono::steady_clock::time_point> next_lease() const;
+  /// Releases every key whose lease ran out by `now`; returns how many.
+  size_t expire_leases(std::chrono::steady_clock::time_point now);
   Status bind_blocks_key(int64_t id, uint64_t model_id);
   /// Drops the id reference; the memory goes once no key or pin holds it. Unknown ids are a no-op.
   Status deallocate(int64_t id, bool expect_blocks);

@@ -11,6 +11,7 @@
 #include <fstream>
 #include <random>
 
+#include "auth.h"
 #include "checksum.h"
 #include "copy.h"
 
@@ -147,6 +148,10 @@ struct Engine::ServerConn {
   std::thread thread;
   std::atomic<bool> done{false};
   uint64_t peer_cluster_id = kInvalidId;
+  bool greeted = false;        // HELLO accepted
+  bool authenticated = false;  // link secret proven (or none configured)
+  std::string client_nonce;
+  std::string server_nonce;
   std::map<uint64_t, Pin> pins;  // same-host transfers in flight, released by RELEASE or on close
   uint64_t next_token = 1;
 };
@@ -241,6 +246,32 @@ Status Engine::init() {
     }
   }
   initialized_ = true;
+  lease_thread_ = std::thread([this] { lease_loop(); });
+  return Status::Ok();
+}
+
+void Engine::lease_loop() {
+  std::unique_lock<std::mutex> lock(lease_mu_);
+  while (!stopping_) {
+    auto next = store_.next_lease();
+    if (next) {
+      lease_cv_.wait_until(lock, *next);
+    } else {
+      lease_cv_.wait(lock);  // idle: no timer, no polling
+    }
+    if (stopping_) break;
+    counters_.leases_expired += store_.expire_leases(std::chrono::steady_clock::now());
+  }
+}
+
+Status Engine::bind_slot_key(int64_t cache_id, uint64_t slot, const SlotKey& key, int64_t lease_ms) {
+  CL_RETURN_IF_ERROR(check_owner());
+  int64_t lease = lease_ms >= 0 ? lease_ms : config_.key_lease_ms;
+  CL_RETURN_IF_ERROR(store_.bind_slot_key(cache_id, slot, key, lease));
+  if (lease > 0) {
+    std::lock_guard<std::mutex> lock(lease_mu_);
+    lease_cv_.notify_all();
+  }
   return Status::Ok();
 }
 
@@ -283,6 +314,11 @@ void Engine::finalize(bool release_pool) {
     }
   };
   for (auto& [id, d] : domains) finish(d->thread);
+  {
+    std::lock_guard<std::mutex> lock(lease_mu_);
+    lease_cv_.notify_all();
+  }
+  finish(lease_thread_);
   std::list<std::unique_ptr<Listener>> listeners;
   std::list<std::unique_ptr<ServerConn>> conns;
   {
@@ -383,9 +419,18 @@ void Engine::serve(ServerConn* conn) {
 }
 
 Status Engine::serve_one(ServerConn* conn, const wire::Header& header, const std::vector<uint8_t>& payload) {
-  switch (static_cast<wire::Type>(header.type)) {
+  const auto type = static_cast<wire::Type>(header.type);
+  if (!conn->greeted && type != wire::Type::kHello) return {Code::kFailed, "request before the handshake"};
+  if (conn->greeted && !conn->authenticated && type != wire::Type::kAuth) {
+    return {Code::kFailed, "request before link authentication"};
+  }
+  switch (type) {
     case wire::Type::kHello:
+      if (conn->greeted) return {Code::kFailed, "second handshake on one connection"};
       return handle_hello(conn, payload);
+    case wire::Type::kAuth:
+      if (conn->authenticated) return {Code::kFailed, "unexpected authentication"};
+      return handle_auth(conn, payload);
     case wire::Type::kRead:
       return handle_read(conn, payload);
     case wire::Type::kWrite:
@@ -407,10 +452,13 @@ Status Engine::handle_hello(ServerConn* conn, const std::vector<uint8_t>& payloa
   std::string peer_host = r.str();
   uint64_t peer_incarnation = r.u64();
   uint64_t expected_id = r.u64();
+  bool peer_has_secret = r.u8() != 0;
+  conn->client_nonce = r.str();
   CL_RETURN_IF_ERROR(r.finish("hello"));
   (void)peer_role;
   (void)peer_host;
   (void)peer_incarnation;
+  const bool secret = !config_.link_secret.empty();
   Status verdict;
   if (protocol != kProtocol) {
     verdict = {Code::kLinkFailed, "protocol version mismatch: peer speaks " + std::to_string(protocol) +
@@ -418,7 +466,13 @@ Status Engine::handle_hello(ServerConn* conn, const std::vector<uint8_t>& payloa
   } else if (expected_id != kInvalidId && expected_id != config_.cluster_id) {
     verdict = {Code::kLinkFailed, "cluster id mismatch: the peer asked for cluster " + std::to_string(expected_id) +
                                       " but this instance is cluster " + std::to_string(config_.cluster_id)};
+  } else if (secret && !peer_has_secret) {
+    verdict = {Code::kLinkFailed, "cluster " + std::to_string(config_.cluster_id) +
+                                      " requires link authentication (cachelink.link_secret)"};
+  } else if (secret && conn->client_nonce.size() != auth::kNonceBytes) {
+    verdict = {Code::kLinkFailed, "malformed authentication nonce"};
   }
+  if (!verdict.ok() && secret) counters_.auth_failures += 1;
   wire::Writer w;
   w.u32(static_cast<uint32_t>(verdict.code()));
   w.str(verdict.message());
@@ -432,9 +486,38 @@ Status Engine::handle_hello(ServerConn* conn, const std::vector<uint8_t>& payloa
     w.str(path);
     w.u64(size);
   }
+  w.u8(secret ? 1 : 0);
+  if (secret && verdict.ok()) {
+    conn->server_nonce = auth::random_nonce();
+    w.str(conn->server_nonce);
+    w.str(auth::proof(config_.link_secret, auth::kServerLabel, conn->client_nonce, conn->server_nonce,
+                      config_.cluster_id));
+  } else {
+    w.str("");
+    w.str("");
+  }
   conn->peer_cluster_id = peer_id;
   IoResult io = send_frame(conn->fd.get(), wire::Type::kHelloAck, w.bytes(), {}, deadline_in_ms(30000));
   if (!io.ok()) return {Code::kFailed, io.message};
+  conn->greeted = verdict.ok();
+  conn->authenticated = verdict.ok() && !secret;
+  return verdict;
+}
+
+Status Engine::handle_auth(ServerConn* conn, const std::vector<uint8_t>& payload) {
+  wire::Reader r(payload);
+  std::string client_proof = r.str();
+  CL_RETURN_IF_ERROR(r.finish("auth"));
+  std::string expected = auth::proof(config_.link_secret, auth::kClientLabel, conn->server_nonce, conn->client_nonce,
+                                     conn->peer_cluster_id);
+  Status verdict;
+  if (!auth::same(client_proof, expected)) {
+    counters_.auth_failures += 1;
+    verdict = {Code::kLinkFailed, "cluster " + std::to_string(config_.cluster_id) + " refused the link: wrong link secret"};
+  }
+  IoResult io = send_frame(conn->fd.get(), wire::Type::kAuthResult, status_payload(verdict), {}, deadline_in_ms(30000));
+  if (!io.ok()) return {Code::kFailed, io.message};
+  conn->authenticated = verdict.ok();
   return verdict;
 }
 
@@ -576,6 +659,10 @@ Status Engine::open_conn(Link* link, Deadline deadline, std::unique_ptr<Conn>* o
   w.str(host_id_);
   w.u64(incarnation_);
   w.u64(link->remote_cluster_id);
+  const bool secret = !config_.link_secret.empty();
+  const std::string client_nonce = secret ? auth::random_nonce() : "";
+  w.u8(secret ? 1 : 0);
+  w.str(client_nonce);
   const std::string where = "cluster " + std::to_string(link->remote_cluster_id) + " at " + link->address();
   IoResult io = send_frame(conn->fd.get(), wire::Type::kHello, w.bytes(), {}, deadline);
   if (!io.ok()) return {Code::kLinkFailed, "handshake with " + where + " failed: " + io.message};
@@ -601,8 +688,30 @@ Status Engine::open_conn(Link* link, Deadline deadline, std::unique_ptr<Conn>* o
     uint64_t size = r.u64();
     pools->emplace_back(path, size);
   }
+  bool peer_has_secret = r.u8() != 0;
+  std::string server_nonce = r.str();
+  std::string server_proof = r.str();
   CL_RETURN_IF_ERROR(r.finish("hello ack"));
   if (!verdict.ok()) return {Code::kLinkFailed, "link to " + where + " refused: " + verdict.message()};
+  if (secret) {
+    std::string expected = auth::proof(config_.link_secret, auth::kServerLabel, client_nonce, server_nonce, peer_id);
+    if (!peer_has_secret || !auth::same(server_proof, expected)) {
+      counters_.auth_failures += 1;
+      return {Code::kLinkFailed, "link to " + where + " refused: the peer did not prove the link secret"};
+    }
+    wire::Writer a;
+    a.str(auth::proof(config_.link_secret, auth::kClientLabel, server_nonce, client_nonce, config_.cluster_id));
+    io = send_frame(conn->fd.get(), wire::Type::kAuth, a.bytes(), {}, deadline);
+    if (!io.ok()) return {Code::kLinkFailed, "authentication with " + where + " failed: " + io.message};
+    io = recv_frame(conn->fd.get(), deadline, &header, &payload, &st);
+    if (!io.ok() || !st.ok() || header.type != static_cast<uint16_t>(wire::Type::kAuthResult)) {
+      return {Code::kLinkFailed, "authentication with " + where + " failed: " + (io.ok() ? st.message() : io.message)};
+    }
+    wire::Reader ar(payload);
+    Status accepted = read_status(ar);
+    CL_RETURN_IF_ERROR(ar.finish("auth result"));
+    if (!accepted.ok()) return {Code::kLinkFailed, "link to " + where + " refused: " + accepted.message()};
+  }
   if (peer_id != link->remote_cluster_id) {
     return {Code::kLinkFailed, "link to " + where + " refused: it is cluster " + std::to_string(peer_id)};
   }

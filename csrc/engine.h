@@ -42,6 +42,8 @@ struct EngineConfig {
   int64_t max_connections_per_link = 8;
   int64_t tcp_stripes = 2;   // connections one large TCP transfer is split across
   int64_t copy_threads = 2;  // threads of one large same-host copy
+  std::string link_secret;   // non-empty: peers must prove it (HMAC challenge-response)
+  int64_t key_lease_ms = 0;  // > 0: a CacheKey not pulled within this time is released
 };
 
 struct LinkInfo {
@@ -67,6 +69,8 @@ struct Counters {
   std::atomic<uint64_t> bytes_served{0};
   std::atomic<uint64_t> transfers{0};
   std::atomic<uint64_t> transfer_errors{0};
+  std::atomic<uint64_t> leases_expired{0};
+  std::atomic<uint64_t> auth_failures{0};
 };
 
 class Engine {
@@ -103,6 +107,9 @@ class Engine {
   /// 0 = OK, 1 = PREPARING, 2 = FAILED (RegisterMemStatus values).
   Status comm_status(uint64_t comm_id, int* state) const;
 
+  /// Binds a CacheKey to a slot, with the instance's key lease (or `lease_ms` when >= 0).
+  Status bind_slot_key(int64_t cache_id, uint64_t slot, const SlotKey& key, int64_t lease_ms = -1);
+
   /// Pulls the peer's extent named by `remote` into the local cache's extent.
   Status pull(uint64_t remote_cluster_id, const wire::TransferRequest& remote, int64_t local_cache,
               const wire::Extent& local, int64_t timeout_ms);
@@ -127,6 +134,8 @@ class Engine {
   Status handle_write(ServerConn* conn, const std::vector<uint8_t>& payload);
   Status handle_resolve(ServerConn* conn, const std::vector<uint8_t>& payload);
   Status handle_release(ServerConn* conn, const std::vector<uint8_t>& payload);
+  Status handle_auth(ServerConn* conn, const std::vector<uint8_t>& payload);
+  void lease_loop();
   void reap_server_conns(bool all);
 
   Status open_conn(Link* link, Deadline deadline, std::unique_ptr<Conn>* out, uint64_t* incarnation,
@@ -162,6 +171,10 @@ class Engine {
   std::map<uint64_t, std::shared_ptr<Link>> links_;
   std::map<uint64_t, std::unique_ptr<Domain>> domains_;
   uint64_t next_comm_id_ = 1;
+
+  std::thread lease_thread_;
+  std::mutex lease_mu_;
+  std::condition_variable lease_cv_;
 };
 
 }  // namespace cachelink

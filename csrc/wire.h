@@ -32,6 +32,8 @@ enum class Type : uint16_t {
   kResolveResp = 8,
   kRelease = 9,
   kGoodbye = 10,
+  kAuth = 11,
+  kAuthResult = 12,
 };
 
 struct Header {

@@ -3,11 +3,9 @@ CacheLink native core: pools, caches, links and transfers (private; use llm_data
 """
 
 from __future__ import annotations
-
 import collections.abc
-import typing
-
 import numpy
+import typing
 
 class CoreError(RuntimeError):
     pass
@@ -30,6 +28,7 @@ class EngineConfig:
     force_tcp: bool
     host_id: str
     host_pool: PoolConfig
+    link_secret: str
     listen_ip: str
     persistent_pool: bool
     pool_dir: str
@@ -41,17 +40,13 @@ class EngineConfig:
     @cluster_id.setter
     def cluster_id(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> None: ...
     @property
-    def tcp_stripes(self) -> int:
-        ...
-    @tcp_stripes.setter
-    def tcp_stripes(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> None:
-        ...
-    @property
-    def copy_threads(self) -> int:
-        ...
+    def copy_threads(self) -> int: ...
     @copy_threads.setter
-    def copy_threads(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> None:
-        ...
+    def copy_threads(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> None: ...
+    @property
+    def key_lease_ms(self) -> int: ...
+    @key_lease_ms.setter
+    def key_lease_ms(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> None: ...
     @property
     def link_retry_count(self) -> int: ...
     @link_retry_count.setter
@@ -68,6 +63,10 @@ class EngineConfig:
     def sync_timeout_ms(self) -> int: ...
     @sync_timeout_ms.setter
     def sync_timeout_ms(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> None: ...
+    @property
+    def tcp_stripes(self) -> int: ...
+    @tcp_stripes.setter
+    def tcp_stripes(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> None: ...
 
 class Extent:
     blocks_unit: bool
@@ -164,6 +163,7 @@ class Engine:
         req_id: typing.SupportsInt | typing.SupportsIndex,
         model_id: typing.SupportsInt | typing.SupportsIndex,
         prefix_id: typing.SupportsInt | typing.SupportsIndex,
+        lease_ms: typing.SupportsInt | typing.SupportsIndex = -1,
     ) -> None: ...
     def check_owner(self) -> None: ...
     def clients(self) -> list[int]: ...

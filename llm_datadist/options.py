@@ -30,6 +30,8 @@ CACHELINK_OPTIONS: dict[str, str] = {
     "cachelink.max_connections_per_link": "connections a link may open for concurrent transfers (default 8)",
     "cachelink.tcp_stripes": "connections one large TCP transfer is split across (default 2)",
     "cachelink.copy_threads": "threads of one large same-host copy (default 2)",
+    "cachelink.link_secret": "shared secret peers must prove (HMAC challenge-response) to link with this instance",
+    "cachelink.key_lease_ms": "a CacheKey not pulled within this many ms is released (0: no lease, the default)",
 }
 
 DEFAULT_COMM_BASE_PORT = 16000
@@ -169,6 +171,8 @@ def build_engine_config(options: Mapping[str, str], cluster_id: int, role_name: 
     config.max_connections_per_link = _positive_int(options, "cachelink.max_connections_per_link", 8)
     config.tcp_stripes = _positive_int(options, "cachelink.tcp_stripes", 2)
     config.copy_threads = _positive_int(options, "cachelink.copy_threads", 2)
+    config.link_secret = options.get("cachelink.link_secret", "")
+    config.key_lease_ms = _positive_int(options, "cachelink.key_lease_ms", 0, allow_zero=True)
     comm_base_port(options)
     link_total_time_ms(options)
     return config
