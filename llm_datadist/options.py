@@ -30,8 +30,8 @@ CACHELINK_OPTIONS: dict[str, str] = {
     "cachelink.max_connections_per_link": "connections a link may open for concurrent transfers (default 8)",
     "cachelink.tcp_stripes": "connections one large TCP transfer is split across (default 2)",
     "cachelink.copy_threads": "threads of one large same-host copy (default 2)",
-    "cachelink.link_secret": "shared secret peers must prove (HMAC challenge-response) to link with this instance",
-    "cachelink.key_lease_ms": "a CacheKey not pulled within this many ms is released (0: no lease, the default)",
+    "cachelink.link_secret": "shared secret peers must prove (HMAC challenge-response) to link",
+    "cachelink.key_lease_ms": "a CacheKey not pulled within this many ms is released (0: no lease)",
 }
 
 DEFAULT_COMM_BASE_PORT = 16000

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 
 import numpy as np
 import pytest
+from native_harness import init_code
 
 import llm_datadist as ld
 import llm_datadist.ext as ext
-from native_harness import init_code
 
 Code = ld.LLMStatusCode
 
@@ -54,10 +55,8 @@ class CorruptingProxy:
             pass
         finally:
             for s in (src, dst):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     def close(self) -> None:
         self.server.close()
