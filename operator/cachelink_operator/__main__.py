@@ -1,0 +1,188 @@
+"""``cachelink-operator``: parse flags, serve health and metrics, win the Lease, then run kopf.
+
+The process exits non-zero when it loses the Lease, so its Deployment restarts it as a standby: a
+replica never keeps acting on a Lease it no longer holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import socket
+import sys
+import uuid
+from collections.abc import Sequence
+
+import kopf
+from aiohttp import web
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from prometheus_client import start_http_server
+
+from cachelink_operator import agents, handlers, kube, leader, reconcile
+from cachelink_operator.config import Config
+
+log = logging.getLogger("cachelink_operator")
+
+
+def _selector(text: str) -> dict[str, str]:
+    pairs = [part.split("=", 1) for part in text.split(",") if part]
+    if any(len(p) != 2 or not p[0] for p in pairs):
+        raise argparse.ArgumentTypeError(f"{text!r} is not key=value[,key=value...]")
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def parse(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Namespace]:
+    """Flags -> ``Config`` (plus the process-level flags)."""
+    d = Config()
+    p = argparse.ArgumentParser(prog="cachelink-operator", description=__doc__)
+    p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster service account)")
+    p.add_argument("--agent-namespace", default=d.agent_namespace)
+    p.add_argument(
+        "--agent-selector", type=_selector, default=d.agent_selector, help="label selector of agent pods"
+    )
+    p.add_argument(
+        "--agent-secret", default=d.agent_secret_name, help="Secret holding the agents' shared secret"
+    )
+    p.add_argument("--agent-secret-key", default=d.agent_secret_key)
+    p.add_argument("--agent-timeout", type=float, default=d.agent_timeout_s, help="seconds per agent call")
+    p.add_argument("--api-timeout", type=float, default=d.api_timeout_s, help="seconds per API request")
+    p.add_argument(
+        "--resync-interval", type=float, default=d.resync_interval_s, help="drift-repair period (s)"
+    )
+    p.add_argument("--retry-delay", type=float, default=d.retry_delay_s, help="first retry delay (s)")
+    p.add_argument("--max-retry-delay", type=float, default=d.max_retry_delay_s)
+    p.add_argument("--owner-confirm-interval", type=float, default=d.owner_confirm_interval_s)
+    p.add_argument("--attach-socket", default=d.attach_socket, help="attach socket if the agent reports none")
+    p.add_argument("--leader-namespace", default=os.environ.get("POD_NAMESPACE", d.leader_namespace))
+    p.add_argument("--leader-lease", default=d.leader_lease)
+    p.add_argument("--leader-duration", type=int, default=d.leader_duration_s)
+    p.add_argument("--leader-renew", type=float, default=d.leader_renew_s)
+    p.add_argument(
+        "--identity", default=os.environ.get("POD_NAME") or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+    )
+    p.add_argument("--metrics-port", type=int, default=8080, help="Prometheus metrics (0: off)")
+    p.add_argument("--health-port", type=int, default=8081, help="/healthz and /readyz (0: off)")
+    p.add_argument("--log-format", choices=["json", "plain"], default="json")
+    p.add_argument("--verbose", action="store_true")
+    a = p.parse_args(argv)
+    cfg = Config(
+        agent_namespace=a.agent_namespace,
+        agent_selector=a.agent_selector,
+        agent_secret_name=a.agent_secret,
+        agent_secret_key=a.agent_secret_key,
+        agent_timeout_s=a.agent_timeout,
+        api_timeout_s=a.api_timeout,
+        resync_interval_s=a.resync_interval,
+        retry_delay_s=a.retry_delay,
+        max_retry_delay_s=a.max_retry_delay,
+        attach_socket=a.attach_socket,
+        leader_namespace=a.leader_namespace,
+        leader_lease=a.leader_lease,
+        leader_duration_s=a.leader_duration,
+        leader_renew_s=a.leader_renew,
+        owner_confirm_interval_s=a.owner_confirm_interval,
+        identity=a.identity,
+    )
+    return cfg, a
+
+
+async def _health(port: int, elector: leader.LeaderElector) -> web.AppRunner:
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def readyz(_: web.Request) -> web.Response:
+        return web.Response(
+            text="leading" if elector.leading.is_set() else "standby",
+            status=200 if elector.leading.is_set() else 503,
+        )
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "0.0.0.0", port).start()
+    return runner
+
+
+async def run(cfg: Config, args: argparse.Namespace) -> int:
+    """Serve until stopped or the Lease is lost; returns the exit status."""
+    if args.kubeconfig:
+        k8s_config.load_kube_config(config_file=args.kubeconfig)  # type: ignore[no-untyped-call]
+    else:
+        try:
+            k8s_config.load_incluster_config()  # type: ignore[no-untyped-call]
+        except k8s_config.ConfigException:
+            k8s_config.load_kube_config()  # type: ignore[no-untyped-call]
+    api = k8s.ApiClient()
+    kube_api = kube.Kube(api, cfg.api_timeout_s)
+    elector = leader.LeaderElector(
+        k8s.CoordinationV1Api(api),
+        cfg.leader_namespace,
+        cfg.leader_lease,
+        cfg.identity,
+        cfg.leader_duration_s,
+        cfg.leader_renew_s,
+        cfg.api_timeout_s,
+    )
+    if args.metrics_port:
+        start_http_server(args.metrics_port)
+    runner = await _health(args.health_port, elector) if args.health_port else None
+    try:
+        await elector.acquire()
+        secret = (
+            await kube_api.read_secret(cfg.agent_namespace, cfg.agent_secret_name, cfg.agent_secret_key)
+        ).strip()
+        rt = reconcile.Runtime(cfg, kube_api, agents.Agents(secret, cfg.agent_timeout_s))
+        registry = kopf.OperatorRegistry()
+        handlers.register(registry, rt)
+        stop: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+        @kopf.on.startup(registry=registry)
+        def configure(settings: kopf.OperatorSettings, **_: object) -> None:
+            settings.posting.level = logging.INFO
+            settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="cachelink.io")
+            settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="cachelink.io")
+            settings.persistence.finalizer = "cachelink.io/finalizer"
+            settings.peering.standalone = True
+            settings.networking.request_timeout = cfg.api_timeout_s
+            settings.watching.server_timeout = 300
+            settings.batching.error_delays = (1, 2, 5, 10, 30)
+
+        operator = asyncio.create_task(
+            kopf.operator(registry=registry, clusterwide=True, stop_flag=stop, standalone=True)
+        )
+        keeper = asyncio.create_task(elector.keep())
+        done, _ = await asyncio.wait({operator, keeper}, return_when=asyncio.FIRST_COMPLETED)
+        if keeper in done:
+            log.error("lost the leader Lease; stopping")
+            stop.set_result(True)
+            await operator
+            return 2
+        keeper.cancel()
+        await rt.agents.close()
+        return 0
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        api.close()  # type: ignore[no-untyped-call]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point."""
+    cfg, args = parse(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        stream=sys.stdout,
+        format='{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","message":"%(message)s"}'
+        if args.log_format == "json"
+        else "%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return asyncio.run(run(cfg, args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

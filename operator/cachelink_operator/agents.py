@@ -1,0 +1,190 @@
+"""Reaching node agents: endpoints from the agent DaemonSet's pods, per-node tokens, bounded calls.
+
+An agent pod is found by namespace and label selector (flags); its node is ``spec.nodeName``, its
+address ``status.podIP`` and its port the container port named ``api``. The token is the agent's own
+``node_token`` (``<node>:<hex HMAC-SHA256(secret, node)>``), so the derivation cannot drift apart.
+Every call carries the configured timeout; an agent that cannot be reached is reported, not raised,
+so one bad node never stalls the rest of a CacheLink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cachelink_agent import client as agent_client
+from cachelink_agent import models as agent_models
+
+from cachelink_operator import diff, metrics
+
+API_PORT_NAME = "api"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where one node's agent answers."""
+
+    node: str
+    url: str
+    address: str
+
+
+def endpoint_of(body: Mapping[str, Any], scheme: str = "http") -> Endpoint | None:
+    """The agent endpoint an agent pod offers, or None while it is unscheduled, unready or gone."""
+    node = body.get("spec", {}).get("nodeName")
+    ip = body.get("status", {}).get("podIP")
+    if not node or not ip or body.get("metadata", {}).get("deletionTimestamp"):
+        return None
+    for container in body.get("spec", {}).get("containers", []):
+        for port in container.get("ports", []) or []:
+            if port.get("name") == API_PORT_NAME:
+                host = f"[{ip}]" if ":" in ip else ip
+                return Endpoint(node, f"{scheme}://{host}:{port['containerPort']}", ip)
+    return None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of one planned call."""
+
+    action: diff.Action
+    error: str | None = None
+    status: int | None = None
+    llm_status: str | None = None
+    result: agent_models.PutResult | None = None
+
+    @property
+    def ok(self) -> bool:
+        """The call did what it should."""
+        return self.error is None
+
+
+@dataclass
+class Observation:
+    """What the agents of some nodes said."""
+
+    instances: dict[str, list[agent_models.InstanceStatus]]
+    nodes: dict[str, agent_models.NodeInfo]
+    unreachable: dict[str, str]
+
+
+class Agents:
+    """Clients of the agents, one per node, recreated when the node's agent moves."""
+
+    def __init__(self, secret: bytes, timeout_s: float, concurrency: int = 32) -> None:
+        self._secret = secret
+        self._timeout = timeout_s
+        self._clients: dict[str, tuple[str, agent_client.AgentClient]] = {}
+        self._limit = asyncio.Semaphore(concurrency)
+
+    def client(self, endpoint: Endpoint) -> agent_client.AgentClient:
+        """The client of ``endpoint``'s node."""
+        known = self._clients.get(endpoint.node)
+        if known is not None and known[0] == endpoint.url:
+            return known[1]
+        made = agent_client.AgentClient(
+            endpoint.url, agent_client.node_token(self._secret, endpoint.node), timeout=self._timeout
+        )
+        self._clients[endpoint.node] = (endpoint.url, made)
+        if known is not None:
+            asyncio.get_running_loop().create_task(known[1].close())
+        return made
+
+    async def close(self) -> None:
+        """Close every client."""
+        for _url, made in self._clients.values():
+            await made.close()
+        self._clients.clear()
+
+    async def observe(self, nodes: Iterable[str], endpoints: Mapping[str, Endpoint]) -> Observation:
+        """Instances and node info of each node, concurrently; missing or failing agents are listed."""
+        seen = Observation({}, {}, {})
+
+        async def one(node: str) -> None:
+            endpoint = endpoints.get(node)
+            if endpoint is None:
+                seen.unreachable[node] = f"no ready agent pod on node {node}"
+                return
+            try:
+                async with self._limit:
+                    made = self.client(endpoint)
+                    instances = await made.get_instances()
+                    info = await made.get_node()
+            except agent_client.AgentError as error:
+                metrics.AGENT_CALLS.labels("observe", error.error).inc()
+                seen.unreachable[node] = str(error)
+                return
+            metrics.AGENT_CALLS.labels("observe", "ok").inc()
+            seen.instances[node] = instances
+            seen.nodes[node] = info
+
+        await asyncio.gather(*(one(node) for node in sorted(set(nodes))))
+        return seen
+
+    async def execute(
+        self, actions: Sequence[diff.Action], endpoints: Mapping[str, Endpoint], link_timeout_ms: int
+    ) -> list[Outcome]:
+        """Run a plan: each phase (unlink, delete, put, link) after the previous one, calls within a phase
+        concurrently."""
+        outcomes: list[Outcome] = []
+        for phase in _phases(actions):
+            outcomes.extend(await asyncio.gather(*(self._call(a, endpoints, link_timeout_ms) for a in phase)))
+        return outcomes
+
+    async def confirm_owners(self, endpoint: Endpoint, owners: Sequence[str]) -> None:
+        """Reconfirm, on one node, that these CacheLink UIDs still exist."""
+        async with self._limit:
+            await self.client(endpoint).confirm_owner(*owners)
+
+    async def _call(
+        self, action: diff.Action, endpoints: Mapping[str, Endpoint], link_timeout_ms: int
+    ) -> Outcome:
+        endpoint = endpoints.get(action.node)
+        if endpoint is None:
+            return Outcome(action, f"no ready agent pod on node {action.node}")
+        verb = type(action).__name__
+        try:
+            async with self._limit:
+                made = self.client(endpoint)
+                result: agent_models.PutResult | None = None
+                if isinstance(action, diff.PutInstance):
+                    result = await made.put_instance(action.instance, action.spec)
+                elif isinstance(action, diff.PutLink):
+                    result = await made.put_link(action.instance, action.remote_cluster_id, action.spec)
+                elif isinstance(action, diff.PutCommLink):
+                    result = await made.put_comm_link(action.instance, action.comm_name, action.spec)
+                elif isinstance(action, diff.DeleteLink):
+                    await made.delete_link(
+                        action.instance,
+                        action.remote_cluster_id,
+                        force=True,
+                        timeout_ms=min(link_timeout_ms, agent_models.MAX_TIMEOUT_MS),
+                    )
+                elif isinstance(action, diff.DeleteCommLink):
+                    await made.delete_comm_link(action.instance, action.comm_name)
+                elif isinstance(action, diff.DeleteInstance):
+                    await made.delete_instance(action.instance)
+        except agent_client.AgentError as error:
+            metrics.AGENT_CALLS.labels(verb, error.error).inc()
+            return Outcome(action, str(error), error.status, error.llm_status)
+        metrics.AGENT_CALLS.labels(verb, "ok").inc()
+        return Outcome(action, result=result)
+
+
+_PHASE: dict[type[diff.Action], int] = {
+    diff.DeleteLink: 0,
+    diff.DeleteCommLink: 0,
+    diff.DeleteInstance: 1,
+    diff.PutInstance: 2,
+    diff.PutLink: 3,
+    diff.PutCommLink: 3,
+}
+
+
+def _phases(actions: Sequence[diff.Action]) -> list[list[diff.Action]]:
+    phases: list[list[diff.Action]] = [[] for _ in range(4)]
+    for action in actions:
+        phases[_PHASE[type(action)]].append(action)
+    return [phase for phase in phases if phase]

@@ -1,0 +1,27 @@
+"""The operator's settings (from command-line flags); every timeout is bounded and settable."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Config:
+    """What ``__main__`` parses and the handlers read."""
+
+    agent_namespace: str = "cachelink-system"
+    agent_selector: dict[str, str] = field(default_factory=lambda: {"app.kubernetes.io/component": "agent"})
+    agent_secret_name: str = "cachelink-agent-token"  # noqa: S105 - a Secret's name, not a secret
+    agent_secret_key: str = "secret"  # noqa: S105 - a key name in that Secret
+    agent_timeout_s: float = 10.0
+    api_timeout_s: float = 15.0
+    resync_interval_s: float = 60.0
+    retry_delay_s: float = 1.0
+    max_retry_delay_s: float = 30.0
+    attach_socket: str = "/run/cachelink/agent.sock"
+    leader_namespace: str = "cachelink-system"
+    leader_lease: str = "cachelink-operator"
+    leader_duration_s: int = 15
+    leader_renew_s: float = 5.0
+    owner_confirm_interval_s: float = 30.0
+    identity: str = ""

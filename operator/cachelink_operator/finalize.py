@@ -1,0 +1,63 @@
+"""Deletion: finalize every instance of a CacheLink through the agents, bounded in time.
+
+The agent's DELETE unlinks an instance and finalizes it. Nodes whose agent does not answer keep the
+finalizer until ``finalizeTimeoutSeconds`` (spec or policy) has passed since deletion was requested;
+then it is released with a Warning event naming them, and the agents' owner TTL cleans up later.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from cachelink_operator import diff, events, policy, reconcile
+from cachelink_operator.models import CacheLinkSpec, CacheLinkStatus
+
+
+async def finalize(rt: reconcile.Runtime, body: Mapping[str, Any], world: reconcile.World) -> None:
+    """Return when everything is finalized (or given up on); raise ``TemporaryError`` to retry."""
+    meta = body["metadata"]
+    previous = CacheLinkStatus.model_validate(body.get("status") or {})
+    try:
+        spec = CacheLinkSpec.model_validate(body.get("spec") or {})
+        timeout = policy.effective_options(spec, policy.selecting(world.policies, world.namespace_labels))
+        limit_s = float(timeout.finalize_timeout_seconds or 300)
+    except ValueError:
+        limit_s = float(policy.BUILTIN_DEFAULTS.finalize_timeout_seconds or 300)
+    nodes = {i.node for i in previous.instances if i.node} | set(world.endpoints)
+    seen = await rt.agents.observe(nodes, world.endpoints)
+    actions: list[diff.Action] = [
+        diff.DeleteInstance(node, inst.name)
+        for node, instances in sorted(seen.instances.items())
+        for inst in instances
+        if inst.owner == meta["uid"]
+    ]
+    outcomes = await rt.agents.execute(actions, world.endpoints, 3000)
+    failed = [o for o in outcomes if not o.ok]
+    pending = {i.node for i in previous.instances if i.node in seen.unreachable}
+    if not failed and not pending:
+        events.normal(body, events.FINALIZED, f"{len(actions)} instances finalized")
+        return
+    requested = meta.get("deletionTimestamp")
+    waited = _age(requested) if requested else 0.0
+    problems = sorted(
+        {*(f"{o.action.node}: {o.error}" for o in failed), *(f"{n}: {seen.unreachable[n]}" for n in pending)}
+    )
+    if waited >= limit_s:
+        events.warning(
+            body,
+            events.FINALIZE_TIMEOUT,
+            f"released after {limit_s:.0f}s without finalizing on: {'; '.join(problems)[:800]}",
+        )
+        return
+    raise kopf.TemporaryError(
+        f"waiting for agents: {'; '.join(problems)}", delay=min(10.0, max(1.0, limit_s - waited))
+    )
+
+
+def _age(timestamp: str) -> float:
+    at = datetime.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    return (datetime.datetime.now(datetime.UTC) - at).total_seconds()

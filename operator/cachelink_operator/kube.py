@@ -1,0 +1,134 @@
+"""The Kubernetes API calls the operator makes itself (kopf makes the watches and the finalizer patches).
+
+The official client is synchronous; each call runs in a worker thread with the configured request
+timeout, so no reconcile can hang on the API server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
+
+from cachelink_operator.models import GROUP, VERSION
+
+PLURAL = "cachelinks"
+POLICY_PLURAL = "cachelinkpolicies"
+SECRET_KEY = "link-secret"  # noqa: S105 - the data key, not the secret
+
+
+class Kube:
+    """A thin async facade over the API calls the reconciler needs."""
+
+    def __init__(self, api: k8s.ApiClient, timeout_s: float) -> None:
+        self.core = k8s.CoreV1Api(api)
+        self.custom = k8s.CustomObjectsApi(api)
+        self.coordination = k8s.CoordinationV1Api(api)
+        self.timeout = timeout_s
+
+    async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(fn, *args, _request_timeout=self.timeout, **kwargs)
+
+    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        """Merge-patch ``status`` of a CacheLink (a missing object is ignored: it is gone)."""
+        try:
+            await self._run(
+                self.custom.patch_namespaced_custom_object_status,
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                {"status": dict(status)},
+            )
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
+    async def patch_policy_status(self, name: str, status: Mapping[str, Any]) -> None:
+        """Merge-patch ``status`` of a CacheLinkPolicy."""
+        try:
+            await self._run(
+                self.custom.patch_cluster_custom_object_status,
+                GROUP,
+                VERSION,
+                POLICY_PLURAL,
+                name,
+                {"status": dict(status)},
+            )
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
+    async def read_secret(self, namespace: str, name: str, key: str) -> bytes:
+        """One key of a Secret, decoded."""
+        secret = await self._run(self.core.read_namespaced_secret, name, namespace)
+        return base64.b64decode((secret.data or {})[key])
+
+    async def ensure_link_secret(self, namespace: str, name: str, owner: Mapping[str, Any]) -> None:
+        """Create the CacheLink's link Secret (owned by it) unless it exists."""
+        body = k8s.V1Secret(
+            metadata=k8s.V1ObjectMeta(
+                name=name,
+                namespace=namespace,
+                labels={"app.kubernetes.io/managed-by": "cachelink-operator"},
+                owner_references=[_owner_ref(owner)],
+            ),
+            type="Opaque",
+            data={SECRET_KEY: base64.b64encode(secrets.token_bytes(32)).decode()},
+        )
+        try:
+            await self._run(self.core.create_namespaced_secret, namespace, body)
+        except ApiException as error:
+            if error.status != 409:
+                raise
+
+    async def apply_config_map(
+        self, namespace: str, name: str, data: Mapping[str, str], owner: Mapping[str, Any]
+    ) -> None:
+        """Create or replace an owned ConfigMap (rank tables)."""
+        body = k8s.V1ConfigMap(
+            metadata=k8s.V1ObjectMeta(
+                name=name,
+                namespace=namespace,
+                owner_references=[_owner_ref(owner)],
+                labels={"app.kubernetes.io/managed-by": "cachelink-operator"},
+            ),
+            data=dict(data),
+        )
+        try:
+            await self._run(self.core.create_namespaced_config_map, namespace, body)
+        except ApiException as error:
+            if error.status != 409:
+                raise
+            await self._run(self.core.replace_namespaced_config_map, name, namespace, body)
+
+    async def annotate_pod(self, namespace: str, name: str, annotations: Mapping[str, str | None]) -> None:
+        """Merge-patch a pod's annotations (None removes one); a vanished pod is ignored."""
+        try:
+            await self._run(
+                self.core.patch_namespaced_pod,
+                name,
+                namespace,
+                {"metadata": {"annotations": dict(annotations)}},
+            )
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
+
+def _owner_ref(owner: Mapping[str, Any]) -> k8s.V1OwnerReference:
+    meta = owner["metadata"]
+    return k8s.V1OwnerReference(
+        api_version=f"{GROUP}/{VERSION}",
+        kind="CacheLink",
+        name=meta["name"],
+        uid=meta["uid"],
+        controller=True,
+        block_owner_deletion=True,
+    )

@@ -1,0 +1,254 @@
+"""One reconcile of one CacheLink: parse, apply policy, compute desired, diff, call agents, report.
+
+Level-triggered: every pass starts from the object, the pod index and what the agents report, never
+from memory of earlier passes, so it converges after a restart at any point. Returns how long to wait
+before the next pass (short while work is pending, the resync interval once converged).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydantic
+
+from cachelink_operator import agents, desired, diff, events, kube, metrics, policy, status
+from cachelink_operator.config import Config
+from cachelink_operator.models import CacheLinkSpec, CacheLinkStatus, PolicyRef, Role
+
+log = logging.getLogger(__name__)
+ANNOTATIONS = (
+    "cachelink.io/cachelink",
+    "cachelink.io/instance",
+    "cachelink.io/cluster-id",
+    "cachelink.io/attach-socket",
+)
+
+
+@dataclass
+class Runtime:
+    """What every reconcile shares: API and agent clients, settings, per-CacheLink backoff."""
+
+    config: Config
+    kube: kube.Kube
+    agents: agents.Agents
+    failures: dict[str, int] = field(default_factory=dict)
+    linked_once: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class World:
+    """The indexed cluster state a reconcile reads."""
+
+    pods: Iterable[desired.PodInfo]
+    endpoints: Mapping[str, agents.Endpoint]
+    policies: Iterable[PolicyRef]
+    namespace_labels: Mapping[str, str]
+
+
+def secret_name(name: str) -> str:
+    """The link Secret of a CacheLink."""
+    return f"{name}-link-secret"[:253]
+
+
+def rank_table_name(name: str) -> str:
+    """The rank-table ConfigMap of a CacheLink."""
+    return f"{name}-rank-table"[:253]
+
+
+async def reconcile(rt: Runtime, body: Mapping[str, Any], world: World) -> float:
+    """One pass; returns the delay before the next."""
+    meta = body["metadata"]
+    namespace, name, uid, generation = meta["namespace"], meta["name"], meta["uid"], meta.get("generation")
+    previous = CacheLinkStatus.model_validate(body.get("status") or {})
+    try:
+        spec = CacheLinkSpec.model_validate(body.get("spec") or {})
+    except pydantic.ValidationError as error:
+        message = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        await _reject(rt, body, previous, generation, "InvalidSpec", message)
+        return rt.config.resync_interval_s
+
+    ordered = policy.selecting(world.policies, world.namespace_labels)
+    merged = policy.effective_options(spec, ordered)
+    sides = {role: policy.side_options(spec, role, merged) for role in Role}
+    ports = policy.port_range(ordered)
+    sides_members = desired.members(spec, namespace, world.pods)
+    nodes = {m.node for role in Role for m in sides_members[role]}
+    seen = await rt.agents.observe(nodes, world.endpoints)
+    try:
+        want = desired.compute(
+            spec,
+            desired.Inputs(
+                namespace=namespace,
+                name=name,
+                uid=uid,
+                members=sides_members,
+                options=sides,
+                link_options=merged,
+                port_range=ports or policy.BUILTIN_LIMITS.listen_port_range,  # type: ignore[arg-type]
+                agent_addresses={n: e.address for n, e in world.endpoints.items()},
+                nodes=seen.nodes,
+                reported=seen.instances,
+                recorded_ids={i.name: i.cluster_id for i in previous.instances if i.cluster_id is not None},
+                recorded_ports={i.name: i.port for i in previous.instances if i.port is not None},
+            ),
+        )
+    except ValueError as error:
+        await _reject(rt, body, previous, generation, "AllocationFailed", str(error))
+        return rt.config.resync_interval_s
+    assert want.usage is not None
+    violations = policy.evaluate(ordered, merged, sides, want.usage)
+    if violations:
+        await _reject(
+            rt,
+            body,
+            previous,
+            generation,
+            "PolicyViolation",
+            "; ".join(str(v) for v in violations),
+            violations,
+        )
+        return rt.config.resync_interval_s
+
+    link_secret = previous.link_secret_name
+    if merged.link_authentication and not link_secret:
+        link_secret = secret_name(name)
+        await rt.kube.ensure_link_secret(namespace, link_secret, body)
+    cm_name = previous.rank_table.config_map_name if previous.rank_table else None
+    if (
+        want.rank_table is not None
+        and want.rank_table.complete
+        and (previous.rank_table is None or previous.rank_table.hash != want.rank_table.hash)
+    ):
+        cm_name = rank_table_name(name)
+        await rt.kube.apply_config_map(
+            namespace, cm_name, {"rank_table.json": want.rank_table.text, "hash": want.rank_table.hash}, body
+        )
+
+    planned = diff.plan(
+        want,
+        uid,
+        seen.instances,
+        link_timeout_ms=merged.link_timeout_ms or 3000,
+        max_in_flight=merged.max_link_setups_in_flight or 4,
+        recorded_pod_uids={i.name: i.pod_uid for i in previous.instances if i.pod_uid},
+    )
+    outcomes = await rt.agents.execute(planned.actions, world.endpoints, merged.link_timeout_ms or 3000)
+    await _annotate(rt, namespace, name, want, planned)
+    new, transitions = status.build(
+        previous,
+        generation,
+        want,
+        planned,
+        outcomes,
+        seen.unreachable,
+        [p.name for p in ordered],
+        link_secret,
+        cm_name,
+    )
+    new_body = new.dump()
+    if new_body != previous.dump():
+        await rt.kube.patch_status(namespace, name, _with_removals(new_body, previous.dump()))
+    _post_events(body, outcomes, transitions, seen.unreachable, previous, new)
+    _observe_metrics(rt, meta, new)
+
+    failed = any(not o.ok for o in outcomes) or bool(seen.unreachable)
+    if failed:
+        rt.failures[uid] = rt.failures.get(uid, 0) + 1
+        metrics.RECONCILES.labels("retry").inc()
+    else:
+        rt.failures.pop(uid, None)
+        metrics.RECONCILES.labels("converged" if planned.converged else "progress").inc()
+    if planned.converged and not failed:
+        return rt.config.resync_interval_s
+    backoff = rt.config.retry_delay_s * float(2 ** min(rt.failures.get(uid, 0), 10))
+    return min(backoff, rt.config.max_retry_delay_s)
+
+
+def _with_removals(new: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
+    """A merge patch must set fields the new status dropped to null, or they linger."""
+    patch = dict(new)
+    for key in old:
+        if key not in new:
+            patch[key] = None
+    return patch
+
+
+async def _reject(
+    rt: Runtime,
+    body: Mapping[str, Any],
+    previous: CacheLinkStatus,
+    generation: int | None,
+    reason: str,
+    message: str,
+    violations: Iterable[policy.Violation] = (),
+) -> None:
+    new = status.rejected(previous, generation, reason, message, list(violations))
+    if new.dump() != previous.dump():
+        meta = body["metadata"]
+        await rt.kube.patch_status(meta["namespace"], meta["name"], new.dump())
+        events.warning(
+            body, events.POLICY_VIOLATION if reason == "PolicyViolation" else events.REJECTED, message
+        )
+    metrics.RECONCILES.labels("rejected").inc()
+
+
+async def _annotate(
+    rt: Runtime, namespace: str, name: str, want: desired.Desired, planned: diff.Plan
+) -> None:
+    for inst in want.instances.values():
+        pod = inst.member.pod
+        if pod is None:
+            continue
+        have = planned.live.get(inst.name)
+        socket = have.attach_socket if have is not None and have.attach_socket else rt.config.attach_socket
+        wanted = dict(zip(ANNOTATIONS, (name, inst.name, str(inst.cluster_id), socket), strict=True))
+        if any(pod.annotations.get(k) != v for k, v in wanted.items()):
+            await rt.kube.annotate_pod(namespace, pod.name, dict(wanted))
+
+
+def _post_events(
+    body: Mapping[str, Any],
+    outcomes: Iterable[agents.Outcome],
+    transitions: Iterable[status.Transition],
+    unreachable: Mapping[str, str],
+    previous: CacheLinkStatus,
+    new: CacheLinkStatus,
+) -> None:
+    for outcome in outcomes:
+        action = outcome.action
+        if isinstance(action, diff.PutInstance):
+            if outcome.ok:
+                events.normal(
+                    body,
+                    events.INSTANCE_INITIALIZED,
+                    f"instance {action.instance} (cluster id {action.spec.cluster_id}) on node {action.node}",
+                )
+            else:
+                events.warning(body, events.INSTANCE_FAILED, f"instance {action.instance}: {outcome.error}")
+        elif isinstance(action, diff.DeleteInstance) and outcome.ok:
+            events.normal(body, events.INSTANCE_DELETED, f"instance {action.instance} on node {action.node}")
+    for t in transitions:
+        text = f"link {t.prompt} -> {t.decode}: {t.old or 'new'} -> {t.new}" + (
+            f" ({t.detail})" if t.detail else ""
+        )
+        (events.warning if t.new == "Broken" else events.normal)(body, events.LINK_TRANSITION, text)
+    old_unreachable = {i.node for i in previous.instances if i.state == "Unreachable"}
+    for node, why in sorted(unreachable.items()):
+        if node not in old_unreachable:
+            events.warning(body, events.AGENT_UNREACHABLE, f"node {node}: {why}")
+    if new.phase == "Ready" and previous.phase != "Ready":
+        events.normal(body, events.READY, f"{new.ready_links}/{new.desired_links} links ready")
+
+
+def _observe_metrics(rt: Runtime, meta: Mapping[str, Any], new: CacheLinkStatus) -> None:
+    uid = meta["uid"]
+    if new.phase == "Ready" and uid not in rt.linked_once:
+        rt.linked_once.add(uid)
+        created = meta.get("creationTimestamp")
+        if created:
+            started = time.mktime(time.strptime(created, "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+            metrics.TIME_TO_LINKED.observe(max(0.0, time.time() - started))
