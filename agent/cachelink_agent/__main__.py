@@ -1,0 +1,81 @@
+"""``cachelink-agent``: wire config, logging, the instance manager and the HTTP server; run until signalled.
+
+SIGTERM/SIGINT stop cleanly *without* finalizing (a DaemonSet restart resumes every instance); only a
+DELETE finalizes. A bad flag or an unreadable state file exits with status 2 and one clear line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+from aiohttp import web
+
+from cachelink_agent import config as config_module
+from cachelink_agent import logs, metrics, server, state
+from cachelink_agent.instances import InstanceManager
+
+_log = logging.getLogger("cachelink_agent")
+
+
+async def serve(config: config_module.AgentConfig) -> None:
+    """Restore state, serve the API, and wait for SIGTERM/SIGINT."""
+    manager_box: list[InstanceManager] = []
+    registry = metrics.AgentMetrics(lambda: manager_box[0].metric_snapshots() if manager_box else [])
+    manager = InstanceManager(config, registry)
+    manager_box.append(manager)
+    manager.store.load()  # fail fast on an unreadable or newer state file, before binding anything
+    app = server.create_app(config, manager, registry)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site: web.BaseSite
+    if config.listen_unix:
+        site = web.UnixSite(runner, config.listen_unix, ssl_context=config.ssl_context())
+    else:
+        site = web.TCPSite(runner, config.listen_host, config.listen_port, ssl_context=config.ssl_context())
+    await site.start()
+    _log.info(
+        "cachelink-agent %s on node %s listening on %s (%s mode, state %s)",
+        __import__("cachelink_agent").__version__,
+        config.node_name,
+        site.name,
+        config.mode,
+        config.state_dir,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    restore = asyncio.create_task(manager.restore())
+    await stop.wait()
+    _log.info("stopping (instances keep their pools; nothing is finalized)")
+    restore.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await restore
+    await manager.shutdown()
+    await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console script entry point."""
+    try:
+        config = config_module.from_args(argv)
+    except config_module.ConfigError as error:
+        print(f"cachelink-agent: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    logs.setup(config.log_format, config.log_level)
+    try:
+        asyncio.run(serve(config))
+    except state.StateError as error:
+        print(f"cachelink-agent: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as error:
+        print(f"cachelink-agent: error: cannot serve on the --listen address: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+"""Command line of ``cachelink-agent``: every flag checked up front, a clear message for each mistake."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import socket
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+from cachelink_agent import models
+
+DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_SIZE = re.compile(r"^(\d+)\s*([KMGT]i?)?B?$", re.IGNORECASE)
+_UNITS = {
+    "": 1,
+    "k": 1000,
+    "m": 1000**2,
+    "g": 1000**3,
+    "t": 1000**4,
+    "ki": 1 << 10,
+    "mi": 1 << 20,
+    "gi": 1 << 30,
+    "ti": 1 << 40,
+}
+
+
+class ConfigError(Exception):
+    """A flag's value is unusable; the message says which flag and why."""
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """The agent's settings, after validation."""
+
+    listen_host: str
+    listen_port: int
+    listen_unix: str
+    secret: bytes
+    state_dir: Path
+    run_dir: Path
+    pool_dir: Path
+    node_name: str
+    host_id: str
+    tls_cert: str
+    tls_key: str
+    in_process: bool
+    max_pool_bytes: int
+    owner_ttl: float
+    lease_seconds: float
+    max_lease_seconds: float
+    max_body_bytes: int
+    request_timeout: float
+    worker_start_timeout: float
+    restart_backoff_max: float
+    reconcile_interval: float
+    log_format: str
+    log_level: str
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """Server TLS context from the cert/key files, or None."""
+        if not self.tls_cert:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.tls_cert, self.tls_key)
+        return context
+
+    @property
+    def mode(self) -> models.Mode:
+        """ "in-process" or "worker"."""
+        return "in-process" if self.in_process else "worker"
+
+
+def parse_size(text: str) -> int:
+    """``1073741824``, ``1Gi``, ``512Mi``, ``2G``: bytes."""
+    match = _SIZE.match(text.strip())
+    if not match:
+        raise ValueError(f"not a size: {text!r} (use bytes or a suffix like 512Mi, 8Gi)")
+    return int(match.group(1)) * _UNITS[(match.group(2) or "").lower()]
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError("must be > 0")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also used for --help)."""
+    parser = argparse.ArgumentParser(
+        prog="cachelink-agent",
+        description="Node agent of CacheLink: owns this node's LLMDataDist instances and serves them to the "
+        "operator (HTTP API) and to workloads (attach sockets).",
+    )
+    add = parser.add_argument
+    add(
+        "--listen", default="0.0.0.0:8470", help="API address: host:port or unix:/path (default 0.0.0.0:8470)"
+    )
+    add(
+        "--token-file",
+        required=True,
+        help="file holding the shared secret; this node's token is <node>:<hex HMAC-SHA256(secret, node)>",
+    )
+    add("--state-dir", required=True, help="directory of the desired-state file and attach leases")
+    add("--run-dir", required=True, help="directory of the per-instance attach sockets")
+    add("--pool-dir", default="/dev/shm", help="directory of the shared-memory pool files (default /dev/shm)")
+    add(
+        "--node-name",
+        default=os.environ.get("NODE_NAME", ""),
+        help="this node's name (default $NODE_NAME, else the host name)",
+    )
+    add(
+        "--host-id", default="", help="same-host identity given to instances (default: the machine's boot id)"
+    )
+    add("--tls-cert", default="", help="serve HTTPS with this certificate (PEM)")
+    add("--tls-key", default="", help="private key of --tls-cert (PEM)")
+    add(
+        "--in-process",
+        action="store_true",
+        help="run instances inside the agent (density) instead of one worker process each (isolation)",
+    )
+    add(
+        "--max-pool-bytes",
+        default="",
+        help="shared-memory budget of all pools (e.g. 8Gi; default: the size of --pool-dir)",
+    )
+    add("--owner-ttl", default="900", help="seconds an instance lives without its owner being reconfirmed")
+    add("--lease-seconds", default="30", help="default lease of an attach session")
+    add("--max-lease-seconds", default="600", help="longest lease a workload may ask for")
+    add("--max-body-bytes", default="1048576", help="largest request body accepted")
+    add("--request-timeout", default="30", help="bound (s) of engine calls made for one request")
+    add("--worker-start-timeout", default="60", help="bound (s) of a worker's start and init")
+    add("--restart-backoff-max", default="30", help="longest wait (s) between worker restarts")
+    add("--reconcile-interval", default="5", help="seconds between attempts to restore broken links")
+    add("--log-format", choices=("text", "json"), default="text", help="log format (default text)")
+    add("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), default="INFO", type=str.upper)
+    return parser
+
+
+def _dir(flag: str, value: str, mode: int) -> Path:
+    path = Path(value).resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=mode)
+    except OSError as error:
+        raise ConfigError(f"{flag} {value}: cannot create it: {error.strerror}") from None
+    if not path.is_dir():
+        raise ConfigError(f"{flag} {value}: not a directory")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {value}: not writable by this user")
+    return path
+
+
+def _number(flag: str, text: str) -> float:
+    try:
+        return _positive(text)
+    except ValueError:
+        raise ConfigError(f"{flag} must be a positive number, got {text!r}") from None
+
+
+def _listen(text: str) -> tuple[str, int, str]:
+    if text.startswith("unix:"):
+        path = text[len("unix:") :]
+        if not path.startswith("/"):
+            raise ConfigError(f"--listen {text}: a unix socket needs an absolute path")
+        return "", 0, path
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(f"--listen must be host:port (port 0-65535) or unix:/path, got {text!r}")
+    return host.strip("[]") or "0.0.0.0", int(port_text), ""
+
+
+def from_args(argv: list[str] | None = None) -> AgentConfig:
+    """Parse and validate; raises ``ConfigError`` (argparse itself exits on unknown flags)."""
+    args = build_parser().parse_args(argv)
+    host, port, unix_path = _listen(args.listen)
+    try:
+        secret = Path(args.token_file).read_bytes().strip()
+    except OSError as error:
+        raise ConfigError(f"--token-file {args.token_file}: {error.strerror}") from None
+    if len(secret) < 16:
+        raise ConfigError(f"--token-file {args.token_file}: the secret must be at least 16 bytes")
+    node = args.node_name or socket.gethostname()
+    if len(node) > 253 or not DNS1123_SUBDOMAIN.match(node):
+        raise ConfigError(f"--node-name {node!r} is not a DNS-1123 subdomain (a Kubernetes node name)")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    for flag, value in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
+        if value and not os.access(value, os.R_OK):
+            raise ConfigError(f"{flag} {value}: not readable")
+    pool_dir = _dir("--pool-dir", args.pool_dir, 0o755)
+    if args.max_pool_bytes:
+        try:
+            max_pool = parse_size(args.max_pool_bytes)
+        except ValueError as error:
+            raise ConfigError(f"--max-pool-bytes: {error}") from None
+    else:
+        stat = os.statvfs(pool_dir)
+        max_pool = stat.f_blocks * stat.f_frsize
+    max_body = int(_number("--max-body-bytes", args.max_body_bytes))
+    config = AgentConfig(
+        listen_host=host,
+        listen_port=port,
+        listen_unix=unix_path,
+        secret=secret,
+        state_dir=_dir("--state-dir", args.state_dir, 0o700),
+        run_dir=_dir("--run-dir", args.run_dir, 0o755),
+        pool_dir=pool_dir,
+        node_name=node,
+        host_id=args.host_id,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        in_process=args.in_process,
+        max_pool_bytes=max_pool,
+        owner_ttl=_number("--owner-ttl", args.owner_ttl),
+        lease_seconds=_number("--lease-seconds", args.lease_seconds),
+        max_lease_seconds=_number("--max-lease-seconds", args.max_lease_seconds),
+        max_body_bytes=max_body,
+        request_timeout=_number("--request-timeout", args.request_timeout),
+        worker_start_timeout=_number("--worker-start-timeout", args.worker_start_timeout),
+        restart_backoff_max=_number("--restart-backoff-max", args.restart_backoff_max),
+        reconcile_interval=_number("--reconcile-interval", args.reconcile_interval),
+        log_format=args.log_format,
+        log_level=args.log_level,
+    )
+    if config.tls_cert:
+        try:
+            config.ssl_context()
+        except (OSError, ssl.SSLError) as error:
+            raise ConfigError(f"--tls-cert/--tls-key cannot be loaded: {error}") from None
+    return config

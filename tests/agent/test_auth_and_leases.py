@@ -1,0 +1,106 @@
+"""Auth (tokens, attach credentials) and the two leases: attach sessions and owner confirmation."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from cachelink_agent import models
+from cachelink_agent.attach import AttachError, attach
+from cachelink_agent.client import AgentForbidden, AgentUnauthorized, node_token
+
+from .conftest import PROMPT_IP, SECRET, wait_for
+
+
+def test_tokens(agents) -> None:
+    agent = agents("node-a", PROMPT_IP, "--in-process")
+    assert agent.http("GET", "/healthz", token=None) == (200, {"status": "ok"})
+    assert agent.http("GET", "/readyz", token=None)[0] == 200
+    for path in ("/v1/instances", "/v1/node", "/metrics", "/openapi.json"):
+        status, body = agent.http("GET", path, token=None)
+        assert status == 401 and body["error"] == "unauthorized", path
+    status, body = agent.http("GET", "/v1/instances", token="node-a:" + "0" * 64)
+    assert status == 401 and body["error"] == "unauthorized"
+    status, body = agent.http(
+        "GET", "/v1/instances", token=node_token(b"another-secret-0123456789", "node-a")
+    )
+    assert status == 401
+    status, body = agent.http("GET", "/v1/instances", token=node_token(SECRET, "node-b"))
+    assert status == 403 and body["error"] == "forbidden" and "node-b" in body["message"]
+    with pytest.raises(AgentForbidden) as raised:
+        agent.call(lambda c: c.get_instances(), token=node_token(SECRET, "node-b"))
+    assert raised.value.status == 403 and raised.value.body is not None
+    with pytest.raises(AgentUnauthorized):
+        agent.call(lambda c: c.get_instances(), token="garbage")
+    assert agent.http("GET", "/v1/instances")[0] == 200
+
+
+def test_attach_refused_for_peer_not_allowed(agents) -> None:
+    agent = agents("node-a", PROMPT_IP, "--in-process")
+    agent.put_instance("locked", 1, attach=models.AttachPolicy(uids=[os.getuid() + 4242]))
+    socket_file = agent.run_dir / "locked.sock"
+    assert socket_file.stat().st_mode & 0o777 == 0o600
+    with pytest.raises(PermissionError, match="may not attach"):
+        attach(agent.run_dir, "locked")
+    with pytest.raises(AttachError):
+        attach(agent.run_dir, "absent")
+    with pytest.raises(ValueError, match="DNS-1123"):
+        attach(agent.run_dir, "../etc")
+
+
+WORKLOAD = """
+import sys, time
+from llm_datadist import CacheDesc, DataType
+from cachelink_agent.attach import attach
+manager = attach(sys.argv[1], "leased", lease_seconds=1)
+cache = manager.allocate_blocks_cache(CacheDesc(2, [4, 4096], DataType.DT_FLOAT16))
+cache.numpy(0)[:] = 1
+print("allocated", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.slow
+def test_caches_of_a_killed_workload_are_freed_after_its_lease(agents) -> None:
+    agent = agents("node-a", PROMPT_IP)
+    agent.put_instance("leased", 1)
+    workload = subprocess.Popen([sys.executable, "-c", WORKLOAD, str(agent.run_dir)], stdout=subprocess.PIPE)
+    try:
+        assert workload.stdout is not None and workload.stdout.readline().strip() == b"allocated"
+        status = agent.instance("leased")
+        assert status.caches == 1 and status.pools[0].used > 0 and status.attach_sessions == 1
+        workload.send_signal(signal.SIGKILL)
+        workload.wait()
+        killed_at = time.monotonic()
+        freed = wait_for(
+            lambda: (s := agent.instance("leased")).caches == 0 and s, 10, "the lease to run out"
+        )
+        assert freed.pools[0].used == 0 and freed.attach_sessions == 0
+        assert time.monotonic() - killed_at >= 0.5  # freed by the lease, not at once
+    finally:
+        if workload.poll() is None:
+            workload.kill()
+            workload.wait()
+        if workload.stdout is not None:
+            workload.stdout.close()
+
+
+@pytest.mark.slow
+def test_instance_of_an_unconfirmed_owner_is_finalized(agents) -> None:
+    agent = agents("node-a", PROMPT_IP, "--in-process", "--owner-ttl", "2", "--reconcile-interval", "0.2")
+    agent.put_instance("orphan", 1, owner="gone-uid")
+    agent.put_instance("kept", 2, owner="live-uid")
+    deadline = time.monotonic() + 4
+    while time.monotonic() < deadline:
+        assert agent.call(lambda c: c.confirm_owner("live-uid")).confirmed == ["kept"]
+        time.sleep(0.3)
+    assert [i.name for i in agent.call(lambda c: c.get_instances())] == ["kept"]
+    assert sorted(p.name for p in agent.pool_dir.iterdir()) == [
+        "cachelink-node-a-kept.device",
+        "cachelink-node-a-kept.index",
+    ]
+    assert "cachelink_agent_owner_expired_total 1.0" in agent.call(lambda c: c.metrics())
