@@ -80,6 +80,7 @@ Pin& Pin::operator=(Pin&& other) noexcept {
     reset();
     store_ = other.store_;
     id_ = other.id_;
+    mapping_ = std::move(other.mapping_);
     has_key_ = other.has_key_;
     release_key_ = other.release_key_;
     key_ = other.key_;
@@ -102,6 +103,7 @@ void Pin::commit() { release_key_ = has_key_; }
 void Pin::reset() {
   if (store_ != nullptr) store_->unpin(id_, release_key_, key_, tensor_start_, tensor_count_);
   store_ = nullptr;
+  mapping_.reset();
   has_key_ = false;
   release_key_ = false;
 }
@@ -404,7 +406,7 @@ void CacheStore::unpin(int64_t id, bool release_key, const SlotKey& key, uint32_
 
 // ------------------------------------------------------------------------------------- resolution
 
-Status CacheStore::resolve_extent_locked(const Record& r, const wire::Extent& e, std::vector<Segment>* segs) const {
+Status segments_for(const CacheGeometry& r, const wire::Extent& e, std::vector<Segment>* segs) {
   if (e.tensor_count == 0) return {Code::kParamInvalid, "transfer names no tensor"};
   if (e.tensor_start >= r.num_tensors || e.tensor_count > r.num_tensors - e.tensor_start) {
     return {Code::kParamInvalid, "tensors [" + std::to_string(e.tensor_start) + ", " +
@@ -449,8 +451,19 @@ Status CacheStore::resolve_extent_locked(const Record& r, const wire::Extent& e,
   return Status::Ok();
 }
 
+CacheGeometry CacheStore::geometry_of(const Record& r) {
+  CacheGeometry g;
+  g.id = r.id;
+  g.blocks = r.blocks;
+  g.num_tensors = r.num_tensors;
+  g.tensor_bytes = r.tensor_bytes;
+  g.units = r.units;
+  g.addrs = r.addrs;
+  return g;
+}
+
 Status CacheStore::acquire(const wire::CacheRef& ref, const wire::Extent& extent, bool for_peer,
-                           std::vector<Segment>* segs, Pin* pin, SlotKey* resolved_key) {
+                           std::vector<Segment>* segs, Pin* pin, SlotKey* resolved_key, SharedLayout* layout) {
   std::lock_guard<std::mutex> lock(mu_);
   wire::Extent e = extent;
   int64_t id = 0;
@@ -490,9 +503,20 @@ Status CacheStore::acquire(const wire::CacheRef& ref, const wire::Extent& extent
   if (for_peer && !r->remote_accessible) {
     return {Code::kKvCacheNotExist, "cache " + std::to_string(id) + " is not remote accessible"};
   }
-  CL_RETURN_IF_ERROR(resolve_extent_locked(*r, e, segs));
+  CacheGeometry geometry = geometry_of(*r);
+  CL_RETURN_IF_ERROR(segments_for(geometry, e, segs));
+  if (layout != nullptr) {
+    layout->extent = e;
+    layout->pool = -1;
+    if (r->pool != PoolKind::kRegistered && pools_[static_cast<int>(r->pool)].mapping) {
+      uint8_t* base = pools_[static_cast<int>(r->pool)].mapping->data();
+      layout->pool = static_cast<int32_t>(r->pool);
+      for (auto& a : geometry.addrs) a = reinterpret_cast<uint8_t*>(a - base);  // pool-relative offsets
+    }
+    layout->geometry = std::move(geometry);
+  }
   r->pins += 1;
-  *pin = Pin(this, id);
+  *pin = Pin(this, id, r->pool == PoolKind::kRegistered ? nullptr : pools_[static_cast<int>(r->pool)].mapping);
   return Status::Ok();
 }
 
@@ -502,28 +526,10 @@ Status CacheStore::acquire_local(int64_t id, const wire::Extent& extent, std::ve
   if (r == nullptr || (!r->id_ref && r->slot_keys.empty())) {
     return {Code::kParamInvalid, "cache " + std::to_string(id) + " was deallocated or never allocated"};
   }
-  CL_RETURN_IF_ERROR(resolve_extent_locked(*r, extent, segs));
+  CL_RETURN_IF_ERROR(segments_for(geometry_of(*r), extent, segs));
   r->pins += 1;
-  *pin = Pin(this, id);
+  *pin = Pin(this, id, r->pool == PoolKind::kRegistered ? nullptr : pools_[static_cast<int>(r->pool)].mapping);
   return Status::Ok();
-}
-
-bool CacheStore::to_pool_segments(const std::vector<Segment>& segs, std::vector<PoolSegment>* out) const {
-  std::lock_guard<std::mutex> lock(mu_);
-  out->clear();
-  out->reserve(segs.size());
-  for (const Segment& s : segs) {
-    bool found = false;
-    for (uint32_t i = 0; i < 2 && !found; ++i) {
-      const auto& m = pools_[i].mapping;
-      if (m && s.addr >= m->data() && s.addr + s.len <= m->data() + m->size()) {
-        out->push_back({i, static_cast<uint64_t>(s.addr - m->data()), s.len});
-        found = true;
-      }
-    }
-    if (!found) return false;
-  }
-  return true;
 }
 
 // ------------------------------------------------------------------------------------ inspection

@@ -29,19 +29,33 @@ struct Segment {
   uint64_t len;
 };
 
-/// A segment named by pool and offset, meaningful to a process that mapped the same pool.
-struct PoolSegment {
-  uint32_t pool;
-  uint64_t offset;
-  uint64_t len;
-};
-
 constexpr uint64_t kInvalidId = ~uint64_t{0};
 
 struct SlotKey {
   uint64_t req_id = kInvalidId;
   uint64_t model_id = 0;
   uint64_t prefix_id = kInvalidId;
+};
+
+/// The geometry of one cache: enough to turn an extent into segments, in any process that maps its pool.
+struct CacheGeometry {
+  int64_t id = 0;
+  bool blocks = false;
+  uint32_t num_tensors = 0;
+  uint64_t tensor_bytes = 0;
+  uint64_t units = 0;  // batch slots or blocks
+  std::vector<uint8_t*> addrs;
+  uint64_t unit_bytes() const { return units == 0 ? 0 : tensor_bytes / units; }
+};
+
+/// Validates `extent` against the geometry and appends its segments (contiguous ones merged).
+Status segments_for(const CacheGeometry& cache, const wire::Extent& extent, std::vector<Segment>* segs);
+
+/// A peer-visible cache as a same-host peer sees it: pool index and pool-relative tensor offsets.
+struct SharedLayout {
+  int32_t pool = -1;  // -1: not in a shared pool (caller memory)
+  CacheGeometry geometry;  // addrs hold pool-relative offsets here
+  wire::Extent extent;     // the extent with the slot the reference resolved to
 };
 
 /// What the Python layer needs to rebuild a Cache object (pool adoption, attach).
@@ -70,7 +84,8 @@ class CacheStore;
 class Pin {
  public:
   Pin() = default;
-  Pin(CacheStore* store, int64_t id) : store_(store), id_(id) {}
+  Pin(CacheStore* store, int64_t id, std::shared_ptr<SharedMapping> mapping)
+      : store_(store), id_(id), mapping_(std::move(mapping)) {}
   Pin(const Pin&) = delete;
   Pin& operator=(const Pin&) = delete;
   Pin(Pin&& other) noexcept { *this = std::move(other); }
@@ -85,6 +100,7 @@ class Pin {
  private:
   CacheStore* store_ = nullptr;
   int64_t id_ = 0;
+  std::shared_ptr<SharedMapping> mapping_;  // keeps the pool mapped while bytes move, even past close()
   bool has_key_ = false;
   bool release_key_ = false;
   SlotKey key_{};
@@ -129,11 +145,9 @@ class CacheStore {
 
   /// Resolves a peer's request into local segments and pins the cache.
   Status acquire(const wire::CacheRef& ref, const wire::Extent& extent, bool for_peer, std::vector<Segment>* segs,
-                 Pin* pin, SlotKey* resolved_key);
+                 Pin* pin, SlotKey* resolved_key, SharedLayout* layout = nullptr);
   /// Resolves an extent of one of this instance's own caches.
   Status acquire_local(int64_t id, const wire::Extent& extent, std::vector<Segment>* segs, Pin* pin);
-  /// Translates local segments into pool-relative ones; false if any lies outside the shared pools.
-  bool to_pool_segments(const std::vector<Segment>& segs, std::vector<PoolSegment>* out) const;
 
   std::vector<CacheInfo> list() const;
   std::optional<CacheInfo> find(int64_t id) const;
@@ -161,7 +175,7 @@ class CacheStore {
   CacheInfo info_locked(const Record& r) const;
   void persist_locked() const;
   Status restore_locked(const std::vector<uint8_t>& bytes);
-  Status resolve_extent_locked(const Record& r, const wire::Extent& extent, std::vector<Segment>* segs) const;
+  static CacheGeometry geometry_of(const Record& r);
 
   mutable std::mutex mu_;
   Pool pools_[2];

@@ -19,7 +19,6 @@ namespace cachelink {
 namespace {
 
 constexpr uint32_t kProtocol = 1;
-constexpr size_t kMaxResolveSegments = 500000;
 constexpr uint64_t kStripeMin = 8u << 20;  // smaller transfers stay on one connection
 
 std::string read_boot_id() {
@@ -600,15 +599,17 @@ Status Engine::handle_resolve(ServerConn* conn, const std::vector<uint8_t>& payl
   std::vector<Segment> segs;
   Pin pin;
   SlotKey key;
-  Status st = store_.acquire(req.ref, req.extent, true, &segs, &pin, &key);
+  SharedLayout layout;
+  Status st = store_.acquire(req.ref, req.extent, true, &segs, &pin, &key, &layout);
   uint64_t total = st.ok() ? total_bytes(segs) : 0;
   if (st.ok() && total != req.expected_total &&
       !(!is_write && (req.flags & wire::kFlagAllowShort) != 0 && total <= req.expected_total)) {
     st = {Code::kParamInvalid, "size mismatch: the peer cache holds " + std::to_string(total) +
                                    " bytes, the transfer expects " + std::to_string(req.expected_total)};
   }
-  std::vector<PoolSegment> pool_segs;
-  bool shareable = st.ok() && segs.size() <= kMaxResolveSegments && store_.to_pool_segments(segs, &pool_segs);
+  // The reply describes the cache's geometry (O(tensors)), never its segments: the peer rebuilds them
+  // from the extent it sent, with the same rules, inside the pool it mapped.
+  const bool shareable = st.ok() && layout.pool >= 0;
   wire::Writer w;
   w.u32(static_cast<uint32_t>(st.code()));
   w.str(st.message());
@@ -622,11 +623,18 @@ Status Engine::handle_resolve(ServerConn* conn, const std::vector<uint8_t>& payl
     conn->pins.emplace(token, std::move(pin));
   }
   w.u64(token);
-  w.u32(static_cast<uint32_t>(pool_segs.size()));
-  for (const PoolSegment& s : pool_segs) {
-    w.u32(s.pool);
-    w.u64(s.offset);
-    w.u64(s.len);
+  if (shareable) {
+    const CacheGeometry& g = layout.geometry;
+    w.u32(static_cast<uint32_t>(layout.pool));
+    w.u64(static_cast<uint64_t>(g.id));
+    w.u8(g.blocks ? 1 : 0);
+    w.u64(g.tensor_bytes);
+    w.u64(g.units);
+    std::vector<uint64_t> offsets;
+    offsets.reserve(g.addrs.size());
+    for (uint8_t* a : g.addrs) offsets.push_back(reinterpret_cast<uint64_t>(a));
+    w.u64s(offsets);
+    w.u64(layout.extent.slot);
   }
   IoResult io = send_frame(conn->fd.get(), wire::Type::kResolveResp, w.bytes(), {}, deadline_in_ms(30000));
   if (!io.ok()) return {Code::kFailed, io.message};
@@ -891,15 +899,17 @@ Status Engine::push(uint64_t remote_cluster_id, const wire::TransferRequest& rem
 
 Status Engine::io_failure(Link& link, const IoResult& io, int64_t timeout_ms) {
   const std::string who = "cluster " + std::to_string(link.remote_cluster_id) + " at " + link.address();
-  if (io.error == IoError::kTimeout) {
-    return {Code::kTimeout, "transfer with " + who + " did not finish within " + std::to_string(timeout_ms) + " ms"};
-  }
+  // Either way the connection's state is unknown and the peer may be gone: the link is broken until
+  // unlinked and linked again (LLM-DataDist's documented recovery after LLM_TIMEOUT).
+  const bool timed_out = io.error == IoError::kTimeout;
+  std::string what = timed_out ? "transfer with " + who + " did not finish within " + std::to_string(timeout_ms) + " ms"
+                               : "lost " + who + " mid-transfer: " + io.message;
   {
     std::lock_guard<std::mutex> lock(link.mu);
     link.broken = true;
-    link.last_error = "peer lost: " + io.message;
+    link.last_error = timed_out ? "transfer timed out" : "peer lost: " + io.message;
   }
-  return {Code::kTimeout, "lost " + who + " mid-transfer: " + io.message};
+  return {Code::kTimeout, what};
 }
 
 Status Engine::transfer(bool is_pull, uint64_t remote_cluster_id, const wire::TransferRequest& remote,
@@ -1055,30 +1065,35 @@ Status Engine::transfer_shm(bool is_pull, Link& link, Conn& conn, const wire::Tr
   Status st = read_status(r);
   bool shareable = r.u8() != 0;
   uint64_t token = r.u64();
-  uint32_t n = r.u32();
-  if (!r.ok() || n > kMaxResolveSegments) return {Code::kFailed, "bad frame: resolve response"};
-  std::vector<Segment> remote;
-  remote.reserve(n);
-  bool valid = true;
-  for (uint32_t i = 0; i < n && r.ok(); ++i) {
-    uint32_t pool = r.u32();
-    uint64_t offset = r.u64();
-    uint64_t len = r.u64();
+  CacheGeometry geometry;
+  uint32_t pool = 0;
+  wire::Extent extent = req.extent;
+  if (shareable) {
+    pool = r.u32();
+    geometry.id = static_cast<int64_t>(r.u64());
+    geometry.blocks = r.u8() != 0;
+    geometry.tensor_bytes = r.u64();
+    geometry.units = r.u64();
+    std::vector<uint64_t> offsets = r.u64s();
+    extent.slot = r.u64();
+    geometry.num_tensors = static_cast<uint32_t>(offsets.size());
     const SharedMapping* m = pool < link.peer_pools.size() ? link.peer_pools[pool].get() : nullptr;
-    if (m == nullptr || offset > m->size() || len > m->size() - offset) {
-      valid = false;
-      continue;
+    bool inside = m != nullptr;
+    for (uint64_t off : offsets) {
+      inside = inside && off <= m->size() && geometry.tensor_bytes <= m->size() - off;
+      geometry.addrs.push_back(inside ? m->data() + off : nullptr);
     }
-    remote.push_back({m->data() + offset, len});
+    if (!inside) shareable = false;  // a layout outside the mapped pool is never trusted: use TCP
   }
   CL_RETURN_IF_ERROR(r.finish("resolve response"));
   if (!st.ok()) return st;
-  if (!shareable) return Status::Ok();  // caller memory or too many pieces: TCP it is
-  *fallback = false;
+  std::vector<Segment> remote;
+  Status layout_ok = shareable ? segments_for(geometry, extent, &remote) : Status::Ok();
   bool copied = false;
   bool intact = true;
   uint64_t remote_total = total_bytes(remote);
-  if (valid && remote_total <= req.expected_total) {
+  if (shareable && layout_ok.ok() && remote_total <= req.expected_total) {
+    *fallback = false;
     const auto threads = static_cast<unsigned>(std::max<int64_t>(1, config_.copy_threads));
     const std::vector<Segment>& from = is_pull ? remote : local;
     const std::vector<Segment>& to = is_pull ? local : remote;
@@ -1086,12 +1101,14 @@ Status Engine::transfer_shm(bool is_pull, Link& link, Conn& conn, const wire::Tr
     if ((req.flags & wire::kFlagChecksum) != 0) intact = crc_of(from, remote_total) == crc_of(to, remote_total);
     copied = true;
   }
-  wire::Writer release;
-  release.u64(token);
-  release.u8(copied && intact ? 1 : 0);
-  io = send_frame(conn.fd.get(), wire::Type::kRelease, release.bytes(), {}, deadline);
-  if (!io.ok()) return io_failure(link, io, timeout_ms);
-  if (!copied) return {Code::kFailed, "peer described memory outside its pools"};
+  if (token != 0) {
+    wire::Writer release;
+    release.u64(token);
+    release.u8(copied && intact ? 1 : 0);
+    io = send_frame(conn.fd.get(), wire::Type::kRelease, release.bytes(), {}, deadline);
+    if (!io.ok()) return io_failure(link, io, timeout_ms);
+  }
+  if (!copied) return Status::Ok();  // caller memory or an unmappable layout: TCP it is
   if (!intact) {
     return {Code::kFailed, "checksum mismatch after the same-host copy with cluster " +
                                std::to_string(link.remote_cluster_id) + ": the memory changed during the copy"};

@@ -13,8 +13,8 @@ from typing import ClassVar
 
 from llm_datadist import _native
 from llm_datadist.data_type import DataType
-from llm_datadist.v2.llm_datadist import LLMDataDist
-from llm_datadist.v2.llm_types import Cache, CacheDesc, CacheKey, Placement
+from llm_datadist.v2.llm_datadist import LLMDataDist, options_module_build
+from llm_datadist.v2.llm_types import BlocksCacheKey, Cache, CacheDesc, CacheKey, LLMRole, Placement
 
 
 class HostedDataDist(LLMDataDist):
@@ -58,6 +58,26 @@ class CacheLayout:
 
 def _engine(datadist: LLMDataDist) -> _native.Engine:
     return datadist._native_engine
+
+
+def validate_options(role: LLMRole, cluster_id: int, options: dict[str, str]) -> dict[str, str]:
+    """Check ``options`` exactly as ``init`` would, without starting anything; returns the completed dict.
+
+    Raises what ``init`` raises for the same input (TypeError, ValueError, ``LLMException``).
+    """
+    datadist = LLMDataDist(role, cluster_id)
+    completed = datadist._complete_options(options)
+    options_module_build(completed, cluster_id, completed["llm.Role"])
+    return completed
+
+
+def blocks_keys(datadist: LLMDataDist) -> dict[int, BlocksCacheKey]:
+    """The ``BlocksCacheKey`` bound to each blocks cache that has one, by cache id."""
+    return {
+        int(info.id): BlocksCacheKey(datadist.cluster_id, int(info.blocks_model_id))
+        for info in _engine(datadist).list_caches()
+        if info.blocks_model_id is not None
+    }
 
 
 def incarnation(datadist: LLMDataDist) -> int:

@@ -241,3 +241,20 @@ def test_pools_of_dead_processes_are_swept_at_init(peer_factory, tmp_path):
     survivor.run(init_code("PROMPT", 3, extra={"cachelink.pool_dir": str(tmp_path)}))
     names = sorted(p.name.split("-")[1] for p in tmp_path.iterdir())
     assert names == ["2", "2", "3", "3"]  # the dead one's files are gone, the live ones untouched
+
+
+def test_ext_validate_options_matches_init():
+    good = {"ge.exec.deviceId": "0", "llm.EnableCacheManager": "1", "llm.listenIpInfo": "127.0.0.1:0"}
+    completed = ext.validate_options(ld.LLMRole.PROMPT, 1, good)
+    assert completed["llm.Role"] == "Prompt" and completed["llm.ListenPort"] == "0"
+    with pytest.raises(ld.LLMException) as err:
+        ext.validate_options(ld.LLMRole.PROMPT, 1, {**good, "cachelink.bogus": "1"})
+    assert err.value.status_code == Code.LLM_PARAM_INVALID
+    assert ld.LLMDataDist.llm_engine_instance is None, "validation starts no instance"
+
+
+def test_ext_reports_blocks_key_bindings(local_dd):
+    dd = local_dd(ld.LLMRole.PROMPT, 1)
+    bound = dd.cache_manager.allocate_blocks_cache(ld.CacheDesc(1, [2, 64], ld.DataType.DT_UINT8), ld.BlocksCacheKey(1, 7))
+    dd.cache_manager.allocate_blocks_cache(ld.CacheDesc(1, [2, 64], ld.DataType.DT_UINT8))
+    assert ext.blocks_keys(dd) == {bound.cache_id: ld.BlocksCacheKey(1, 7)}
