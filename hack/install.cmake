@@ -1,0 +1,7 @@
+# Included by the root CMakeLists.txt: ship what `cachelink dev-cluster build` needs at run time from an
+# installed wheel, i.e. the Go module of each tool (go.mod, go.sum, main packages), as package data.
+install(
+  DIRECTORY "${CMAKE_CURRENT_LIST_DIR}/tools"
+  DESTINATION cachelink/devcluster/hack
+  FILES_MATCHING PATTERN "go.mod" PATTERN "go.sum" PATTERN "*.go"
+)
