@@ -62,7 +62,7 @@ void copy_units(const std::vector<uint64_t>& dst_addrs, uint64_t dst_unit, const
 
 wire::TransferRequest make_request(uint8_t kind, uint64_t a, uint64_t b, uint64_t c, const wire::Extent& extent,
                                    uint8_t flags) {
-  if (kind < 1 || kind > 3) throw CoreError{Code::kParamInvalid, "unknown cache reference kind"};
+  if (kind < 1 || kind > 4) throw CoreError{Code::kParamInvalid, "unknown cache reference kind"};
   wire::TransferRequest req;
   req.ref = {static_cast<wire::RefKind>(kind), a, b, c};
   req.extent = extent;

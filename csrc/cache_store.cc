@@ -465,9 +465,15 @@ CacheGeometry CacheStore::geometry_of(const Record& r) {
 Status CacheStore::acquire(const wire::CacheRef& ref, const wire::Extent& extent, bool for_peer,
                            std::vector<Segment>* segs, Pin* pin, SlotKey* resolved_key, SharedLayout* layout) {
   std::lock_guard<std::mutex> lock(mu_);
+  if (ref.kind == wire::RefKind::kAddress) {
+    if (layout != nullptr) layout->pool = -1;  // raw-address transfers always go over the socket
+    return acquire_address_locked(ref.a, extent, segs, pin);
+  }
   wire::Extent e = extent;
   int64_t id = 0;
   switch (ref.kind) {
+    case wire::RefKind::kAddress:
+      break;
     case wire::RefKind::kSlotKey: {
       SlotKey key{ref.a, ref.b, ref.c};
       auto it = slot_keys_.find(key_of(key));
@@ -518,6 +524,41 @@ Status CacheStore::acquire(const wire::CacheRef& ref, const wire::Extent& extent
   r->pins += 1;
   *pin = Pin(this, id, r->pool == PoolKind::kRegistered ? nullptr : pools_[static_cast<int>(r->pool)].mapping);
   return Status::Ok();
+}
+
+Status CacheStore::acquire_address_locked(uint64_t address, const wire::Extent& e, std::vector<Segment>* segs,
+                                          Pin* pin) {
+  // Find the live, peer-visible tensor that contains the address.
+  const auto* addr = reinterpret_cast<const uint8_t*>(address);
+  for (auto& [id, rec] : records_) {
+    Record& r = *rec;
+    if (!r.remote_accessible || (!r.id_ref && r.slot_keys.empty())) continue;
+    for (uint8_t* base : r.addrs) {
+      if (addr < base || addr >= base + r.tensor_bytes) continue;
+      const uint64_t room = r.tensor_bytes - static_cast<uint64_t>(addr - base);
+      segs->clear();
+      if (e.unit == wire::Unit::kSlot) {
+        if (e.length == 0 || e.length == wire::kWholeSlot || e.length > room) {
+          return {Code::kParamInvalid, std::to_string(e.length) + " bytes at address " + std::to_string(address) +
+                                           " exceed tensor of cache " + std::to_string(id)};
+        }
+        segs->push_back({base + (addr - base), e.length});
+      } else {
+        if (e.block_bytes == 0 || e.blocks.empty()) return {Code::kParamInvalid, "block list or size missing"};
+        for (uint64_t b : e.blocks) {
+          if (b >= room / e.block_bytes) {
+            return {Code::kParamInvalid, "block " + std::to_string(b) + " of " + std::to_string(e.block_bytes) +
+                                             " bytes lies outside the tensor at address " + std::to_string(address)};
+          }
+          append_segment(segs, base + (addr - base) + b * e.block_bytes, e.block_bytes);
+        }
+      }
+      r.pins += 1;
+      *pin = Pin(this, id, r.pool == PoolKind::kRegistered ? nullptr : pools_[static_cast<int>(r.pool)].mapping);
+      return Status::Ok();
+    }
+  }
+  return {Code::kKvCacheNotExist, "no remote-accessible cache holds address " + std::to_string(address)};
 }
 
 Status CacheStore::acquire_local(int64_t id, const wire::Extent& extent, std::vector<Segment>* segs, Pin* pin) {

@@ -176,6 +176,7 @@ class CacheStore {
   void persist_locked() const;
   Status restore_locked(const std::vector<uint8_t>& bytes);
   static CacheGeometry geometry_of(const Record& r);
+  Status acquire_address_locked(uint64_t address, const wire::Extent& extent, std::vector<Segment>* segs, Pin* pin);
 
   mutable std::mutex mu_;
   Pool pools_[2];

@@ -90,7 +90,7 @@ Status decode(Reader& r, TransferRequest* out) {
   out->expected_total = r.u64();
   out->flags = r.u8();
   if (!r.ok()) return {Code::kFailed, "bad frame: truncated transfer request"};
-  if (kind < 1 || kind > 3) return {Code::kFailed, "bad frame: unknown cache reference kind"};
+  if (kind < 1 || kind > 4) return {Code::kFailed, "bad frame: unknown cache reference kind"};
   if (unit > 1) return {Code::kFailed, "bad frame: unknown transfer unit"};
   out->ref.kind = static_cast<RefKind>(kind);
   out->extent.unit = static_cast<Unit>(unit);

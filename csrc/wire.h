@@ -112,6 +112,7 @@ enum class RefKind : uint8_t {
   kSlotKey = 1,     // CacheKey: (req_id | prefix_id, model_id) -> (cache, batch slot)
   kIdAndIndex = 2,  // CacheKeyByIdAndIndex: (cache_id, batch_index)
   kBlocksKey = 3,   // BlocksCacheKey: model_id -> blocks cache
+  kAddress = 4,     // a raw tensor address in the peer's process (TransferConfig.dst_addrs)
 };
 
 struct CacheRef {

@@ -46,7 +46,7 @@ _log = logging.getLogger("LLM_DATADIST")
 
 INVALID_ID = 2**64 - 1
 MAX_REGISTERED_ADDRS = 240
-_REF_SLOT_KEY, _REF_ID_AND_INDEX, _REF_BLOCKS_KEY = 1, 2, 3
+_REF_SLOT_KEY, _REF_ID_AND_INDEX, _REF_BLOCKS_KEY, _REF_ADDRESS = 1, 2, 3, 4
 _PULL_KWARGS = ("src_layer_range", "dst_layer_range", "tensor_num_per_layer")
 
 
@@ -142,23 +142,27 @@ def _slot_bytes(cache: Cache) -> int:
 
 
 class _LayerwiseTransfer:
-    """Runs ``transfer_cache_async`` on its own thread, one layer at a time (the ``CacheTask`` target)."""
+    """Runs ``transfer_cache_async`` on its own thread, one layer at a time (the ``CacheTask`` target).
+
+    ``TransferWithCacheKeyConfig`` layers go out as ``push_cache``/``push_blocks``; ``TransferConfig``
+    layers are written to the peer's raw tensor addresses (K and V of each layer), over TCP.
+    """
 
     def __init__(
         self,
         manager: CacheManager,
         src_cache: Cache,
         synchronizer: LayerSynchronizer,
-        configs: Sequence[TransferWithCacheKeyConfig],
-        src_blocks: list[int] | None,
-        dst_blocks: list[int] | None,
+        configs: Sequence[TransferConfig | TransferWithCacheKeyConfig],
+        blocks: tuple[list[int], list[int]] | None,
+        dst_block_bytes: int,
     ) -> None:
         self._manager = manager
         self._src_cache = src_cache
         self._synchronizer = synchronizer
         self._configs = list(configs)
-        self._src_blocks = src_blocks
-        self._dst_blocks = dst_blocks
+        self._blocks = blocks
+        self._dst_block_bytes = dst_block_bytes
         self._results: list[LLMStatusCode | None] = [None] * len(self._configs)
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cachelink-transfer", daemon=True)
@@ -168,37 +172,75 @@ class _LayerwiseTransfer:
         try:
             layers = self._src_cache.cache_desc.num_tensors // 2
             for layer in range(layers):
+                wanted = [i for i, c in enumerate(self._configs) if self._position(c, layer) is not None]
+                if not wanted:
+                    continue
                 ready = self._synchronizer.synchronize_layer(layer, None)
-                for index, config in enumerate(self._configs):
+                for index in wanted:
                     if self._results[index] not in (None, LLMStatusCode.LLM_SUCCESS):
                         continue
                     if not ready:
                         self._results[index] = LLMStatusCode.LLM_PARAM_INVALID
                         continue
-                    self._results[index] = self._send_layer(config, layer)
+                    self._results[index] = self._send_layer(self._configs[index], layer)
         finally:
             self._done.set()
 
-    def _send_layer(self, config: TransferWithCacheKeyConfig, layer: int) -> LLMStatusCode:
-        src_layers, dst_layers = config.src_layer_range, config.dst_layer_range
-        assert src_layers is not None
-        assert dst_layers is not None
-        offset = layer - src_layers.start
-        if not 0 <= offset < len(src_layers):
-            return self._results[self._configs.index(config)] or LLMStatusCode.LLM_SUCCESS
-        src = range(layer, layer + 1)
-        dst = range(dst_layers.start + offset, dst_layers.start + offset + 1)
+    def _position(self, config: TransferConfig | TransferWithCacheKeyConfig, layer: int) -> int | None:
+        """Index of ``layer`` among the layers this config sends, or None."""
+        layers = config.src_layer_range or range(self._src_cache.cache_desc.num_tensors // 2)
+        return layer - layers.start if layer in layers else None
+
+    def _send_layer(self, config: TransferConfig | TransferWithCacheKeyConfig, layer: int) -> LLMStatusCode:
+        position = self._position(config, layer)
+        assert position is not None
         try:
-            key = config.cache_key
-            if isinstance(key, BlocksCacheKey):
-                self._manager.push_blocks(
-                    key, self._src_cache, self._src_blocks or [], self._dst_blocks or [], src, dst
-                )
+            if isinstance(config, TransferConfig):
+                self._send_to_addresses(config, layer, position)
             else:
-                self._manager.push_cache(key, self._src_cache, config.src_batch_index, src, dst)
+                dst_layers = config.dst_layer_range
+                assert dst_layers is not None  # required by TransferWithCacheKeyConfig
+                src = range(layer, layer + 1)
+                dst = range(dst_layers.start + position, dst_layers.start + position + 1)
+                key = config.cache_key
+                if isinstance(key, BlocksCacheKey):
+                    src_blocks, dst_blocks = self._blocks or ([], [])
+                    self._manager.push_blocks(key, self._src_cache, src_blocks, dst_blocks, src, dst)
+                else:
+                    self._manager.push_cache(key, self._src_cache, config.src_batch_index, src, dst)
         except LLMException as error:
             return error.status_code
         return LLMStatusCode.LLM_SUCCESS
+
+    def _send_to_addresses(self, config: TransferConfig, layer: int, position: int) -> None:
+        cache = self._src_cache
+        for k in range(2):  # K then V of this layer
+            tensor = 2 * layer + k
+            address = config.dst_addrs[2 * position + k]
+            if self._blocks is not None:
+                src_blocks, dst_blocks = self._blocks
+                if cache.is_blocks_cache:
+                    local = _extent(
+                        (tensor, 1), blocks_unit=True, blocks=src_blocks, block_bytes=_block_bytes(cache)
+                    )
+                else:
+                    local = _extent((tensor, 1), slot=config.src_batch_index, length=_native.WHOLE_SLOT)
+                remote = _extent(
+                    (0, 1), blocks_unit=True, blocks=dst_blocks, block_bytes=self._dst_block_bytes
+                )
+            else:
+                local = _extent((tensor, 1), slot=config.src_batch_index, length=_native.WHOLE_SLOT)
+                remote = _extent((0, 1), length=_slot_bytes(cache))
+            self._manager._transfer(
+                "transfer_cache_async",
+                is_pull=False,
+                cluster_id=config.dst_cluster_id,
+                ref=(_REF_ADDRESS, address, 0, 0),
+                remote=remote,
+                flags=0,
+                local_cache=cache,
+                local=local,
+            )
 
     def get(self, timeout: float | None) -> LLMStatusCode:
         if not self._done.wait(timeout):
@@ -776,31 +818,46 @@ class CacheManager:
         check_param(src_cache.cache_desc.placement != Placement.HOST, "src_cache must not be HOST")
         check_isinstance("layer_synchronizer", layer_synchronizer, LayerSynchronizer)
         check_isinstance("transfer_configs", transfer_configs, [list, tuple])
+        layers = src_cache.cache_desc.num_tensors // 2
         for config in transfer_configs:
             check_isinstance("transfer_config", config, [TransferConfig, TransferWithCacheKeyConfig])
-            if isinstance(config, TransferConfig):
-                raise LLMException(
-                    "transfer_cache_async with TransferConfig (raw destination addresses) is not supported "
-                    "by "
-                    "CacheLink yet; use TransferWithCacheKeyConfig",
-                    status_code=LLMStatusCode.LLM_FEATURE_NOT_ENABLED,
+            if isinstance(config, TransferWithCacheKeyConfig):
+                check_param(
+                    self._remote_accessible, "TransferWithCacheKeyConfig needs enable_remote_cache_accessible"
                 )
-        check_param(
-            self._remote_accessible, "TransferWithCacheKeyConfig needs enable_remote_cache_accessible"
-        )
+            else:
+                sent = len(config.src_layer_range) if config.src_layer_range is not None else layers
+                check_param(
+                    len(config.dst_addrs) == 2 * sent,
+                    "dst_addrs num:{0} must be 2 x layers sent ({1})",
+                    len(config.dst_addrs),
+                    sent,
+                )
+        blocks: tuple[list[int], list[int]] | None = None
         if src_block_indices is not None or dst_block_indices is not None:
-            check_isinstance("src_block_indices", src_block_indices, list, inner=int)
             check_isinstance("dst_block_indices", dst_block_indices, list, inner=int)
-            assert src_block_indices is not None
             assert dst_block_indices is not None
-            check_param(
-                len(src_block_indices) == len(dst_block_indices), "block index lists differ in length"
-            )
+            if src_cache.is_blocks_cache:
+                check_isinstance("src_block_indices", src_block_indices, list, inner=int)
+                assert src_block_indices is not None
+                check_param(
+                    len(src_block_indices) == len(dst_block_indices), "block index lists differ in length"
+                )
+            blocks = (list(src_block_indices or []), list(dst_block_indices))
         check_param(src_cache.cache_desc.num_tensors % 2 == 0, "src_cache num_tensors must be even")
-        del dst_block_memory_size  # blocks keep their size on both sides in CacheLink
-        configs = [config for config in transfer_configs if isinstance(config, TransferWithCacheKeyConfig)]
+        dst_block_bytes = 0
+        if blocks is not None:
+            if src_cache.is_blocks_cache:
+                dst_block_bytes = dst_block_memory_size or _block_bytes(src_cache)
+            else:
+                check_param(
+                    dst_block_memory_size is not None and dst_block_memory_size > 0,
+                    "dst_block_memory_size is required when a cache is sent to blocks",
+                )
+                assert dst_block_memory_size is not None
+                dst_block_bytes = dst_block_memory_size
+        else:
+            check_param(not dst_block_memory_size, "dst_block_memory_size needs dst_block_indices")
         return CacheTask(
-            _LayerwiseTransfer(
-                self, src_cache, layer_synchronizer, configs, src_block_indices, dst_block_indices
-            )
+            _LayerwiseTransfer(self, src_cache, layer_synchronizer, transfer_configs, blocks, dst_block_bytes)
         )

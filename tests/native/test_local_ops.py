@@ -88,3 +88,39 @@ def test_transfer_cache_async_layer_by_layer(peer_factory, local_dd):
     assert sync.seen == [0, 1]
     assert decode.run("result = [int(dst.numpy(t)[[6, 7]].min()) for t in range(4)]") == [1, 2, 3, 4]
     assert decode.run("result = int(dst.numpy(0)[:6].max())") == 0
+
+
+def test_transfer_cache_async_to_raw_addresses(peer_factory, local_dd):
+    """TransferConfig: the decode side registers its own tensors; the prompt writes each layer's K and V there."""
+    decode = peer_factory()
+    address = decode.run(init_code("DECODER", 2, listen="127.0.0.1:0"))
+    addrs = decode.run("""
+        own = [np.zeros((2, 256), dtype=np.uint8) for _ in range(4)]
+        reg = cm.register_cache(CacheDesc(4, [2, 256], DataType.DT_UINT8), [a.ctypes.data for a in own])
+        result = [a.ctypes.data for a in own]
+    """)
+    prompt = local_dd(ld.LLMRole.PROMPT, 1)
+    info = ld.LLMClusterInfo()
+    info.remote_cluster_id = 2
+    info.append_local_ip_info("127.0.0.1", 0)
+    ip, port = address.split(":")
+    info.append_remote_ip_info(ip, int(port))
+    assert prompt.link_clusters([info])[0] == ld.LLMStatusCode.LLM_SUCCESS
+    cm = prompt.cache_manager
+    src = cm.allocate_cache(ld.CacheDesc(4, [2, 256], ld.DataType.DT_UINT8))
+    for t in range(4):
+        src.numpy(t)[:] = np.arange(512, dtype=np.uint8).reshape(2, 256) + 10 * t
+    sync = AllLayersReady()
+    # layer 1 only (tensors 2, 3), batch slot 1, into the first two registered tensors
+    config = ld.TransferConfig(2, addrs[:2], range(1, 2), 1)
+    task = cm.transfer_cache_async(src, sync, [config])
+    assert task.synchronize(5000) == ld.LLMStatusCode.LLM_SUCCESS
+    got = decode.run("result = [bytes(own[t][0]).hex() for t in range(4)]")
+    assert bytes.fromhex(got[0]) == bytes(src.numpy(2)[1]) and bytes.fromhex(got[1]) == bytes(src.numpy(3)[1])
+    assert got[2] == got[3] == "00" * 256
+    # an address no cache holds fails that config with the documented status
+    bad = ld.TransferConfig(2, [8, 16], range(0, 1))
+    task = cm.transfer_cache_async(src, sync, [bad])
+    assert task.synchronize(5000) == ld.LLMStatusCode.LLM_KV_CACHE_NOT_EXIST
+    with pytest.raises(ld.LLMException):
+        cm.transfer_cache_async(src, sync, [ld.TransferConfig(2, addrs[:1], range(1, 2))])  # needs 2 addresses
