@@ -61,7 +61,10 @@ def verify(view: np.ndarray, tensor: int, source_of: np.ndarray) -> bool:
     return True
 
 
-def options(listen: str | None, pool_bytes: int, tcp: bool) -> dict[str, str]:
+EXTRA: dict[str, str] = {}
+
+
+def options(listen: str | None, pool_bytes: int, tcp: bool, extra: dict[str, str] | None = None) -> dict[str, str]:
     from llm_datadist import LLMConfig
 
     cfg = LLMConfig()
@@ -75,16 +78,17 @@ def options(listen: str | None, pool_bytes: int, tcp: bool) -> dict[str, str]:
     opts = cfg.generate_options()
     if tcp:
         opts["cachelink.force_tcp"] = "1"
+    opts.update(extra if extra is not None else EXTRA)
     return opts
 
 
-def prompt_main(conn: Connection, total: int, block: int, tcp: bool) -> None:
+def prompt_main(conn: Connection, total: int, block: int, tcp: bool, extra: dict[str, str]) -> None:
     """The prompt process: owns the source (pull) / destination (push) blocks cache."""
     from llm_datadist import BlocksCacheKey, CacheDesc, DataType, LLMDataDist, LLMRole, ext
 
     blocks = total // TENSORS // block
     dd = LLMDataDist(LLMRole.PROMPT, PROMPT)
-    dd.init(options("127.0.0.1:0", total + (64 << 20), tcp))
+    dd.init(options("127.0.0.1:0", total + (64 << 20), tcp, extra))
     desc = CacheDesc(TENSORS, [blocks, block_words(block)], DataType.DT_UINT32)
     cache = dd.cache_manager.allocate_blocks_cache(desc, BlocksCacheKey(PROMPT, MODEL))
     for t in range(TENSORS):
@@ -114,7 +118,7 @@ def run_point(total: int, block: int, tcp: bool, runs: int) -> dict[str, Any]:
 
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
-    peer = ctx.Process(target=prompt_main, args=(child, total, block, tcp))
+    peer = ctx.Process(target=prompt_main, args=(child, total, block, tcp, EXTRA))
     peer.start()
     address, peer_pid = parent.recv()
     blocks = total // TENSORS // block
@@ -220,7 +224,7 @@ def idle_cpu_percent(seconds: float) -> float:
     """CPU (percent of one core) an idle linked prompt+decode pair uses."""
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
-    peer = ctx.Process(target=prompt_main, args=(child, 8 << 20, 64 << 10, True))
+    peer = ctx.Process(target=prompt_main, args=(child, 8 << 20, 64 << 10, True, EXTRA))
     peer.start()
     address, peer_pid = parent.recv()
     from llm_datadist import LLMClusterInfo, LLMDataDist, LLMRole
@@ -252,10 +256,14 @@ def main() -> None:
     parser.add_argument("--sizes", default=",".join(SIZES), help="block sizes, from " + ",".join(SIZES))
     parser.add_argument("--paths", default="shm,tcp", help="data paths: shm, tcp")
     parser.add_argument("--out", default="bench/results/transfer.json", help="JSON output file")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra engine option for both sides, e.g. cachelink.tcp_stripes=1 (repeatable)")
+    parser.add_argument("--skip-baselines", action="store_true", help="skip memcpy/TCP/idle measurements")
     args = parser.parse_args()
+    EXTRA.update(item.split("=", 1) for item in args.option)
     total = int(args.gib * (1 << 30))
-    memcpy = memcpy_gbps(args.runs)
-    tcp = tcp_stream_gbps(1 << 30, max(3, args.runs // 2))
+    memcpy = 0.0 if args.skip_baselines else memcpy_gbps(args.runs)
+    tcp = 0.0 if args.skip_baselines else tcp_stream_gbps(1 << 30, max(3, args.runs // 2))
     report: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
         "method": f"{args.gib} GiB per run, median of {args.runs}, blocks shuffled by a fixed permutation",
@@ -267,7 +275,7 @@ def main() -> None:
         for name in args.sizes.split(","):
             point = run_point(total, SIZES[name], path == "tcp", args.runs)
             point["path"] = path
-            baseline = memcpy if path == "shm" else tcp
+            baseline = (memcpy if path == "shm" else tcp) or float("nan")
             for op in ("pull", "push"):
                 point[op]["ratio_to_baseline"] = point[op]["gbps"] / baseline
             report["points"].append(point)
@@ -277,7 +285,8 @@ def main() -> None:
                 f"  cpu {point['pull']['cpu_s_per_gb']:.2f} s/GB",
                 flush=True,
             )
-    report["idle_linked_pair_cpu_percent"] = idle_cpu_percent(5.0)
+    report["options"] = EXTRA
+    report["idle_linked_pair_cpu_percent"] = 0.0 if args.skip_baselines else idle_cpu_percent(5.0)
     print(
         f"memcpy {memcpy:.2f} GB/s, tcp stream {tcp:.2f} GB/s, idle pair {report['idle_linked_pair_cpu_percent']:.2f}% cpu"
     )
