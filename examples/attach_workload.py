@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 
 from cachelink_agent.attach import attach
+
 from llm_datadist import BlocksCacheKey, CacheDesc, DataType
 
 

@@ -65,6 +65,7 @@ def parse(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Namespace
     )
     p.add_argument("--metrics-port", type=int, default=8080, help="Prometheus metrics (0: off)")
     p.add_argument("--health-port", type=int, default=8081, help="/healthz and /readyz (0: off)")
+    p.add_argument("--bind-address", default="0.0.0.0", help="address of the metrics and health ports")
     p.add_argument("--log-format", choices=["json", "plain"], default="json")
     p.add_argument("--verbose", action="store_true")
     a = p.parse_args(argv)
@@ -89,7 +90,42 @@ def parse(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Namespace
     return cfg, a
 
 
-async def _health(port: int, elector: leader.LeaderElector) -> web.AppRunner:
+def connection_info(cfg: k8s.Configuration) -> kopf.ConnectionInfo:
+    """kopf credentials from the client configuration loaded from ``--kubeconfig`` (or in-cluster).
+
+    kopf's own login handlers load the ambient kubeconfig, not the file named by the flag, so the
+    operator hands kopf exactly what its own API client uses.
+    """
+    header = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix("authorization")
+    parts = header.split(" ", 1) if header else []
+    scheme, token = (
+        (None, None) if not parts else (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+    )
+    return kopf.ConnectionInfo(
+        server=cfg.host,
+        ca_path=cfg.ssl_ca_cert,
+        insecure=not cfg.verify_ssl,
+        username=cfg.username or None,
+        password=cfg.password or None,
+        scheme=scheme,
+        token=token,
+        certificate_path=cfg.cert_file,
+        private_key_path=cfg.key_file,
+    )
+
+
+def load_config(kubeconfig: str | None) -> None:
+    """Load the API client's default configuration: the named kubeconfig, else in-cluster, else default."""
+    if kubeconfig:
+        k8s_config.load_kube_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+        return
+    try:
+        k8s_config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except k8s_config.ConfigException:
+        k8s_config.load_kube_config()  # type: ignore[no-untyped-call]
+
+
+async def _health(port: int, address: str, elector: leader.LeaderElector) -> web.AppRunner:
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok")
 
@@ -104,19 +140,13 @@ async def _health(port: int, elector: leader.LeaderElector) -> web.AppRunner:
     app.router.add_get("/readyz", readyz)
     runner = web.AppRunner(app)
     await runner.setup()
-    await web.TCPSite(runner, "0.0.0.0", port).start()
+    await web.TCPSite(runner, address, port).start()
     return runner
 
 
 async def run(cfg: Config, args: argparse.Namespace) -> int:
     """Serve until stopped or the Lease is lost; returns the exit status."""
-    if args.kubeconfig:
-        k8s_config.load_kube_config(config_file=args.kubeconfig)  # type: ignore[no-untyped-call]
-    else:
-        try:
-            k8s_config.load_incluster_config()  # type: ignore[no-untyped-call]
-        except k8s_config.ConfigException:
-            k8s_config.load_kube_config()  # type: ignore[no-untyped-call]
+    load_config(args.kubeconfig)
     api = k8s.ApiClient()
     kube_api = kube.Kube(api, cfg.api_timeout_s)
     elector = leader.LeaderElector(
@@ -129,8 +159,8 @@ async def run(cfg: Config, args: argparse.Namespace) -> int:
         cfg.api_timeout_s,
     )
     if args.metrics_port:
-        start_http_server(args.metrics_port)
-    runner = await _health(args.health_port, elector) if args.health_port else None
+        start_http_server(args.metrics_port, addr=args.bind_address)
+    runner = await _health(args.health_port, args.bind_address, elector) if args.health_port else None
     try:
         await elector.acquire()
         secret = (
@@ -140,6 +170,12 @@ async def run(cfg: Config, args: argparse.Namespace) -> int:
         registry = kopf.OperatorRegistry()
         handlers.register(registry, rt)
         stop: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+        @kopf.on.login(registry=registry)
+        def login(**_: object) -> kopf.ConnectionInfo:
+            if args.kubeconfig is None:  # in-cluster: the projected token is rotated, so reload it
+                load_config(None)
+            return connection_info(k8s.Configuration.get_default_copy())
 
         @kopf.on.startup(registry=registry)
         def configure(settings: kopf.OperatorSettings, **_: object) -> None:
@@ -156,7 +192,13 @@ async def run(cfg: Config, args: argparse.Namespace) -> int:
             kopf.operator(registry=registry, clusterwide=True, stop_flag=stop, standalone=True)
         )
         keeper = asyncio.create_task(elector.keep())
-        done, _ = await asyncio.wait({operator, keeper}, return_when=asyncio.FIRST_COMPLETED)
+        caretaking = asyncio.Event()
+        caretaker = asyncio.create_task(handlers.caretaker(rt, caretaking))
+        try:
+            done, _ = await asyncio.wait({operator, keeper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            caretaking.set()
+            caretaker.cancel()
         if keeper in done:
             log.error("lost the leader Lease; stopping")
             stop.set_result(True)
@@ -181,6 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.log_format == "json"
         else "%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("urllib3").setLevel(logging.INFO)
     return asyncio.run(run(cfg, args))
 
 

@@ -198,7 +198,9 @@ def choose_address(
     return sorted(candidates, key=lambda a: (ipaddress.ip_address(a).version, a))[0], None
 
 
-def engine_options(options: Options, *, listen: str | None, pool_name: str, host_id: str) -> dict[str, str]:
+def engine_options(
+    options: Options, *, listen: str | None, host_id: str, link_secret: str | None = None
+) -> dict[str, str]:
     """The ``init`` options of one instance, exactly as ``LLMConfig.generate_options()`` writes them."""
     cfg = LLMConfig()
     if options.device_id is not None:
@@ -228,8 +230,9 @@ def engine_options(options: Options, *, listen: str | None, pool_name: str, host
     if listen:
         cfg.listen_ip_info = listen
     generated = dict(cfg.generate_options())
-    generated["cachelink.pool_name"] = pool_name
     generated["cachelink.host_id"] = host_id
+    if link_secret:
+        generated["cachelink.link_secret"] = link_secret
     return generated
 
 
@@ -317,6 +320,7 @@ class Inputs:
     reported: Mapping[str, Sequence[agent_models.InstanceStatus]]
     recorded_ids: Mapping[str, int]
     recorded_ports: Mapping[str, int]
+    link_secret: str | None = None
 
 
 def _port_of(address: str) -> int | None:
@@ -429,7 +433,12 @@ def compute(spec: CacheLinkSpec, inputs: Inputs) -> Desired:
             address=address,
             port=port,
             listens=listens(member),
-            options=engine_options(opts, listen=listen, pool_name=f"cachelink-{name}", host_id=member.node),
+            options=engine_options(
+                opts,
+                listen=listen,
+                host_id=member.node,
+                link_secret=inputs.link_secret,
+            ),
             problem=problem,
         )
     by_member = {(m.role, m.key): n for n, m in names.items()}

@@ -11,13 +11,15 @@ CacheLink. Deletion is a kopf finalizer (``on.delete``) that retries with ``Temp
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
 
 from cachelink_operator import agents, desired, diff, finalize, reconcile
+from cachelink_operator.config import Config
 from cachelink_operator.models import GROUP, VERSION, CacheLinkPolicySpec, PolicyRef
 
 kopf_logger = logging.getLogger(__name__)
@@ -49,12 +51,10 @@ def _world(kwargs: Mapping[str, Any], namespace: str) -> reconcile.World:
     return reconcile.World(list(pods), endpoints, policies, labels)
 
 
-def register(registry: kopf.OperatorRegistry, rt: reconcile.Runtime) -> Kicks:
-    """Register every handler on ``registry``; returns the kick table."""
-    kicks = Kicks()
-    cfg = rt.config
+def _register_indices(registry: kopf.OperatorRegistry, cfg: Config) -> Callable[..., bool]:
+    """The in-memory indices the reconciles read; returns the agent-pod filter."""
 
-    @kopf.index("pods", registry=registry)
+    @kopf.index("pods", registry=registry, id="cachelink_pods")
     def cachelink_pods(body: kopf.Body, **_: Any) -> dict[str, desired.PodInfo]:
         info = desired.pod_info(body)
         return {info.namespace: info}
@@ -65,12 +65,12 @@ def register(registry: kopf.OperatorRegistry, rt: reconcile.Runtime) -> Kicks:
             labels.get(k) == v for k, v in cfg.agent_selector.items()
         )
 
-    @kopf.index("pods", registry=registry, when=is_agent)
+    @kopf.index("pods", registry=registry, when=is_agent, id="cachelink_agents")
     def cachelink_agents(body: kopf.Body, **_: Any) -> dict[str, agents.Endpoint] | None:
         endpoint = agents.endpoint_of(body)
         return {"all": endpoint} if endpoint is not None else None
 
-    @kopf.index(POLICIES, registry=registry)
+    @kopf.index(POLICIES, registry=registry, id="cachelink_policies")
     def cachelink_policies(body: kopf.Body, **_: Any) -> dict[str, PolicyRef] | None:
         try:
             spec = CacheLinkPolicySpec.model_validate(dict(body.spec))
@@ -78,75 +78,109 @@ def register(registry: kopf.OperatorRegistry, rt: reconcile.Runtime) -> Kicks:
         except ValueError:
             return None
 
-    @kopf.index("namespaces", registry=registry)
+    @kopf.index("namespaces", registry=registry, id="cachelink_namespaces")
     def cachelink_namespaces(body: kopf.Body, **_: Any) -> dict[str, dict[str, str]]:
         return {str(body.metadata.name): dict(body.metadata.labels)}
 
-    @kopf.index(CACHELINKS, registry=registry)
+    @kopf.index(CACHELINKS, registry=registry, id="cachelink_objects")
     def cachelink_objects(body: kopf.Body, **_: Any) -> dict[str, str]:
         return {str(body.metadata.namespace): str(body.metadata.uid)}
 
-    @kopf.on.event(CACHELINKS, registry=registry)
+    return is_agent
+
+
+def register(registry: kopf.OperatorRegistry, rt: reconcile.Runtime) -> Kicks:
+    """Register every handler on ``registry``; returns the kick table."""
+    kicks = Kicks()
+    is_agent = _register_indices(registry, rt.config)
+
+    @kopf.on.event(CACHELINKS, registry=registry, id="cachelink_changed")
     def cachelink_changed(uid: str, **_: Any) -> None:
         kicks.kick(uid)
 
-    @kopf.on.event("pods", registry=registry)
+    @kopf.on.event("pods", registry=registry, id="pod_changed")
     def pod_changed(body: kopf.Body, **kwargs: Any) -> None:
         kicks.kick(*kwargs["cachelink_objects"].get(body.metadata.namespace, []))
         if is_agent(body):
             kicks.kick(*kicks.events)
 
-    @kopf.on.event(POLICIES, registry=registry)
-    @kopf.on.event("namespaces", registry=registry)
+    @kopf.on.event(POLICIES, registry=registry, id="policy_changed")
+    @kopf.on.event("namespaces", registry=registry, id="namespace_changed")
     def cluster_changed(**_: Any) -> None:  # a policy or namespace label changed: re-evaluate all
         kicks.kick(*kicks.events)
 
-    @kopf.daemon(CACHELINKS, registry=registry, cancellation_timeout=30.0)
+    @kopf.daemon(CACHELINKS, registry=registry, cancellation_timeout=30.0, id="reconciler")
     async def cachelink_reconciler(stopped: kopf.DaemonStopped, body: kopf.Body, **kwargs: Any) -> None:
         uid, namespace = str(body.metadata.uid), str(body.metadata.namespace)
         wake = kicks.get(uid)
+        full = True
         try:
             while not stopped:
                 wake.clear()
                 if body.metadata.get("deletionTimestamp"):
                     return
-                delay = await reconcile.reconcile(rt, body, _world(kwargs, namespace))
+                try:
+                    delay = await reconcile.reconcile(rt, body, _world(kwargs, namespace), full)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as error:  # an API or agent failure: retry with backoff, never crash
+                    delay = reconcile.failed(rt, uid, error)
                 waiters = {asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stopped.wait())}
                 try:
                     await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+                    full = not wake.is_set()  # woken by the resync timer, not by a change
                 finally:
                     for waiter in waiters:
                         waiter.cancel()
         finally:
             kicks.events.pop(uid, None)
+            rt.forget(uid)
 
-    @kopf.on.delete(CACHELINKS, registry=registry)
+    @kopf.on.delete(CACHELINKS, registry=registry, id="finalizer")
     async def cachelink_finalizer(body: kopf.Body, **kwargs: Any) -> None:
         await finalize.finalize(rt, body, _world(kwargs, str(body.metadata.namespace)))
-
-    @kopf.daemon("pods", registry=registry, when=is_agent, cancellation_timeout=10.0)
-    async def agent_caretaker(stopped: kopf.DaemonStopped, body: kopf.Body, **kwargs: Any) -> None:
-        """Per agent pod: reconfirm live CacheLink owners, and sweep instances of deleted CacheLinks."""
-        while not stopped:
-            endpoint = agents.endpoint_of(body)
-            if endpoint is not None:
-                live = [uid for store in kwargs["cachelink_objects"].values() for uid in store]
-                await _care_for(rt, endpoint, live)
-            await stopped.wait(cfg.owner_confirm_interval_s)
 
     return kicks
 
 
-async def _care_for(rt: reconcile.Runtime, endpoint: agents.Endpoint, live: list[str]) -> None:
-    seen = await rt.agents.observe([endpoint.node], {endpoint.node: endpoint})
-    if endpoint.node in seen.unreachable:
-        return
-    owners = sorted({i.owner for i in seen.instances.get(endpoint.node, []) if i.owner in live})
-    if owners:
+async def caretaker(rt: reconcile.Runtime, stop: asyncio.Event) -> None:
+    """Every ``owner_confirm_interval_s``: reconfirm live owners on every agent, sweep orphans.
+
+    Not a kopf daemon on the agent pods: kopf puts a finalizer on every object a daemon runs for, and
+    agent pods must never wait for the operator to be deleted. Each pass reads agents first and lists
+    CacheLinks second, so an instance seen on an agent always belongs to a CacheLink that was created
+    before the list: only instances of CacheLinks that are really gone are swept.
+    """
+    while not stop.is_set():
         try:
-            await rt.agents.confirm_owners(endpoint, owners)
+            await care(rt)
+        except asyncio.CancelledError:
+            raise
         except Exception as error:
-            kopf_logger.warning("owner confirmation on %s failed: %s", endpoint.node, error)
-    orphans = diff.sweep(seen.instances, live)
-    if orphans:
-        await rt.agents.execute(orphans, {endpoint.node: endpoint}, 3000)
+            kopf_logger.warning("owner confirmation pass failed: %s: %s", type(error).__name__, error)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), rt.config.owner_confirm_interval_s)
+
+
+async def care(rt: reconcile.Runtime) -> None:
+    """One pass of the caretaker."""
+    cfg = rt.config
+    endpoints: dict[str, agents.Endpoint] = {}
+    for pod in await rt.kube.list_pods(cfg.agent_namespace, cfg.agent_selector):
+        endpoint = agents.endpoint_of(pod)
+        if endpoint is not None:
+            endpoints[endpoint.node] = endpoint
+    seen = await rt.agents.observe(endpoints, endpoints)
+    live = set(await rt.kube.list_cachelink_uids())
+    for node, instances in sorted(seen.instances.items()):
+        endpoint = endpoints[node]
+        owners = sorted({i.owner for i in instances if i.owner in live})
+        if owners:
+            try:
+                await rt.agents.confirm_owners(endpoint, owners)
+            except Exception as error:
+                kopf_logger.warning("owner confirmation on %s failed: %s", node, error)
+        orphans = diff.sweep({node: instances}, live)
+        if orphans:
+            kopf_logger.info("sweeping %d instances of deleted CacheLinks on %s", len(orphans), node)
+            await rt.agents.execute(orphans, endpoints, 3000)

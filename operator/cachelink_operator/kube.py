@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import secrets
 from collections.abc import Mapping
 from typing import Any
@@ -65,13 +66,27 @@ class Kube:
             if error.status != 404:
                 raise
 
+    async def list_pods(self, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        """Pods of a namespace matching ``labels``, as plain API objects (camelCase dicts)."""
+        selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        response = await self._run(
+            self.core.list_namespaced_pod, namespace, label_selector=selector, _preload_content=False
+        )
+        items: list[dict[str, Any]] = json.loads(response.data)["items"]
+        return items
+
+    async def list_cachelink_uids(self) -> list[str]:
+        """UIDs of every CacheLink of the cluster (including those being deleted)."""
+        found = await self._run(self.custom.list_cluster_custom_object, GROUP, VERSION, PLURAL)
+        return [str(item["metadata"]["uid"]) for item in found.get("items", [])]
+
     async def read_secret(self, namespace: str, name: str, key: str) -> bytes:
         """One key of a Secret, decoded."""
         secret = await self._run(self.core.read_namespaced_secret, name, namespace)
         return base64.b64decode((secret.data or {})[key])
 
-    async def ensure_link_secret(self, namespace: str, name: str, owner: Mapping[str, Any]) -> None:
-        """Create the CacheLink's link Secret (owned by it) unless it exists."""
+    async def ensure_link_secret(self, namespace: str, name: str, owner: Mapping[str, Any]) -> str:
+        """The CacheLink's link secret: its Secret (owned by it) is created unless it exists."""
         body = k8s.V1Secret(
             metadata=k8s.V1ObjectMeta(
                 name=name,
@@ -80,13 +95,14 @@ class Kube:
                 owner_references=[_owner_ref(owner)],
             ),
             type="Opaque",
-            data={SECRET_KEY: base64.b64encode(secrets.token_bytes(32)).decode()},
+            data={SECRET_KEY: base64.b64encode(secrets.token_hex(32).encode()).decode()},
         )
         try:
             await self._run(self.core.create_namespaced_secret, namespace, body)
         except ApiException as error:
             if error.status != 409:
                 raise
+        return (await self.read_secret(namespace, name, SECRET_KEY)).decode()
 
     async def apply_config_map(
         self, namespace: str, name: str, data: Mapping[str, str], owner: Mapping[str, Any]

@@ -37,6 +37,17 @@ class Runtime:
     agents: agents.Agents
     failures: dict[str, int] = field(default_factory=dict)
     linked_once: set[str] = field(default_factory=set)
+    link_secrets: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    #: per CacheLink UID: (status the object had, status we wrote over it)
+    written: dict[str, tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=dict)
+
+    def forget(self, uid: str) -> None:
+        """Drop what is remembered about a CacheLink (its daemon stopped)."""
+        self.failures.pop(uid, None)
+        self.written.pop(uid, None)
+        self.linked_once.discard(uid)
+        for key in [k for k in self.link_secrets if k[2] == uid]:
+            del self.link_secrets[key]
 
 
 @dataclass(frozen=True)
@@ -59,11 +70,16 @@ def rank_table_name(name: str) -> str:
     return f"{name}-rank-table"[:253]
 
 
-async def reconcile(rt: Runtime, body: Mapping[str, Any], world: World) -> float:
-    """One pass; returns the delay before the next."""
+async def reconcile(rt: Runtime, body: Mapping[str, Any], world: World, full: bool = True) -> float:
+    """One pass; returns the delay before the next.
+
+    The agents asked are those of the members' nodes and of the nodes status recorded instances on;
+    a ``full`` pass (the first one and every resync) asks every agent, so instances on nodes that status
+    forgot (a crash before the status write) are found and removed too.
+    """
     meta = body["metadata"]
     namespace, name, uid, generation = meta["namespace"], meta["name"], meta["uid"], meta.get("generation")
-    previous = CacheLinkStatus.model_validate(body.get("status") or {})
+    previous = _previous(rt, uid, body.get("status") or {})
     try:
         spec = CacheLinkSpec.model_validate(body.get("spec") or {})
     except pydantic.ValidationError as error:
@@ -76,8 +92,16 @@ async def reconcile(rt: Runtime, body: Mapping[str, Any], world: World) -> float
     sides = {role: policy.side_options(spec, role, merged) for role in Role}
     ports = policy.port_range(ordered)
     sides_members = desired.members(spec, namespace, world.pods)
-    nodes = {m.node for role in Role for m in sides_members[role]}
+    nodes = {m.node for role in Role for m in sides_members[role]} | {
+        i.node for i in previous.instances if i.node
+    }
+    if full:
+        nodes |= set(world.endpoints)
     seen = await rt.agents.observe(nodes, world.endpoints)
+    link_secret_name, link_secret = None, None
+    if merged.link_authentication:
+        link_secret_name = previous.link_secret_name or secret_name(name)
+        link_secret = await _link_secret(rt, namespace, link_secret_name, body)
     try:
         want = desired.compute(
             spec,
@@ -94,6 +118,7 @@ async def reconcile(rt: Runtime, body: Mapping[str, Any], world: World) -> float
                 reported=seen.instances,
                 recorded_ids={i.name: i.cluster_id for i in previous.instances if i.cluster_id is not None},
                 recorded_ports={i.name: i.port for i in previous.instances if i.port is not None},
+                link_secret=link_secret,
             ),
         )
     except ValueError as error:
@@ -113,20 +138,7 @@ async def reconcile(rt: Runtime, body: Mapping[str, Any], world: World) -> float
         )
         return rt.config.resync_interval_s
 
-    link_secret = previous.link_secret_name
-    if merged.link_authentication and not link_secret:
-        link_secret = secret_name(name)
-        await rt.kube.ensure_link_secret(namespace, link_secret, body)
-    cm_name = previous.rank_table.config_map_name if previous.rank_table else None
-    if (
-        want.rank_table is not None
-        and want.rank_table.complete
-        and (previous.rank_table is None or previous.rank_table.hash != want.rank_table.hash)
-    ):
-        cm_name = rank_table_name(name)
-        await rt.kube.apply_config_map(
-            namespace, cm_name, {"rank_table.json": want.rank_table.text, "hash": want.rank_table.hash}, body
-        )
+    cm_name = await _publish_rank_table(rt, body, previous, want)
 
     planned = diff.plan(
         want,
@@ -146,16 +158,25 @@ async def reconcile(rt: Runtime, body: Mapping[str, Any], world: World) -> float
         outcomes,
         seen.unreachable,
         [p.name for p in ordered],
-        link_secret,
+        link_secret_name,
         cm_name,
     )
-    new_body = new.dump()
-    if new_body != previous.dump():
-        await rt.kube.patch_status(namespace, name, _with_removals(new_body, previous.dump()))
+    await _write_status(rt, body, previous, new)
     _post_events(body, outcomes, transitions, seen.unreachable, previous, new)
     _observe_metrics(rt, meta, new)
 
     failed = any(not o.ok for o in outcomes) or bool(seen.unreachable)
+    log.info(
+        "reconciled %s/%s: phase %s, %d/%d links ready, %d calls (%d failed), %d unreachable",
+        namespace,
+        name,
+        new.phase,
+        new.ready_links,
+        new.desired_links,
+        len(outcomes),
+        sum(not o.ok for o in outcomes),
+        len(seen.unreachable),
+    )
     if failed:
         rt.failures[uid] = rt.failures.get(uid, 0) + 1
         metrics.RECONCILES.labels("retry").inc()
@@ -166,6 +187,66 @@ async def reconcile(rt: Runtime, body: Mapping[str, Any], world: World) -> float
         return rt.config.resync_interval_s
     backoff = rt.config.retry_delay_s * float(2 ** min(rt.failures.get(uid, 0), 10))
     return min(backoff, rt.config.max_retry_delay_s)
+
+
+async def _publish_rank_table(
+    rt: Runtime, body: Mapping[str, Any], previous: CacheLinkStatus, want: desired.Desired
+) -> str | None:
+    """Write the rank-table ConfigMap when the complete table changed; returns its name (if any)."""
+    meta = body["metadata"]
+    cm_name = previous.rank_table.config_map_name if previous.rank_table else None
+    table = want.rank_table
+    if (
+        table is not None
+        and table.complete
+        and (previous.rank_table is None or previous.rank_table.hash != table.hash)
+    ):
+        cm_name = rank_table_name(meta["name"])
+        await rt.kube.apply_config_map(
+            meta["namespace"], cm_name, {"rank_table.json": table.text, "hash": table.hash}, body
+        )
+    return cm_name
+
+
+async def _link_secret(rt: Runtime, namespace: str, name: str, owner: Mapping[str, Any]) -> str:
+    """The CacheLink's link secret (its Secret is created on first use and read once per process)."""
+    key = (namespace, name, str(owner["metadata"]["uid"]))
+    if key not in rt.link_secrets:
+        rt.link_secrets[key] = await rt.kube.ensure_link_secret(namespace, name, owner)
+    return rt.link_secrets[key]
+
+
+def _previous(rt: Runtime, uid: str, observed: Mapping[str, Any]) -> CacheLinkStatus:
+    """The status to build on: the object's, unless it is still the one our last write replaced.
+
+    The watch delivers our own status patch a little later; a reconcile kicked in between (a pod event)
+    would otherwise start from the status before that write and report every transition twice.
+    """
+    written = rt.written.get(uid)
+    if written is not None and dict(observed) == written[0]:
+        return CacheLinkStatus.model_validate(written[1])
+    return CacheLinkStatus.model_validate(dict(observed))
+
+
+async def _write_status(
+    rt: Runtime, body: Mapping[str, Any], previous: CacheLinkStatus, new: CacheLinkStatus
+) -> bool:
+    """Patch the status subresource if it changed; returns whether it did."""
+    meta = body["metadata"]
+    old_dump, new_dump = previous.dump(), new.dump()
+    if new_dump == old_dump:
+        return False
+    await rt.kube.patch_status(meta["namespace"], meta["name"], _with_removals(new_dump, old_dump))
+    rt.written[str(meta["uid"])] = (dict(body.get("status") or {}), new_dump)
+    return True
+
+
+def failed(rt: Runtime, uid: str, error: Exception) -> float:
+    """Record a reconcile that raised; returns the backoff before the next attempt."""
+    log.warning("reconcile of CacheLink %s failed: %s: %s", uid, type(error).__name__, error)
+    metrics.RECONCILE_ERRORS.labels(type(error).__name__).inc()
+    rt.failures[uid] = rt.failures.get(uid, 0) + 1
+    return min(rt.config.retry_delay_s * float(2 ** min(rt.failures[uid], 10)), rt.config.max_retry_delay_s)
 
 
 def _with_removals(new: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
@@ -187,9 +268,7 @@ async def _reject(
     violations: Iterable[policy.Violation] = (),
 ) -> None:
     new = status.rejected(previous, generation, reason, message, list(violations))
-    if new.dump() != previous.dump():
-        meta = body["metadata"]
-        await rt.kube.patch_status(meta["namespace"], meta["name"], new.dump())
+    if await _write_status(rt, body, previous, new):
         events.warning(
             body, events.POLICY_VIOLATION if reason == "PolicyViolation" else events.REJECTED, message
         )

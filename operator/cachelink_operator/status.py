@@ -156,6 +156,7 @@ def build(  # noqa: PLR0915 - to split into instance and link builders next sess
             )
         )
 
+    by_name = {i.name: i for i in instances}
     revisions = {
         role: desired.current_revision([i.member for i in want.instances.values() if i.role is role])
         for role in Role
@@ -197,6 +198,8 @@ def build(  # noqa: PLR0915 - to split into instance and link builders next sess
             )
             if outcome is not None and not outcome.ok:
                 state = "Broken" if old is not None and old.state == "Linked" else "Pending"
+        if state == "Linked" and not all(by_name[n].state == "Initialized" for n in (p.name, d.name)):
+            state = "Pending"  # an end is being (re)initialised or cannot be asked: not ready to use
         current = all(
             inst.member.pod is None
             or revisions[inst.role] is None

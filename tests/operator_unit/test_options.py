@@ -18,7 +18,7 @@ from .helpers import spec
 
 def test_defaults_generate_the_documented_options():
     merged = policy.effective_options(spec(), [])
-    opts = desired.engine_options(merged, listen="127.0.0.2:26000", pool_name="cachelink-x", host_id="node-a")
+    opts = desired.engine_options(merged, listen="127.0.0.2:26000", host_id="node-a")
     assert opts == {
         "ge.exec.deviceId": "0",
         "ge.session_device_id": "0",
@@ -30,7 +30,6 @@ def test_defaults_generate_the_documented_options():
         "llm.LinkTotalTime": "0",
         "llm.LinkRetryCount": "1",
         "llm.MemoryUtilization": "0.95",
-        "cachelink.pool_name": "cachelink-x",
         "cachelink.host_id": "node-a",
     }
 
@@ -62,13 +61,13 @@ def test_options_match_a_hand_written_llmconfig():
     cfg.rdma_traffic_class = 132
     cfg.rdma_service_level = 4
     expected = dict(cfg.generate_options())
-    got = desired.engine_options(options, listen=None, pool_name="p", host_id="h")
+    got = desired.engine_options(options, listen=None, host_id="h")
     assert list(got)[: len(expected)] == list(expected)  # same keys in LLMConfig's order
     assert {k: v for k, v in got.items() if not k.startswith("cachelink.")} == expected
 
 
 def test_cachelink_keys_are_known_to_the_engine():
-    opts = desired.engine_options(policy.BUILTIN_DEFAULTS, listen=None, pool_name="p", host_id="h")
+    opts = desired.engine_options(policy.BUILTIN_DEFAULTS, listen=None, host_id="h")
     assert {k for k in opts if k.startswith("cachelink.")} <= set(CACHELINK_OPTIONS)
 
 
@@ -91,7 +90,7 @@ def test_every_valid_option_is_accepted_by_llmconfig(device, sync, pool, retries
         ),
         policy.BUILTIN_DEFAULTS,
     )
-    opts = desired.engine_options(options, listen=None, pool_name="p", host_id="h")
+    opts = desired.engine_options(options, listen=None, host_id="h")
     assert opts["ge.exec.deviceId"] == str(device)
     assert opts["llm.SyncKvCacheWaitTime"] == str(sync)
     assert json.loads(opts["llm.MemPoolConfig"])["memory_size"] == pool

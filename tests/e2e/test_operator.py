@@ -1,0 +1,521 @@
+"""The operator for real: kopf in its own process (under the chart's RBAC), real agents, real transfers.
+
+Everything runs against the development cluster (``dev_cluster``); the environment is built by
+``operator_fixtures.py`` (loaded by path: pytest runs in importlib mode).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+_spec = importlib.util.spec_from_file_location(
+    "operator_fixtures", Path(__file__).with_name("operator_fixtures.py")
+)
+assert _spec is not None and _spec.loader is not None
+fixtures = importlib.util.module_from_spec(_spec)
+sys.modules["operator_fixtures"] = fixtures
+_spec.loader.exec_module(fixtures)
+
+operator_env = fixtures.operator_env
+namespace = fixtures.namespace
+OperatorEnv = fixtures.OperatorEnv
+wait_for = fixtures.wait_for
+
+pytestmark = pytest.mark.e2e
+POOL = 4 << 20
+
+
+def deployment(
+    namespace: str, name: str, replicas: int, labels: dict[str, str] | None = None
+) -> dict[str, Any]:
+    labels = labels or {"app": name}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "nodeSelector": {"cachelink.dev/dev-cluster": "true"},
+                    "containers": [{"name": "server", "image": "example.invalid/llm-server:1"}],
+                },
+            },
+        },
+    }
+
+
+def cachelink(namespace: str, name: str = "kv", **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "prompt": {"podSelector": {"matchLabels": {"app": "prefill"}}},
+        "decode": {"podSelector": {"matchLabels": {"app": "decode"}}},
+        "options": {"memPoolSizeBytes": POOL},
+    }
+    body.update(spec)
+    return {
+        "apiVersion": "cachelink.io/v1alpha1",
+        "kind": "CacheLink",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": body,
+    }
+
+
+def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == type_), None)
+
+
+def ready(obj: dict[str, Any], links: int) -> bool:
+    status = obj.get("status") or {}
+    cond = condition(obj, "Ready")
+    return (
+        status.get("phase") == "Ready"
+        and status.get("desiredLinks") == links
+        and status.get("readyLinks") == links
+        and cond is not None
+        and cond["status"] == "True"
+        and status.get("observedGeneration") == obj["metadata"]["generation"]
+    )
+
+
+def running_pods(env: OperatorEnv, namespace: str, app: str, count: int) -> list[dict[str, Any]] | None:
+    pods = [
+        p
+        for p in env.pods(namespace, f"app={app}")
+        if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")
+    ]
+    return pods if len(pods) == count else None
+
+
+def test_happy_path(operator_env: OperatorEnv, namespace: str) -> None:
+    env = operator_env
+    env.apply(deployment(namespace, "prefill", 1), deployment(namespace, "decode", 1))
+    wait_for(lambda: running_pods(env, namespace, "prefill", 1), 60, "prefill pod")
+    wait_for(lambda: running_pods(env, namespace, "decode", 1), 60, "decode pod")
+    env.apply(cachelink(namespace))
+    obj = env.wait_cachelink(namespace, "kv", lambda o: ready(o, 1), "Ready with 1 link", 90)
+    uid = obj["metadata"]["uid"]
+    status = obj["status"]
+    assert "cachelink.io/finalizer" in obj["metadata"]["finalizers"]
+
+    # instances on the agents, initialised with the generated options (incl. the link secret)
+    owned = env.owned(uid)
+    assert len(owned) == 2, owned
+    secret = env.get("secret", status["linkSecretName"], "-n", namespace)
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == uid
+    for inst in status["instances"]:
+        have = owned[inst["name"]]
+        assert inst["state"] == "Initialized"
+        assert have.cluster_id == inst["clusterId"]
+        assert have.role == {"Prompt": "prompt", "Decode": "decoder"}[inst["role"]]
+        assert have.options["llm.MemPoolConfig"].startswith('{"memory_size": %d' % POOL)
+        assert have.options["cachelink.host_id"] == inst["node"]
+        assert have.options.get("cachelink.link_secret"), "link secret not handed to the instance"
+        assert inst["incarnation"] == str(have.incarnation)
+    # per-link status
+    (link,) = status["links"]
+    assert link["state"] == "Linked" and link["current"] is True
+    assert link["promptPodUID"] and link["decodePodUID"]
+    decode_inst = owned[link["decode"]]
+    assert decode_inst.links[0].state == "linked"
+    assert decode_inst.links[0].remote_cluster_id == link["promptClusterId"]
+
+    # a workload in the decode pod pulls blocks written by a workload in the prompt pod
+    (prompt_pod,) = running_pods(env, namespace, "prefill", 1) or []
+    (decode_pod,) = running_pods(env, namespace, "decode", 1) or []
+    wait_for(
+        lambda: all(
+            "cachelink.io/attach-socket"
+            in (env.get("pod", p["metadata"]["name"], "-n", namespace)["metadata"].get("annotations") or {})
+            for p in (prompt_pod, decode_pod)
+        ),
+        30,
+        "attach annotations on the pods",
+    )
+    p_ann = env.get("pod", prompt_pod["metadata"]["name"], "-n", namespace)["metadata"]["annotations"]
+    d_ann = env.get("pod", decode_pod["metadata"]["name"], "-n", namespace)["metadata"]["annotations"]
+    assert (
+        p_ann["cachelink.io/instance"] == link["prompt"] and d_ann["cachelink.io/instance"] == link["decode"]
+    )
+    writer = fixtures.Workload(prompt_pod["metadata"]["uid"], p_ann["cachelink.io/attach-socket"])
+    reader = fixtures.Workload(decode_pod["metadata"]["uid"], d_ann["cachelink.io/attach-socket"])
+    try:
+        wrote = writer.write(int(p_ann["cachelink.io/cluster-id"]))
+        pulled = reader.pull(int(p_ann["cachelink.io/cluster-id"]))
+        assert pulled["digest"] == wrote["digest"]
+        assert pulled["cluster_id"] == int(d_ann["cachelink.io/cluster-id"])
+    finally:
+        writer.close()
+        reader.close()
+
+    # events say so: instances initialised, the link's transition, Ready
+    events = env.events(namespace, "kv")
+    reasons = [e["reason"] for e in events]
+    assert reasons.count("InstanceInitialized") == 2, reasons
+    assert reasons.count("Ready") == 1, reasons
+    transitions = [e["message"] for e in events if e["reason"] == "LinkStateChanged"]
+    assert transitions and len(transitions) == len(set(transitions)), transitions  # one Event per transition
+    assert any(t.endswith("-> Linked") for t in transitions), transitions
+
+    # scale the prompt side: links follow
+    env.kubectl("scale", "deployment/prefill", "-n", namespace, "--replicas=3")
+    obj = env.wait_cachelink(namespace, "kv", lambda o: ready(o, 3), "Ready with 3 links", 90)
+    assert len(env.owned(uid)) == 4
+    assert {x["decode"] for x in obj["status"]["links"]} == {link["decode"]}
+    env.kubectl("scale", "deployment/prefill", "-n", namespace, "--replicas=1")
+    obj = env.wait_cachelink(namespace, "kv", lambda o: ready(o, 1), "Ready with 1 link again", 90)
+    wait_for(lambda: len(env.owned(uid)) == 2, 30, "the scaled-down prompt instances to be deleted")
+
+    # delete: everything finalized, finalizer gone
+    env.kubectl("delete", "cachelink", "kv", "-n", namespace, "--wait=false")
+    wait_for(lambda: env.cachelink(namespace, "kv") is None, 60, "the CacheLink to be gone")
+    assert env.owned(uid) == {}
+
+
+# ------------------------------------------------------------------------------------------- policy
+
+
+def node_cachelink(
+    namespace: str, name: str, prompt: list[str], decode: list[str], **options: Any
+) -> dict[str, Any]:
+    return cachelink(
+        namespace,
+        name,
+        prompt={"nodeNames": prompt},
+        decode={"nodeNames": decode},
+        options={"memPoolSizeBytes": POOL, **options},
+    )
+
+
+def policy(
+    name: str,
+    team: str,
+    priority: int = 0,
+    defaults: dict[str, Any] | None = None,
+    limits: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "cachelink.io/v1alpha1",
+        "kind": "CacheLinkPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "namespaceSelector": {"matchLabels": {"cachelink-e2e-team": team}},
+            "priority": priority,
+            "defaults": defaults or {},
+            "limits": limits or {},
+        },
+    }
+
+
+@pytest.fixture
+def policies(operator_env: OperatorEnv) -> Iterator[list[str]]:
+    """Names of CacheLinkPolicies to delete at the end (they are cluster-scoped)."""
+    made: list[str] = []
+    yield made
+    if made:
+        operator_env.kubectl(
+            "delete", "cachelinkpolicies.cachelink.io", *made, "--ignore-not-found", check=False
+        )
+
+
+def labelled_namespace(env: OperatorEnv, name: str, team: str) -> str:
+    env.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": name, "labels": {"cachelink-e2e-team": team}},
+        }
+    )
+    return name
+
+
+def rejected_for(obj: dict[str, Any], rule: str) -> bool:
+    status = obj.get("status") or {}
+    compliant = condition(obj, "PolicyCompliant")
+    return status.get("phase") == "Rejected" and compliant is not None and rule in compliant["message"]
+
+
+def option_of(env: OperatorEnv, uid: str, key: str) -> set[str]:
+    return {inst.options.get(key, "") for inst in env.owned(uid).values()}
+
+
+def test_policy_defaults_priority_and_change(
+    operator_env: OperatorEnv, namespace: str, policies: list[str]
+) -> None:
+    env = operator_env
+    team = namespace
+    env.kubectl("label", "namespace", namespace, f"cachelink-e2e-team={team}")
+    high, low = f"{team}-high", f"{team}-low"
+    policies += [high, low]
+    env.apply(
+        policy(high, team, 10, defaults={"syncKvTimeoutMs": 2345}, limits={"maxLinksPerCacheLink": 4}),
+        policy(low, team, 5, defaults={"syncKvTimeoutMs": 999, "linkRetryCount": 3}),
+    )
+    env.apply(node_cachelink(namespace, "kv", ["node-a"], ["node-b"]))
+    obj = env.wait_cachelink(namespace, "kv", lambda o: ready(o, 1), "Ready", 60)
+    uid = obj["metadata"]["uid"]
+    assert obj["status"]["policies"] == [high, low]
+    assert option_of(env, uid, "llm.SyncKvCacheWaitTime") == {"2345"}  # the higher priority wins
+    assert option_of(env, uid, "llm.LinkRetryCount") == {"3"}  # only the lower one sets it
+    # the CacheLink's own value beats every policy
+    env.apply(node_cachelink(namespace, "own", ["node-c"], ["node-b"], syncKvTimeoutMs=1500))
+    own = env.wait_cachelink(namespace, "own", lambda o: ready(o, 1), "Ready", 60)
+    assert option_of(env, own["metadata"]["uid"], "llm.SyncKvCacheWaitTime") == {"1500"}
+
+    # a policy change is re-evaluated: new defaults re-initialise the instances...
+    env.apply(policy(high, team, 10, defaults={"syncKvTimeoutMs": 3456}, limits={"maxLinksPerCacheLink": 4}))
+    wait_for(
+        lambda: option_of(env, uid, "llm.SyncKvCacheWaitTime") == {"3456"},
+        60,
+        "instances with the new default",
+    )
+    env.wait_cachelink(namespace, "kv", lambda o: ready(o, 1), "Ready again", 60)
+    # ...and a tighter limit rejects what is already running, a looser one lets it back
+    env.apply(policy(high, team, 10, defaults={"syncKvTimeoutMs": 3456}, limits={"maxLinksPerCacheLink": 0}))
+    env.wait_cachelink(namespace, "kv", lambda o: rejected_for(o, "maxLinksPerCacheLink"), "Rejected", 60)
+    env.apply(policy(high, team, 10, defaults={"syncKvTimeoutMs": 3456}, limits={"maxLinksPerCacheLink": 4}))
+    env.wait_cachelink(namespace, "kv", lambda o: ready(o, 1), "Ready after the limit was raised", 60)
+    reasons = [e["reason"] for e in env.events(namespace, "kv")]
+    assert "PolicyViolation" in reasons, reasons
+
+
+#: (rule, the limits of the policy, CacheLink (prompt nodes, decode nodes, options)) - each violates one rule
+VIOLATIONS: list[tuple[str, list[dict[str, Any]], tuple[list[str], list[str], dict[str, Any]]]] = [
+    ("maxPoolBytesPerInstance", [{"maxPoolBytesPerInstance": 1 << 20}], (["node-a"], ["node-b"], {})),
+    ("maxPoolBytesPerNode", [{"maxPoolBytesPerNode": 6 << 20}], (["node-a"], ["node-a"], {})),
+    ("maxLinksPerCacheLink", [{"maxLinksPerCacheLink": 1}], (["node-a", "node-b"], ["node-c"], {})),
+    ("maxLinksPerInstance", [{"maxLinksPerInstance": 1}], (["node-a", "node-b"], ["node-c"], {})),
+    (
+        "maxClustersPerLinkCall",
+        [{"maxClustersPerLinkCall": 4}],
+        (["node-a"], ["node-b"], {"maxClustersPerLinkCall": 8}),
+    ),
+    (
+        "maxLinkSetupsInFlight",
+        [{"maxLinkSetupsInFlight": 2}],
+        (["node-a"], ["node-b"], {"maxLinkSetupsInFlight": 3}),
+    ),
+    (
+        "listenPortRange",
+        [
+            {"listenPortRange": {"min": 26000, "max": 26010}},
+            {"listenPortRange": {"min": 27000, "max": 27010}},
+        ],
+        (["node-a"], ["node-b"], {}),
+    ),
+    ("allowedRoles", [{"allowedRoles": ["Prompt"]}], (["node-a"], ["node-b"], {})),
+    ("allowedLinkStyles", [{"allowedLinkStyles": ["CommDomain"]}], (["node-a"], ["node-b"], {})),
+    (
+        "requiredTimeouts.maxSyncKvTimeoutMs",
+        [{"requiredTimeouts": {"maxSyncKvTimeoutMs": 500}}],
+        (["node-a"], ["node-b"], {}),
+    ),
+    (
+        "requiredTimeouts.maxLinkTimeoutMs",
+        [{"requiredTimeouts": {"maxLinkTimeoutMs": 1000}}],
+        (["node-a"], ["node-b"], {}),
+    ),
+    (
+        "requiredTimeouts.maxLinkTotalTimeSeconds",
+        [{"requiredTimeouts": {"maxLinkTotalTimeSeconds": 60}}],
+        (["node-a"], ["node-b"], {}),
+    ),
+    (
+        "requireLinkAuthentication",
+        [{"requireLinkAuthentication": True}],
+        (["node-a"], ["node-b"], {"linkAuthentication": False}),
+    ),
+]
+
+
+def test_each_policy_limit_violated_once(operator_env: OperatorEnv, policies: list[str]) -> None:
+    env = operator_env
+    run = fixtures.uuid.uuid4().hex[:6]
+    cases = []
+    for index, (rule, limits, _cachelink) in enumerate(VIOLATIONS):
+        team = f"lim-{run}-{index}"
+        ns = labelled_namespace(env, team, team)
+        for n, limit in enumerate(limits):
+            policies.append(f"{team}-{n}")
+            env.apply(policy(f"{team}-{n}", team, n, limits=limit))
+        cases.append((rule, ns))
+    try:
+        for rule, ns in cases:
+            prompt, decode, options = next(v[2] for v in VIOLATIONS if v[0] == rule)
+            env.apply(node_cachelink(ns, "kv", prompt, decode, **options))
+        for rule, ns in cases:
+            obj = env.wait_cachelink(
+                ns, "kv", lambda o, r=rule: rejected_for(o, r), f"Rejected by {rule}", 60
+            )
+            compliant = condition(obj, "PolicyCompliant")
+            assert (
+                compliant is not None
+                and compliant["status"] == "False"
+                and compliant["reason"] == "PolicyViolation"
+            )
+            assert condition(obj, "Ready")["reason"] == "PolicyViolation"  # type: ignore[index]
+            assert env.owned(obj["metadata"]["uid"]) == {}, f"{rule}: a rejected CacheLink got instances"
+            events = [e for e in env.events(ns, "kv") if e["reason"] == "PolicyViolation"]
+            assert len(events) == 1 and rule in events[0]["message"], (rule, events)
+    finally:
+        for _rule, ns in cases:
+            env.kubectl("delete", "cachelinks.cachelink.io", "--all", "-n", ns, "--timeout=60s", check=False)
+            env.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+# ------------------------------------------------------------------------------------------- faults
+
+
+def agent_log_lines(env: OperatorEnv, text: str) -> list[str]:
+    return [
+        line
+        for agent in env.agents.values()
+        for line in fixtures.tail(agent.log, 100000).splitlines()
+        if text in line
+    ]
+
+
+def test_operator_killed_mid_reconcile_converges_without_duplicate_calls(
+    operator_env: OperatorEnv, namespace: str
+) -> None:
+    env = operator_env
+    nodes = ["node-a", "node-b", "node-c"]
+    env.apply(node_cachelink(namespace, "kv", nodes, nodes, maxLinkSetupsInFlight=1))
+    uid = wait_for(
+        lambda: (env.cachelink(namespace, "kv") or {}).get("metadata", {}).get("uid"), 30, "the uid"
+    )
+    wait_for(lambda: env.owned(uid), 60, "the first instance", interval=0.02)
+    env.operator.kill()  # SIGKILL: no chance to finish the pass or write status
+    at_kill = {name: inst.incarnation for name, inst in env.owned(uid).items()}
+    env.start_operator()
+    obj = env.wait_cachelink(
+        namespace, "kv", lambda o: ready(o, 9), "Ready with 9 links after the restart", 90
+    )
+    owned = env.owned(uid)
+    assert len(owned) == 6
+    for name, incarnation in at_kill.items():
+        if incarnation:  # 0: its worker was still starting at the kill
+            assert owned[name].incarnation == incarnation, f"{name} was re-initialised after the restart"
+    for name in owned:
+        created = [
+            line
+            for line in agent_log_lines(env, f"instance {name} ")
+            if " created " in line or " replaced " in line
+        ]
+        assert len(created) == 1, created
+    assert all(link["relinks"] == 0 for link in obj["status"]["links"])
+    decodes = [inst for inst in owned.values() if inst.role == "decoder"]
+    assert all(len(inst.links) == 3 and all(x.state == "linked" for x in inst.links) for inst in decodes)
+
+
+def test_agent_killed_degrades_then_recovers(operator_env: OperatorEnv, namespace: str) -> None:
+    env = operator_env
+    env.apply(node_cachelink(namespace, "kv", ["node-b"], ["node-c"]))
+    obj = env.wait_cachelink(namespace, "kv", lambda o: ready(o, 1), "Ready", 60)
+    uid = obj["metadata"]["uid"]
+    before = {i["node"]: i["incarnation"] for i in obj["status"]["instances"]}
+    agent = env.agents["node-b"]
+    agent.kill()
+    try:
+        degraded = env.wait_cachelink(
+            namespace,
+            "kv",
+            lambda o: (
+                o["status"].get("phase") == "Degraded"
+                and any(
+                    i["node"] == "node-b" and i["state"] == "Unreachable" for i in o["status"]["instances"]
+                )
+            ),
+            "Degraded with node-b Unreachable",
+            60,
+        )
+        assert condition(degraded, "Ready")["status"] == "False"  # type: ignore[index]
+        assert "AgentUnreachable" in [e["reason"] for e in env.events(namespace, "kv")]
+    finally:
+        agent.start()
+    obj = env.wait_cachelink(namespace, "kv", lambda o: ready(o, 1), "Ready after the agent returned", 90)
+    after = {i["node"]: i["incarnation"] for i in obj["status"]["instances"]}
+    assert after["node-b"] != before["node-b"]  # the restart is detected (new incarnation)...
+    (link,) = obj["status"]["links"]
+    assert link["promptIncarnation"] == after["node-b"]
+    assert link["relinks"] >= 1  # ...and the link was made again
+    assert len(env.owned(uid)) == 2
+
+
+def test_wrong_agent_token_is_reported(operator_env: OperatorEnv, namespace: str) -> None:
+    env = operator_env
+    agent = env.agents["node-c"]
+    agent.kill()
+    agent.secret_file.write_bytes(b"another-secret-of-at-least-16-bytes")
+    agent.token = fixtures.node_token(b"another-secret-of-at-least-16-bytes", agent.node)
+    agent.start()
+    try:
+        env.apply(node_cachelink(namespace, "kv", ["node-a"], ["node-c"]))
+        obj = env.wait_cachelink(
+            namespace,
+            "kv",
+            lambda o: any(
+                i["node"] == "node-c" and "401" in (i.get("lastError") or "")
+                for i in (o.get("status") or {}).get("instances", [])
+            ),
+            "the 401 of node-c in status",
+            60,
+        )
+        assert obj["status"]["phase"] != "Ready"
+    finally:
+        agent.kill()
+        agent.secret_file.write_bytes(env.secret)
+        agent.token = fixtures.node_token(env.secret, agent.node)
+        agent.start()
+    env.wait_cachelink(namespace, "kv", lambda o: ready(o, 1), "Ready with the right token", 90)
+
+
+def test_api_server_restart(operator_env: OperatorEnv, namespace: str) -> None:
+    env = operator_env
+    env.apply(node_cachelink(namespace, "kv", ["node-a"], ["node-b"]))
+    obj = env.wait_cachelink(namespace, "kv", lambda o: ready(o, 1), "Ready", 60)
+    uid = obj["metadata"]["uid"]
+    incarnations = {n: i.incarnation for n, i in env.owned(uid).items()}
+    apiserver = env.cluster.process("kube-apiserver")
+    assert apiserver.stop()
+    env.cluster.up()
+    # the operator either rode it out or lost its Lease and exited non-zero (its Deployment restarts it)
+    if not env.operator.running:
+        assert env.operator.process is not None and env.operator.process.returncode == 2
+        env.start_operator()
+    else:
+        env.wait_leader(60)
+    env.apply(node_cachelink(namespace, "after", ["node-c"], ["node-b"]))
+    env.wait_cachelink(namespace, "after", lambda o: ready(o, 1), "a new CacheLink Ready", 90)
+    env.wait_cachelink(namespace, "kv", lambda o: ready(o, 1), "the old one still Ready", 30)
+    assert {n: i.incarnation for n, i in env.owned(uid).items()} == incarnations
+
+
+def test_malformed_cachelinks(operator_env: OperatorEnv, namespace: str) -> None:
+    env = operator_env
+    both = cachelink(
+        namespace, "both", prompt={"podSelector": {"matchLabels": {"a": "b"}}, "nodeNames": ["node-a"]}
+    )
+    result = env.apply(both, check=False)
+    assert result.returncode != 0 and "set exactly one of podSelector and nodeNames" in result.stderr
+    low = cachelink(namespace, "low", options={"memPoolSizeBytes": 10})
+    result = env.apply(low, check=False)
+    assert result.returncode != 0 and "memPoolSizeBytes" in result.stderr
+    # what the schema cannot see: two instances, one cluster id
+    tight = node_cachelink(namespace, "tight", ["node-a"], ["node-b"], clusterIdRange={"min": 7, "max": 7})
+    env.apply(tight)
+    obj = env.wait_cachelink(
+        namespace, "tight", lambda o: (o.get("status") or {}).get("phase") == "Rejected", "Rejected", 60
+    )
+    ready_cond = condition(obj, "Ready")
+    assert ready_cond is not None and ready_cond["reason"] == "AllocationFailed"
+    assert "clusterIdRange holds 1 ids, 2 instances" in ready_cond["message"]
+    assert env.owned(obj["metadata"]["uid"]) == {}
+    assert "Rejected" in [e["reason"] for e in env.events(namespace, "tight")]
