@@ -739,7 +739,8 @@ class InstanceManager:
             counters=dict(live.get("counters", {})),
             owner_confirmed_at=instance.record.owner_confirmed_at,
             last_error=instance.last_error,
-            options=dict(instance.spec.options),
+            options=models.redact_options(dict(instance.spec.options)),
+            options_sha256=models.options_digest(dict(instance.spec.options)),
         )
 
     async def status(self, name: str) -> models.InstanceStatus:

@@ -5,6 +5,8 @@ Kept free of server-only imports: the operator imports this module and ``client`
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from typing import Annotated, Literal
 
@@ -171,7 +173,28 @@ class InstanceStatus(_Model):
     counters: dict[str, int] = Field(default_factory=dict)
     owner_confirmed_at: float = 0.0
     last_error: str = ""
-    options: dict[str, str] = Field(default_factory=dict)
+    options: dict[str, str] = Field(
+        default_factory=dict, description="the instance's options, secrets (REDACTED_OPTIONS) redacted"
+    )
+    options_sha256: str = Field(
+        default="", description="options_digest() of the full options, secrets included"
+    )
+
+
+#: option keys whose values never leave the agent (GET shows REDACTED in their place)
+REDACTED_OPTIONS = frozenset({"cachelink.link_secret"})
+REDACTED = "<redacted>"
+
+
+def redact_options(options: dict[str, str]) -> dict[str, str]:
+    """``options`` with secret values replaced, as status shows them."""
+    return {key: REDACTED if key in REDACTED_OPTIONS else value for key, value in options.items()}
+
+
+def options_digest(options: dict[str, str]) -> str:
+    """SHA-256 of the canonical JSON of ``options``: lets a client compare specs without seeing secrets."""
+    canonical = json.dumps(options, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 class InstanceList(_Model):

@@ -108,7 +108,7 @@ def _needs_put(
     if (
         have.cluster_id != want.cluster_id
         or have.role != AGENT_ROLE[want.role]
-        or have.options != want.options
+        or have.options_sha256 != agent_models.options_digest(want.options)
     ):
         return True
     pod = want.member.pod

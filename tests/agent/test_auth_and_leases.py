@@ -68,7 +68,9 @@ time.sleep(120)
 def test_caches_of_a_killed_workload_are_freed_after_its_lease(agents) -> None:
     agent = agents("node-a", PROMPT_IP)
     agent.put_instance("leased", 1)
-    workload = subprocess.Popen([sys.executable, "-P", "-c", WORKLOAD, str(agent.run_dir)], stdout=subprocess.PIPE)
+    workload = subprocess.Popen(
+        [sys.executable, "-P", "-c", WORKLOAD, str(agent.run_dir)], stdout=subprocess.PIPE
+    )
     try:
         assert workload.stdout is not None and workload.stdout.readline().strip() == b"allocated"
         status = agent.instance("leased")

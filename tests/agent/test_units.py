@@ -78,3 +78,16 @@ def test_parse_size() -> None:
     assert parse_size("1Gi") == 1 << 30 and parse_size("512Mi") == 512 << 20 and parse_size("100") == 100
     with pytest.raises(ValueError, match="not a size"):
         parse_size("much")
+
+
+def test_status_redacts_secrets_but_digests_them():
+    from cachelink_agent import models
+
+    options = {"ge.exec.deviceId": "0", "cachelink.link_secret": "hunter2hunter2"}
+    shown = models.redact_options(options)
+    assert shown["cachelink.link_secret"] == models.REDACTED and shown["ge.exec.deviceId"] == "0"
+    other = {**options, "cachelink.link_secret": "another-secret"}
+    assert models.options_digest(options) != models.options_digest(other), (
+        "a changed secret is still a change"
+    )
+    assert models.options_digest(options) == models.options_digest(dict(reversed(list(options.items()))))

@@ -98,6 +98,7 @@ def running(
         state="running",
         incarnation=incarnation,
         listen_address=inst.endpoint or "",
-        options=inst.options,
+        options=agent_models.redact_options(inst.options),
+        options_sha256=agent_models.options_digest(inst.options),
         links=links or [],
     )

@@ -81,7 +81,7 @@ def test_changed_options_replace_the_instance():
     want = compute(spec(), PODS)
     reported = _linked(want)
     reported["node-a"][0] = reported["node-a"][0].model_copy(
-        update={"options": {"llm.SyncKvCacheWaitTime": "5"}}
+        update={"options_sha256": agent_models.options_digest({"llm.SyncKvCacheWaitTime": "5"})}
     )
     [put] = _plan(want, reported).actions
     assert isinstance(put, diff.PutInstance) and put.spec.replace

@@ -287,6 +287,6 @@ def test_a_link_whose_end_is_reinitialised_is_not_counted_linked():
     reported = _linked(want)
     prompt = next(i for i in want.instances.values() if i.role.value == "Prompt")
     # the prompt instance runs with other options: it is re-put, so the link will be made again
-    reported[prompt.node] = [running(prompt).model_copy(update={"options": {"x": "1"}})]
+    reported[prompt.node] = [running(prompt).model_copy(update={"options_sha256": "changed"})]
     new, _ = _build(CacheLinkStatus(), want, _plan(want, reported))
     assert new.links[0].state == "Pending" and new.ready_links == 0 and new.phase == "Initializing"
