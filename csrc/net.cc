@@ -35,6 +35,21 @@ IoResult wait_for(int fd, short events, Deadline deadline) {
   }
 }
 
+/// Consumes `n` transferred bytes from the front of iov[*index..].
+void advance(std::vector<iovec>& iov, size_t* index, size_t n) {
+  while (n > 0 && *index < iov.size()) {
+    iovec& v = iov[*index];
+    if (n >= v.iov_len) {
+      n -= v.iov_len;
+      ++*index;
+    } else {
+      v.iov_base = static_cast<char*>(v.iov_base) + n;
+      v.iov_len -= n;
+      n = 0;
+    }
+  }
+}
+
 sockaddr_in make_addr(uint32_t ip_be, uint16_t port) {
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
@@ -143,17 +158,7 @@ IoResult sendv_all(int fd, std::vector<iovec> iov, Deadline deadline) {
       }
       return {IoError::kClosed, std::strerror(errno)};
     }
-    auto sent = static_cast<size_t>(n);
-    while (sent > 0 && index < iov.size()) {
-      if (sent >= iov[index].iov_len) {
-        sent -= iov[index].iov_len;
-        ++index;
-      } else {
-        iov[index].iov_base = static_cast<char*>(iov[index].iov_base) + sent;
-        iov[index].iov_len -= sent;
-        sent = 0;
-      }
-    }
+    advance(iov, &index, static_cast<size_t>(n));
   }
   return {};
 }
@@ -204,17 +209,7 @@ IoResult recvv_all(int fd, std::vector<iovec> iov, Deadline deadline) {
       }
       return {IoError::kClosed, std::strerror(errno)};
     }
-    auto got = static_cast<size_t>(n);
-    while (got > 0 && index < iov.size()) {
-      if (got >= iov[index].iov_len) {
-        got -= iov[index].iov_len;
-        ++index;
-      } else {
-        iov[index].iov_base = static_cast<char*>(iov[index].iov_base) + got;
-        iov[index].iov_len -= got;
-        got = 0;
-      }
-    }
+    advance(iov, &index, static_cast<size_t>(n));
   }
   return {};
 }
