@@ -163,6 +163,18 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("listen_address", &Engine::listen_address)
       .def("check_owner", [](const Engine& e) { throw_if_error(e.check_owner()); })
       .def(
+          "relisten",
+          [](Engine& e, const std::string& ip, uint16_t port) {
+            Status st;
+            {
+              py::gil_scoped_release release;
+              st = e.relisten(ip, port);
+            }
+            throw_if_error(st);
+          },
+          py::arg("ip"), py::arg("port"))
+      .def("set_role", &Engine::set_role, py::arg("role"))
+      .def(
           "allocate",
           [](Engine& e, int pool, bool blocks, uint32_t num_tensors, uint64_t tensor_bytes, uint64_t units,
              const std::string& meta) {

@@ -342,6 +342,42 @@ std::string Engine::listen_address() const {
   return main_listener_->ip + ":" + std::to_string(main_listener_->port);
 }
 
+Status Engine::relisten(const std::string& ip, uint16_t port) {
+  CL_RETURN_IF_ERROR(check_owner());
+  if (!initialized_) return {Code::kEngineFinalized, "instance is not initialized"};
+  Listener* fresh = nullptr;
+  if (!ip.empty()) CL_RETURN_IF_ERROR(start_listener(ip, port, &fresh));
+  std::unique_ptr<Listener> old;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto it = listeners_.begin(); it != listeners_.end(); ++it) {
+      if (it->get() == main_listener_) {
+        old = std::move(*it);
+        listeners_.erase(it);
+        break;
+      }
+    }
+    main_listener_ = fresh;
+    config_.listen_ip = ip;
+    config_.listen_port = fresh != nullptr ? fresh->port : 0;
+  }
+  if (old) {
+    old->fd.shutdown_both();  // wakes its accept thread
+    if (old->thread.joinable()) old->thread.join();
+  }
+  return Status::Ok();
+}
+
+std::string Engine::current_role() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return config_.role;
+}
+
+void Engine::set_role(const std::string& role) {
+  std::lock_guard<std::mutex> lock(mu_);
+  config_.role = role;
+}
+
 // ------------------------------------------------------------------------------------------ server
 
 Status Engine::start_listener(const std::string& ip, uint16_t port, Listener** out) {
@@ -476,7 +512,7 @@ Status Engine::handle_hello(ServerConn* conn, const std::vector<uint8_t>& payloa
   w.u32(static_cast<uint32_t>(verdict.code()));
   w.str(verdict.message());
   w.u64(config_.cluster_id);
-  w.str(config_.role);
+  w.str(current_role());
   w.str(host_id_);
   w.u64(incarnation_);
   auto pools = store_.pool_files();
@@ -663,7 +699,7 @@ Status Engine::open_conn(Link* link, Deadline deadline, std::unique_ptr<Conn>* o
   wire::Writer w;
   w.u32(kProtocol);
   w.u64(config_.cluster_id);
-  w.str(config_.role);
+  w.str(current_role());
   w.str(host_id_);
   w.u64(incarnation_);
   w.u64(link->remote_cluster_id);

@@ -91,6 +91,11 @@ class Engine {
   uint64_t incarnation() const { return incarnation_; }
   const std::string& host_id() const { return host_id_; }
   std::string listen_address() const;
+  /// Moves the main listener to ip:port (empty ip: stop listening); links this side made stay up.
+  Status relisten(const std::string& ip, uint16_t port);
+  /// The role label sent in handshakes (switch_role).
+  void set_role(const std::string& role);
+  std::string current_role() const;
   Counters& counters() { return counters_; }
   /// Ok when called from the process that ran init(); a forked child gets a clear error.
   Status check_owner() const;

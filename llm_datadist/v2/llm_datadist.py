@@ -267,23 +267,32 @@ class LLMDataDist:
         return _fan_out(unlink_one, checked)
 
     def switch_role(self, role: LLMRole, switch_options: dict[str, str] | None = None) -> None:
-        """Change the role label; refused while links exist (``LLM_EXIST_LINK``)."""
+        """Change the role; refused with ``LLM_EXIST_LINK`` while links exist.
+
+        With ``switch_options`` given, ``llm.listenIpInfo`` makes this side a server there (the old port is
+        closed) and its absence makes it a client (no listener), as LLM-DataDist documents; ``None`` keeps
+        the listener as it is.
+        """
         engine = self._require_engine()
         check_isinstance("role", role, LLMRole)
         check_isinstance("switch_options", switch_options, dict, allow_none=True)
-        if switch_options and "llm.listenIpInfo" in switch_options:
-            ip, port = _parse_listen(switch_options)
-            current = engine.listen_address
-            if current != f"{ip}:{port}":
-                raise LLMException(
-                    f"switch_role cannot move the listen address ({current or 'none'} -> {ip}:{port}) in "
-                    "CacheLink; finalize and init with the new llm.listenIpInfo",
-                    status_code=LLMStatusCode.LLM_FEATURE_NOT_ENABLED,
-                )
+        listen: tuple[str, int] | None = None
+        if switch_options is not None:
+            check_dict("switch_options", switch_options, str, str)
+            listen = _parse_listen(switch_options) if "llm.listenIpInfo" in switch_options else ("", 0)
         if engine.links() or engine.clients():
             raise LLMException(
                 "switch_role failed: unlink all clusters first", status_code=LLMStatusCode.LLM_EXIST_LINK
             )
+        if listen is not None:
+            with _native.core_call("switch_role"):
+                engine.relisten(*listen)
+            for key in ("llm.listenIpInfo", "llm.ListenIp", "llm.ListenPort"):
+                self._options.pop(key, None)
+            if listen[0]:
+                self._options["llm.listenIpInfo"] = f"{listen[0]}:{listen[1]}"
+                self._options["llm.ListenIp"], self._options["llm.ListenPort"] = listen[0], str(listen[1])
+        engine.set_role(_ROLE_NAMES[role])
         self._role = role
         self._options["llm.Role"] = _ROLE_NAMES[role]
 

@@ -255,6 +255,42 @@ def test_ext_validate_options_matches_init():
 
 def test_ext_reports_blocks_key_bindings(local_dd):
     dd = local_dd(ld.LLMRole.PROMPT, 1)
-    bound = dd.cache_manager.allocate_blocks_cache(ld.CacheDesc(1, [2, 64], ld.DataType.DT_UINT8), ld.BlocksCacheKey(1, 7))
+    bound = dd.cache_manager.allocate_blocks_cache(
+        ld.CacheDesc(1, [2, 64], ld.DataType.DT_UINT8), ld.BlocksCacheKey(1, 7)
+    )
     dd.cache_manager.allocate_blocks_cache(ld.CacheDesc(1, [2, 64], ld.DataType.DT_UINT8))
     assert ext.blocks_keys(dd) == {bound.cache_id: ld.BlocksCacheKey(1, 7)}
+
+
+def test_switch_role_moves_the_listener(peer_factory, local_dd):
+    dd = local_dd(ld.LLMRole.DECODER, 2)
+    assert ext.listen_address(dd) == ""
+    port = free_port()
+    dd.switch_role(ld.LLMRole.PROMPT, {"llm.listenIpInfo": f"127.0.0.1:{port}"})
+    assert ext.listen_address(dd) == f"127.0.0.1:{port}"
+    dd.cache_manager.allocate_blocks_cache(
+        ld.CacheDesc(1, [2, 64], ld.DataType.DT_UINT8), ld.BlocksCacheKey(2, 0)
+    )
+    peer = peer_factory()
+    peer.run(init_code("DECODER", 9))
+    pulled = peer.run(f"""
+        info = LLMClusterInfo(); info.remote_cluster_id = 2
+        info.append_local_ip_info("127.0.0.1", 0); info.append_remote_ip_info("127.0.0.1", {port})
+        assert dd.link_clusters([info])[0] == LLMStatusCode.LLM_SUCCESS
+        got = cm.allocate_blocks_cache(CacheDesc(1, [2, 64], DataType.DT_UINT8))
+        cm.pull_blocks(BlocksCacheKey(2, 0), got, [1], [0])
+        result = True
+    """)
+    assert pulled is True
+    with pytest.raises(ld.LLMException) as err:  # a linked peer: no switching under it
+        dd.switch_role(ld.LLMRole.DECODER, {})
+    assert err.value.status_code == Code.LLM_EXIST_LINK
+    peer.run("dd.unlink_clusters([info])")
+    deadline = time.monotonic() + 5
+    while ext.linked_clients(dd):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    dd.switch_role(ld.LLMRole.DECODER, {})  # no listenIpInfo: a client, the port is closed
+    assert ext.listen_address(dd) == ""
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", port)) != 0

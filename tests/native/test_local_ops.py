@@ -123,4 +123,6 @@ def test_transfer_cache_async_to_raw_addresses(peer_factory, local_dd):
     task = cm.transfer_cache_async(src, sync, [bad])
     assert task.synchronize(5000) == ld.LLMStatusCode.LLM_KV_CACHE_NOT_EXIST
     with pytest.raises(ld.LLMException):
-        cm.transfer_cache_async(src, sync, [ld.TransferConfig(2, addrs[:1], range(1, 2))])  # needs 2 addresses
+        cm.transfer_cache_async(
+            src, sync, [ld.TransferConfig(2, addrs[:1], range(1, 2))]
+        )  # needs 2 addresses
