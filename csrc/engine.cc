@@ -20,6 +20,7 @@ namespace {
 
 constexpr uint32_t kProtocol = 1;
 constexpr uint64_t kStripeMin = 8u << 20;  // smaller transfers stay on one connection
+constexpr size_t kMaxPinsPerConnection = 1024;  // a peer that never releases cannot pin memory forever
 
 std::string read_boot_id() {
   std::ifstream in("/proc/sys/kernel/random/boot_id");
@@ -645,6 +646,9 @@ Status Engine::handle_resolve(ServerConn* conn, const std::vector<uint8_t>& payl
   }
   // The reply describes the cache's geometry (O(tensors)), never its segments: the peer rebuilds them
   // from the extent it sent, with the same rules, inside the pool it mapped.
+  if (st.ok() && conn->pins.size() >= kMaxPinsPerConnection) {
+    st = {Code::kFailed, "too many same-host transfers in flight on one connection"};
+  }
   const bool shareable = st.ok() && layout.pool >= 0;
   wire::Writer w;
   w.u32(static_cast<uint32_t>(st.code()));
