@@ -8,9 +8,9 @@ import struct
 
 import numpy as np
 import pytest
+from native_harness import init_code
 
 import llm_datadist as ld
-from native_harness import init_code
 
 MAGIC, VERSION = 0x4B4E4C43, 1
 HELLO, READ, WRITE, RESOLVE, RELEASE = 1, 3, 5, 7, 9
