@@ -21,7 +21,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from prometheus_client import start_http_server
 
-from cachelink_operator import agents, handlers, kube, leader, reconcile
+from cachelink_operator import agents, handlers, kube, leader, policy_status, reconcile
 from cachelink_operator.config import Config
 
 log = logging.getLogger("cachelink_operator")
@@ -194,11 +194,13 @@ async def run(cfg: Config, args: argparse.Namespace) -> int:
         keeper = asyncio.create_task(elector.keep())
         caretaking = asyncio.Event()
         caretaker = asyncio.create_task(handlers.caretaker(rt, caretaking))
+        policy_statuses = asyncio.create_task(policy_status.run(kube_api, rt.board, caretaking))
         try:
             done, _ = await asyncio.wait({operator, keeper}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             caretaking.set()
             caretaker.cancel()
+            policy_statuses.cancel()
         if keeper in done:
             log.error("lost the leader Lease; stopping")
             stop.set_result(True)

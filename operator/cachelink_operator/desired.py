@@ -53,6 +53,8 @@ class PodInfo:
     phase: str
     deleting: bool
     annotations: Mapping[str, str] = field(default_factory=dict)
+    #: the controller owner reference: (kind, uid)
+    owner: tuple[str, str] | None = None
 
     @property
     def revision(self) -> str | None:
@@ -83,7 +85,125 @@ def pod_info(body: Mapping[str, Any]) -> PodInfo:
         annotations={
             k: v for k, v in (meta.get("annotations") or {}).items() if k.startswith(ANNOTATION_PREFIX)
         },
+        owner=controller_of(meta),
     )
+
+
+def controller_of(meta: Mapping[str, Any]) -> tuple[str, str] | None:
+    """``(kind, uid)`` of an object's controller owner reference, if it has one."""
+    for ref in meta.get("ownerReferences") or ():
+        if ref.get("controller"):
+            return str(ref.get("kind", "")), str(ref.get("uid", ""))
+    return None
+
+
+@dataclass(frozen=True)
+class ReplicaSetInfo:
+    """What the ReplicaSet index stores: its revision within its Deployment and its pods' template hash."""
+
+    uid: str
+    deployment_uid: str | None
+    revision: int
+    template_hash: str | None
+
+
+def replicaset_info(body: Mapping[str, Any]) -> ReplicaSetInfo:
+    """Extract a ``ReplicaSetInfo`` from a ReplicaSet object."""
+    meta = body.get("metadata", {})
+    owner = controller_of(meta)
+    revision = (meta.get("annotations") or {}).get("deployment.kubernetes.io/revision", "0")
+    return ReplicaSetInfo(
+        uid=str(meta.get("uid", "")),
+        deployment_uid=owner[1] if owner is not None and owner[0] == "Deployment" else None,
+        revision=int(revision) if str(revision).isdigit() else 0,
+        template_hash=(meta.get("labels") or {}).get("pod-template-hash"),
+    )
+
+
+@dataclass(frozen=True)
+class Revisions:
+    """The controllers' current revisions: ReplicaSets (by uid) and StatefulSets' ``updateRevision``."""
+
+    replicasets: Mapping[str, ReplicaSetInfo] = field(default_factory=dict)
+    statefulsets: Mapping[str, str] = field(default_factory=dict)
+
+    def newest(self, deployment_uid: str) -> ReplicaSetInfo | None:
+        """The Deployment's newest ReplicaSet (highest revision): the one a rollout moves to."""
+        owned = [r for r in self.replicasets.values() if r.deployment_uid == deployment_uid]
+        return max(owned, key=lambda r: r.revision) if owned else None
+
+    def is_current(self, pod: PodInfo) -> bool | None:
+        """Whether the pod is of its controller's current revision; None when that is not known."""
+        if pod.owner is None:
+            return None
+        kind, uid = pod.owner
+        if kind == "ReplicaSet" and uid in self.replicasets:
+            rs = self.replicasets[uid]
+            if rs.deployment_uid is None:
+                return True  # a bare ReplicaSet has one revision
+            newest = self.newest(rs.deployment_uid)
+            if newest is None or newest.template_hash is None:
+                return None
+            return pod.labels.get("pod-template-hash") == newest.template_hash
+        if kind == "StatefulSet" and self.statefulsets.get(uid):
+            return pod.labels.get("controller-revision-hash") == self.statefulsets[uid]
+        return None
+
+
+@dataclass(frozen=True)
+class CacheLinkRef:
+    """A CacheLink as its neighbours see it (the CacheLink index stores these): who claims which pods."""
+
+    namespace: str
+    name: str
+    uid: str
+    created: str
+    spec: CacheLinkSpec | None
+
+    @property
+    def order(self) -> tuple[str, str]:
+        """Earlier CacheLinks win a pod: by creationTimestamp, then name."""
+        return self.created, self.name
+
+
+def cachelink_ref(body: Mapping[str, Any]) -> CacheLinkRef:
+    """Extract a ``CacheLinkRef`` from a CacheLink object (``spec`` None: it does not parse)."""
+    meta = body.get("metadata", {})
+    try:
+        spec: CacheLinkSpec | None = CacheLinkSpec.model_validate(dict(body.get("spec") or {}))
+    except ValueError:
+        spec = None
+    return CacheLinkRef(
+        namespace=str(meta.get("namespace", "")),
+        name=str(meta.get("name", "")),
+        uid=str(meta.get("uid", "")),
+        created=str(meta.get("creationTimestamp") or ""),
+        spec=spec,
+    )
+
+
+def claims(
+    me: CacheLinkRef, others: Iterable[CacheLinkRef], mine: Iterable[Member], pods: Iterable[PodInfo]
+) -> dict[str, str]:
+    """``{pod name: CacheLink name}``: the pods among ``mine`` that an earlier CacheLink selects.
+
+    A pod is used by one CacheLink only (its annotations name one instance); the earliest CacheLink
+    (creationTimestamp, then name) that selects it has it, whatever that one's own state, so the rule
+    never depends on which reconcile runs first.
+    """
+    wanted = {m.pod.name for m in mine if m.pod is not None}
+    if not wanted:
+        return {}
+    pods = list(pods)
+    found: dict[str, str] = {}
+    for other in sorted(others, key=lambda o: o.order):
+        if other.uid == me.uid or other.spec is None or other.order >= me.order:
+            continue
+        for side in members(other.spec, me.namespace, pods).values():
+            for member in side:
+                if member.pod is not None and member.pod.name in wanted:
+                    found.setdefault(member.pod.name, other.name)
+    return found
 
 
 @dataclass(frozen=True)

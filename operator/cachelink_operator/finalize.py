@@ -3,6 +3,8 @@
 The agent's DELETE unlinks an instance and finalizes it. Nodes whose agent does not answer keep the
 finalizer until ``finalizeTimeoutSeconds`` (spec or policy) has passed since deletion was requested;
 then it is released with a Warning event naming them, and the agents' owner TTL cleans up later.
+Once the instances are gone, the operator's annotations are removed from the pods that name the
+CacheLink.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ async def finalize(rt: reconcile.Runtime, body: Mapping[str, Any], world: reconc
     failed = [o for o in outcomes if not o.ok]
     pending = {i.node for i in previous.instances if i.node in seen.unreachable}
     if not failed and not pending:
+        # the instances are gone: so are the pods' annotations naming them
+        await reconcile.unannotate(rt, meta["namespace"], meta["name"], world.pods, set())
         events.normal(body, events.FINALIZED, f"{len(actions)} instances finalized")
         return
     requested = meta.get("deletionTimestamp")

@@ -32,6 +32,8 @@ class Kicks:
 
     def __init__(self) -> None:
         self.events: dict[str, asyncio.Event] = {}
+        #: per CacheLink: (generation, being deleted) last seen
+        self.seen: dict[str, tuple[int | None, bool]] = {}
 
     def get(self, uid: str) -> asyncio.Event:
         """The event of ``uid``."""
@@ -42,13 +44,30 @@ class Kicks:
         for uid in uids:
             self.get(uid).set()
 
+    def claims_changed(self, uid: str, type_: str | None, body: Mapping[str, Any]) -> bool:
+        """Whether this event can change which CacheLink holds a pod: a CacheLink went away or its spec
+        changed (not its status: status writes must not wake the whole namespace)."""
+        meta = body.get("metadata") or {}
+        if type_ == "DELETED":
+            self.seen.pop(uid, None)
+            return True
+        state = (meta.get("generation"), bool(meta.get("deletionTimestamp")))
+        old = self.seen.get(uid)
+        self.seen[uid] = state
+        return old is not None and old != state
+
 
 def _world(kwargs: Mapping[str, Any], namespace: str) -> reconcile.World:
     pods = kwargs["cachelink_pods"].get(namespace, [])
     endpoints = {e.node: e for e in kwargs["cachelink_agents"].get("all", [])}
     policies = list(kwargs["cachelink_policies"].get("all", []))
     labels: dict[str, str] = next(iter(kwargs["cachelink_namespaces"].get(namespace, [])), {})
-    return reconcile.World(list(pods), endpoints, policies, labels)
+    revisions = desired.Revisions(
+        {r.uid: r for r in kwargs["cachelink_replicasets"].get(namespace, [])},
+        dict(kwargs["cachelink_statefulsets"].get(namespace, [])),
+    )
+    cachelinks = list(kwargs["cachelink_objects"].get(namespace, []))
+    return reconcile.World(list(pods), endpoints, policies, labels, cachelinks, revisions)
 
 
 def _register_indices(registry: kopf.OperatorRegistry, cfg: Config) -> Callable[..., bool]:
@@ -83,8 +102,18 @@ def _register_indices(registry: kopf.OperatorRegistry, cfg: Config) -> Callable[
         return {str(body.metadata.name): dict(body.metadata.labels)}
 
     @kopf.index(CACHELINKS, registry=registry, id="cachelink_objects")
-    def cachelink_objects(body: kopf.Body, **_: Any) -> dict[str, str]:
-        return {str(body.metadata.namespace): str(body.metadata.uid)}
+    def cachelink_objects(body: kopf.Body, **_: Any) -> dict[str, desired.CacheLinkRef]:
+        return {str(body.metadata.namespace): desired.cachelink_ref(body)}
+
+    # the controllers of selected pods: which revision is current (Ready counts only current pods)
+    @kopf.index("replicasets.v1.apps", registry=registry, id="cachelink_replicasets")
+    def cachelink_replicasets(body: kopf.Body, **_: Any) -> dict[str, desired.ReplicaSetInfo]:
+        return {str(body.metadata.namespace): desired.replicaset_info(body)}
+
+    @kopf.index("statefulsets.v1.apps", registry=registry, id="cachelink_statefulsets")
+    def cachelink_statefulsets(body: kopf.Body, **_: Any) -> dict[str, tuple[str, str]] | None:
+        revision = body.status.get("updateRevision")
+        return {str(body.metadata.namespace): (str(body.metadata.uid), str(revision))} if revision else None
 
     return is_agent
 
@@ -95,19 +124,35 @@ def register(registry: kopf.OperatorRegistry, rt: reconcile.Runtime) -> Kicks:
     is_agent = _register_indices(registry, rt.config)
 
     @kopf.on.event(CACHELINKS, registry=registry, id="cachelink_changed")
-    def cachelink_changed(uid: str, **_: Any) -> None:
-        kicks.kick(uid)
+    def cachelink_changed(uid: str, type: str | None, body: kopf.Body, **kwargs: Any) -> None:
+        if type != "DELETED":
+            kicks.kick(uid)
+        rt.board.cachelink_event(type, body)
+        # who holds a contested pod changes when a CacheLink goes away or its selectors change
+        if kicks.claims_changed(uid, type, body):
+            neighbours = kwargs["cachelink_objects"].get(body.metadata.namespace, [])
+            kicks.kick(*(ref.uid for ref in neighbours if ref.uid != uid))
 
     @kopf.on.event("pods", registry=registry, id="pod_changed")
     def pod_changed(body: kopf.Body, **kwargs: Any) -> None:
-        kicks.kick(*kwargs["cachelink_objects"].get(body.metadata.namespace, []))
+        kicks.kick(*(ref.uid for ref in kwargs["cachelink_objects"].get(body.metadata.namespace, [])))
         if is_agent(body):
             kicks.kick(*kicks.events)
 
     @kopf.on.event(POLICIES, registry=registry, id="policy_changed")
+    def policy_changed(type: str | None, body: kopf.Body, **_: Any) -> None:
+        if rt.board.policy_event(type, body):  # its spec changed (not just its status): re-evaluate all
+            kicks.kick(*kicks.events)
+
     @kopf.on.event("namespaces", registry=registry, id="namespace_changed")
-    def cluster_changed(**_: Any) -> None:  # a policy or namespace label changed: re-evaluate all
-        kicks.kick(*kicks.events)
+    def namespace_changed(type: str | None, body: kopf.Body, **_: Any) -> None:
+        if rt.board.namespace_event(type, body):  # its labels changed: policies may select otherwise
+            kicks.kick(*kicks.events)
+
+    @kopf.on.event("replicasets.v1.apps", registry=registry, id="replicaset_changed")
+    @kopf.on.event("statefulsets.v1.apps", registry=registry, id="statefulset_changed")
+    def controller_changed(body: kopf.Body, **kwargs: Any) -> None:  # a rollout moved on
+        kicks.kick(*(ref.uid for ref in kwargs["cachelink_objects"].get(body.metadata.namespace, [])))
 
     @kopf.daemon(CACHELINKS, registry=registry, cancellation_timeout=30.0, id="reconciler")
     async def cachelink_reconciler(stopped: kopf.DaemonStopped, body: kopf.Body, **kwargs: Any) -> None:

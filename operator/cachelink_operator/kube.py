@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
 import json
 import secrets
 from collections.abc import Mapping
@@ -65,6 +66,51 @@ class Kube:
         except ApiException as error:
             if error.status != 404:
                 raise
+
+    async def get_cachelink(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The CacheLink as the API server has it now (None: gone)."""
+        return await self._get(
+            self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name
+        )
+
+    async def get_policy(self, name: str) -> dict[str, Any] | None:
+        """The CacheLinkPolicy as the API server has it now (None: gone)."""
+        return await self._get(self.custom.get_cluster_custom_object, GROUP, VERSION, POLICY_PLURAL, name)
+
+    async def _get(self, fn: Any, *args: Any) -> dict[str, Any] | None:
+        try:
+            found: dict[str, Any] = await self._run(fn, *args)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return found
+
+    async def post_event(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        """A core/v1 Event about ``obj`` (cluster-scoped objects: in namespace ``default``)."""
+        meta = obj["metadata"]
+        namespace = meta.get("namespace") or "default"
+        at = datetime.datetime.now(datetime.UTC)
+        body = k8s.CoreV1Event(
+            metadata=k8s.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=namespace),
+            involved_object=k8s.V1ObjectReference(
+                api_version=obj.get("apiVersion"),
+                kind=obj.get("kind"),
+                name=meta["name"],
+                namespace=meta.get("namespace"),
+                uid=meta.get("uid"),
+            ),
+            type=type_,
+            reason=reason,
+            message=message[:1024],
+            source=k8s.V1EventSource(component="cachelink-operator"),
+            reporting_component="cachelink-operator",
+            reporting_instance="cachelink-operator",
+            first_timestamp=at,
+            last_timestamp=at,
+            count=1,
+        )
+        await self._run(self.core.create_namespaced_event, namespace, body)
 
     async def list_pods(self, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
         """Pods of a namespace matching ``labels``, as plain API objects (camelCase dicts)."""

@@ -301,6 +301,23 @@ class CacheLinkStatus(_Model):
     link_secret_name: str | None = None
     rank_table: RankTableStatus | None = None
     policies: tuple[str, ...] = ()
+    #: the policies whose limits this CacheLink violates (set while it is Rejected for PolicyViolation)
+    violated_policies: tuple[str, ...] = ()
     conditions: tuple[Condition, ...] = ()
     instances: tuple[InstanceStatus, ...] = ()
     links: tuple[LinkStatus, ...] = ()
+
+
+class CacheLinkPolicyStatus(_Model):
+    """``CacheLinkPolicy.status``: what it selects, what violates it, whether its spec makes sense."""
+
+    observed_generation: int | None = None
+    selected_cache_links: int = 0
+    violating_cache_links: int = 0
+    #: ``namespace/name`` of violating CacheLinks, sorted, at most ``MAX_LISTED_VIOLATIONS``
+    violating: tuple[str, ...] = ()
+    conditions: tuple[Condition, ...] = ()
+
+
+#: how many violating CacheLinks a policy's status names
+MAX_LISTED_VIOLATIONS = 20

@@ -217,3 +217,62 @@ def evaluate(
             Violation(names, "listenPortRange", "the selecting policies' port ranges do not overlap")
         )
     return found
+
+
+def _selector_problems(selector: models.LabelSelector) -> list[str]:
+    found = []
+    for n, req in enumerate(selector.match_expressions):
+        wants_values = req.operator in ("In", "NotIn")
+        if wants_values and not req.values:
+            found.append(f"namespaceSelector.matchExpressions[{n}]: {req.operator} needs values")
+        if not wants_values and req.values:
+            found.append(f"namespaceSelector.matchExpressions[{n}]: {req.operator} takes no values")
+    return found
+
+
+def contradictions(spec: models.CacheLinkPolicySpec) -> list[str]:
+    """What in a parseable policy cannot hold together: its defaults break its own limits, or a
+    limit allows nothing. Such a policy still applies (its limits hold); its ``Valid`` condition says so."""
+    d, lim = spec.defaults, spec.limits
+    found = _selector_problems(spec.namespace_selector)
+
+    def above(what: str, value: int | None, limit: int | None) -> None:
+        if value is not None and limit is not None and value > limit:
+            found.append(f"defaults.{what} {value} exceeds the policy's own limit {limit}")
+
+    above("maxClustersPerLinkCall", d.max_clusters_per_link_call, lim.max_clusters_per_link_call)
+    above("maxLinkSetupsInFlight", d.max_link_setups_in_flight, lim.max_link_setups_in_flight)
+    if d.mem_pool_size_bytes is not None or d.host_mem_pool_size_bytes is not None:
+        above("pool bytes", pool_bytes(d), lim.max_pool_bytes_per_instance)
+    timeouts = lim.required_timeouts
+    if timeouts is not None:
+        above("syncKvTimeoutMs", d.sync_kv_timeout_ms, timeouts.max_sync_kv_timeout_ms)
+        above("linkTimeoutMs", d.link_timeout_ms, timeouts.max_link_timeout_ms)
+        if d.link_total_time_seconds is not None:
+            above(
+                "linkTotalTimeSeconds",
+                d.link_total_time_seconds or ENGINE_DEFAULT_LINK_TOTAL_TIME_S,
+                timeouts.max_link_total_time_seconds,
+            )
+    if lim.require_link_authentication and d.link_authentication is False:
+        found.append("defaults.linkAuthentication is false but limits.requireLinkAuthentication is true")
+    if lim.allowed_link_styles is not None:
+        if not lim.allowed_link_styles:
+            found.append("limits.allowedLinkStyles is empty: no CacheLink can comply")
+        elif d.link_style is not None and d.link_style not in lim.allowed_link_styles:
+            found.append(f"defaults.linkStyle {d.link_style} is not in limits.allowedLinkStyles")
+    if lim.allowed_roles is not None and not lim.allowed_roles:
+        found.append("limits.allowedRoles is empty: no CacheLink can comply")
+    return found
+
+
+def check_policy(raw: Mapping[str, object]) -> tuple[models.CacheLinkPolicySpec | None, list[str]]:
+    """Parse a policy's spec: ``(spec, problems)``; ``spec`` is None when it does not parse (ignored)."""
+    try:
+        spec = models.CacheLinkPolicySpec.model_validate(dict(raw))
+    except ValueError as error:
+        errors = getattr(error, "errors", None)
+        if callable(errors):
+            return None, [f"{'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg']}" for e in errors()]
+        return None, [str(error)]
+    return spec, contradictions(spec)

@@ -9,13 +9,24 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pydantic
+from kubernetes.client.exceptions import ApiException
 
-from cachelink_operator import agents, desired, diff, events, kube, metrics, policy, status
+from cachelink_operator import (
+    agents,
+    desired,
+    diff,
+    events,
+    kube,
+    metrics,
+    policy,
+    policy_status,
+    status,
+)
 from cachelink_operator.config import Config
 from cachelink_operator.models import CacheLinkSpec, CacheLinkStatus, PolicyRef, Role
 
@@ -40,6 +51,8 @@ class Runtime:
     link_secrets: dict[tuple[str, str, str], str] = field(default_factory=dict)
     #: per CacheLink UID: (status the object had, status we wrote over it)
     written: dict[str, tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=dict)
+    #: what the CacheLinkPolicy status loop works from
+    board: policy_status.Board = field(default_factory=policy_status.Board)
 
     def forget(self, uid: str) -> None:
         """Drop what is remembered about a CacheLink (its daemon stopped)."""
@@ -58,6 +71,14 @@ class World:
     endpoints: Mapping[str, agents.Endpoint]
     policies: Iterable[PolicyRef]
     namespace_labels: Mapping[str, str]
+    #: the CacheLinks of the namespace (who claims which pods)
+    cachelinks: Sequence[desired.CacheLinkRef] = ()
+    #: the namespace's controllers' current revisions
+    revisions: desired.Revisions = field(default_factory=desired.Revisions)
+
+
+class StatusConflict(Exception):
+    """The API server answered 409 to a status patch: the object changed under us."""
 
 
 def secret_name(name: str) -> str:
@@ -70,7 +91,31 @@ def rank_table_name(name: str) -> str:
     return f"{name}-rank-table"[:253]
 
 
-async def reconcile(rt: Runtime, body: Mapping[str, Any], world: World, full: bool = True) -> float:
+async def reconcile(
+    rt: Runtime, body: Mapping[str, Any], world: World, full: bool = True, conflicts: int = 3
+) -> float:
+    """One pass (``reconcile_once``), redone from a fresh read of the object if its status patch meets a
+    409 conflict, so a conflict is neither a crash nor a lost update; returns the delay before the next."""
+    meta = body["metadata"]
+    for _ in range(conflicts):
+        try:
+            return await reconcile_once(rt, body, world, full)
+        except StatusConflict:
+            metrics.RECONCILE_ERRORS.labels("Conflict").inc()
+            log.info("status of %s/%s: conflict, redoing the pass from a fresh read", *_key(meta))
+            rt.written.pop(str(meta["uid"]), None)
+            fresh = await rt.kube.get_cachelink(meta["namespace"], meta["name"])
+            if fresh is None or fresh["metadata"].get("uid") != meta["uid"]:
+                return rt.config.resync_interval_s  # gone (or replaced by a namesake)
+            body, meta = fresh, fresh["metadata"]
+    return rt.config.retry_delay_s
+
+
+def _key(meta: Mapping[str, Any]) -> tuple[str, str]:
+    return str(meta["namespace"]), str(meta["name"])
+
+
+async def reconcile_once(rt: Runtime, body: Mapping[str, Any], world: World, full: bool = True) -> float:
     """One pass; returns the delay before the next.
 
     The agents asked are those of the members' nodes and of the nodes status recorded instances on;
@@ -92,6 +137,14 @@ async def reconcile(rt: Runtime, body: Mapping[str, Any], world: World, full: bo
     sides = {role: policy.side_options(spec, role, merged) for role in Role}
     ports = policy.port_range(ordered)
     sides_members = desired.members(spec, namespace, world.pods)
+    claimed = desired.claims(
+        desired.cachelink_ref(body),
+        world.cachelinks,
+        [m for role in Role for m in sides_members[role]],
+        world.pods,
+    )
+    if claimed:
+        return await _give_way(rt, body, previous, world, full, claimed)
     nodes = {m.node for role in Role for m in sides_members[role]} | {
         i.node for i in previous.instances if i.node
     }
@@ -150,6 +203,9 @@ async def reconcile(rt: Runtime, body: Mapping[str, Any], world: World, full: bo
     )
     outcomes = await rt.agents.execute(planned.actions, world.endpoints, merged.link_timeout_ms or 3000)
     await _annotate(rt, namespace, name, want, planned)
+    await unannotate(
+        rt, namespace, name, world.pods, {i.member.pod.name for i in want.instances.values() if i.member.pod}
+    )
     new, transitions = status.build(
         previous,
         generation,
@@ -160,6 +216,7 @@ async def reconcile(rt: Runtime, body: Mapping[str, Any], world: World, full: bo
         [p.name for p in ordered],
         link_secret_name,
         cm_name,
+        world.revisions,
     )
     await _write_status(rt, body, previous, new)
     _post_events(body, outcomes, transitions, seen.unreachable, previous, new)
@@ -177,13 +234,17 @@ async def reconcile(rt: Runtime, body: Mapping[str, Any], world: World, full: bo
         sum(not o.ok for o in outcomes),
         len(seen.unreachable),
     )
+    return _next_delay(rt, uid, planned.converged, failed)
+
+
+def _next_delay(rt: Runtime, uid: str, converged: bool, failed: bool) -> float:
     if failed:
         rt.failures[uid] = rt.failures.get(uid, 0) + 1
         metrics.RECONCILES.labels("retry").inc()
     else:
         rt.failures.pop(uid, None)
-        metrics.RECONCILES.labels("converged" if planned.converged else "progress").inc()
-    if planned.converged and not failed:
+        metrics.RECONCILES.labels("converged" if converged else "progress").inc()
+    if converged and not failed:
         return rt.config.resync_interval_s
     backoff = rt.config.retry_delay_s * float(2 ** min(rt.failures.get(uid, 0), 10))
     return min(backoff, rt.config.max_retry_delay_s)
@@ -236,7 +297,12 @@ async def _write_status(
     old_dump, new_dump = previous.dump(), new.dump()
     if new_dump == old_dump:
         return False
-    await rt.kube.patch_status(meta["namespace"], meta["name"], _with_removals(new_dump, old_dump))
+    try:
+        await rt.kube.patch_status(meta["namespace"], meta["name"], _with_removals(new_dump, old_dump))
+    except ApiException as error:
+        if error.status == 409:
+            raise StatusConflict(str(error.reason)) from error
+        raise
     rt.written[str(meta["uid"])] = (dict(body.get("status") or {}), new_dump)
     return True
 
@@ -266,13 +332,69 @@ async def _reject(
     reason: str,
     message: str,
     violations: Iterable[policy.Violation] = (),
+    cleared: bool = False,
 ) -> None:
-    new = status.rejected(previous, generation, reason, message, list(violations))
+    new = status.rejected(previous, generation, reason, message, list(violations), cleared)
     if await _write_status(rt, body, previous, new):
-        events.warning(
-            body, events.POLICY_VIOLATION if reason == "PolicyViolation" else events.REJECTED, message
-        )
+        events.warning(body, _REJECT_EVENTS.get(reason, events.REJECTED), message)
     metrics.RECONCILES.labels("rejected").inc()
+
+
+_REJECT_EVENTS = {"PolicyViolation": events.POLICY_VIOLATION, "PodClaimed": events.POD_CLAIMED}
+
+
+async def _give_way(
+    rt: Runtime,
+    body: Mapping[str, Any],
+    previous: CacheLinkStatus,
+    world: World,
+    full: bool,
+    claimed: Mapping[str, str],
+) -> float:
+    """Some selected pods belong to an earlier CacheLink: hold nothing (no instance, no annotation) and
+    say so (``Rejected``, reason ``PodClaimed``); the daemon is kicked when the other one goes away."""
+    meta = body["metadata"]
+    namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
+    nodes = {i.node for i in previous.instances if i.node} | (set(world.endpoints) if full else set())
+    seen = await rt.agents.observe(nodes, world.endpoints)
+    actions: list[diff.Action] = [
+        diff.DeleteInstance(node, inst.name)
+        for node, instances in sorted(seen.instances.items())
+        for inst in instances
+        if inst.owner == uid
+    ]
+    outcomes = await rt.agents.execute(actions, world.endpoints, 3000)
+    released = all(o.ok for o in outcomes) and not (
+        seen.unreachable.keys() & {i.node for i in previous.instances}
+    )
+    await unannotate(rt, namespace, name, world.pods, set(claimed))
+    by_owner: dict[str, list[str]] = {}
+    for pod, owner in sorted(claimed.items()):
+        by_owner.setdefault(owner, []).append(pod)
+    message = "; ".join(
+        f"pod{'s' if len(pods) > 1 else ''} {', '.join(pods)} already claimed by CacheLink {owner}"
+        f" (created earlier)"
+        for owner, pods in sorted(by_owner.items())
+    )
+    await _reject(rt, body, previous, meta.get("generation"), "PodClaimed", message, cleared=released)
+    if released:
+        return rt.config.resync_interval_s
+    rt.failures[uid] = rt.failures.get(uid, 0) + 1
+    return min(rt.config.retry_delay_s * float(2 ** min(rt.failures[uid], 10)), rt.config.max_retry_delay_s)
+
+
+async def unannotate(
+    rt: Runtime, namespace: str, name: str, pods: Iterable[desired.PodInfo], keep: set[str]
+) -> None:
+    """Remove our annotations from the pods that carry them for this CacheLink but are not in ``keep``."""
+    for pod in pods:
+        if (
+            pod.namespace == namespace
+            and pod.name not in keep
+            and not pod.deleting
+            and pod.annotations.get(ANNOTATIONS[0]) == name
+        ):
+            await rt.kube.annotate_pod(namespace, pod.name, dict.fromkeys(ANNOTATIONS))
 
 
 async def _annotate(

@@ -2,8 +2,9 @@
 
 Conditions keep their ``lastTransitionTime`` while their status stays the same; each link keeps its
 ``since``, attempt and relink counters across reconciles; ``Ready`` counts only links between pods of
-the current revision on both sides (the newest pod's ``pod-template-hash`` /
-``controller-revision-hash``), so a rollout never shows Ready early.
+the current revision on both sides (the owning Deployment's newest ReplicaSet's ``pod-template-hash``,
+the StatefulSet's ``updateRevision``; the newest pod's label where the controller is not known), so a
+rollout never shows Ready early.
 """
 
 from __future__ import annotations
@@ -69,14 +70,32 @@ class Transition:
     detail: str
 
 
+def _current(
+    inst: desired.DesiredInstance, newest: Mapping[Role, str | None], revisions: desired.Revisions | None
+) -> bool:
+    """Whether an instance's pod is of the current revision: its controller's (the Deployment's newest
+    ReplicaSet, the StatefulSet's ``updateRevision``), else the revision of its side's newest pod."""
+    pod = inst.member.pod
+    if pod is None:
+        return True
+    known = revisions.is_current(pod) if revisions is not None else None
+    if known is not None:
+        return known
+    return newest[inst.role] is None or pod.revision == newest[inst.role]
+
+
 def rejected(
     previous: CacheLinkStatus,
     generation: int | None,
     reason: str,
     message: str,
     violations: Sequence[Violation] = (),
+    cleared: bool = False,
 ) -> CacheLinkStatus:
-    """Status of a CacheLink that is not applied (bad spec or policy violation); the rest is kept."""
+    """Status of a CacheLink that is not applied (bad spec, policy violation, claimed pod).
+
+    The rest is kept, unless ``cleared`` (its instances were removed): then instances and links go.
+    """
     at = now()
     compliant = condition(
         previous.conditions,
@@ -89,13 +108,16 @@ def rejected(
     )
     ready = condition(previous.conditions, READY, False, reason, message, generation, at)
     others = [c for c in previous.conditions if c.type not in (READY, POLICY_COMPLIANT)]
-    return previous.model_copy(
-        update={
-            "phase": "Rejected",
-            "observed_generation": generation,
-            "conditions": tuple(sorted([ready, compliant, *others], key=lambda c: c.type)),
-        }
-    )
+    violated = sorted({name.strip() for v in violations for name in v.policy.split(",") if name.strip()})
+    update: dict[str, object] = {
+        "phase": "Rejected",
+        "observed_generation": generation,
+        "violated_policies": tuple(violated),
+        "conditions": tuple(sorted([ready, compliant, *others], key=lambda c: c.type)),
+    }
+    if cleared:
+        update.update(instances=(), links=(), desired_links=0, linked_links=0, ready_links=0)
+    return previous.model_copy(update=update)
 
 
 def build(  # noqa: PLR0915 - to split into instance and link builders next session
@@ -108,6 +130,7 @@ def build(  # noqa: PLR0915 - to split into instance and link builders next sess
     policies: Sequence[str],
     secret_name: str | None,
     rank_table_cm: str | None,
+    revisions: desired.Revisions | None = None,
 ) -> tuple[CacheLinkStatus, list[Transition]]:
     """The new status and the link transitions it records."""
     at = now()
@@ -157,7 +180,7 @@ def build(  # noqa: PLR0915 - to split into instance and link builders next sess
         )
 
     by_name = {i.name: i for i in instances}
-    revisions = {
+    newest = {
         role: desired.current_revision([i.member for i in want.instances.values() if i.role is role])
         for role in Role
     }
@@ -200,12 +223,7 @@ def build(  # noqa: PLR0915 - to split into instance and link builders next sess
                 state = "Broken" if old is not None and old.state == "Linked" else "Pending"
         if state == "Linked" and not all(by_name[n].state == "Initialized" for n in (p.name, d.name)):
             state = "Pending"  # an end is being (re)initialised or cannot be asked: not ready to use
-        current = all(
-            inst.member.pod is None
-            or revisions[inst.role] is None
-            or inst.member.pod.revision == revisions[inst.role]
-            for inst in (p, d)
-        )
+        current = all(_current(inst, newest, revisions) for inst in (p, d))
         since = old.since if old is not None and old.state == state and old.since else at
         if old is None or old.state != state:
             transitions.append(
