@@ -1,8 +1,18 @@
-"""``cachelink demo``: a prompt and a decode process move a realistic paged KV cache and verify it.
+"""``cachelink demo``: the whole product end to end, on a local Kubernetes cluster by default.
 
-The prompt process allocates a blocks cache shaped like a 32-layer model's KV cache (K and V per layer),
-fills it, and listens; the decode process links to it, pulls a shuffled block list over each data path
-(same-host shared memory, then TCP), verifies every byte and prints what moved and how fast.
+The default (``cachelink.demo_cluster``) starts the local development cluster (its tools are built from
+source on first use and cached) with a prompt node and a decode node, applies the CRDs, runs a node agent
+per node and the operator, applies a sample CacheLinkPolicy and CacheLink, waits until Ready, has a
+workload on the decode node pull a 32-layer paged KV cache written on the prompt node and verify every
+byte, prints a summary, deletes the CacheLink and shows that it was finalized, and stops everything.
+``--keep`` leaves it all running and prints the KUBECONFIG to use (``--down`` stops it later). Only
+``--kubeconfig`` makes the demo use another cluster (where the chart must be installed); an exported
+``KUBECONFIG`` never does.
+
+``--engine-only`` runs just the engine, without a cluster: a prompt process allocates a blocks cache
+shaped like a 32-layer model's KV cache (K and V per layer), fills it, and listens; the decode process
+links to it, pulls a shuffled block list over each data path (same-host shared memory, then TCP),
+verifies every byte and prints what moved and how fast.
 """
 
 from __future__ import annotations
@@ -16,34 +26,9 @@ from multiprocessing.connection import Connection
 
 import numpy as np
 
+from cachelink.localstack.kvcache import KvShape, expected, fill
+
 PROMPT_CLUSTER, DECODE_CLUSTER, MODEL_ID = 1, 2, 0
-
-
-@dataclass(frozen=True)
-class KvShape:
-    """A paged KV cache: ``layers`` x (K, V) tensors of ``blocks`` blocks of ``block_tokens`` tokens."""
-
-    layers: int = 32
-    blocks: int = 64
-    block_tokens: int = 16
-    kv_heads: int = 8
-    head_dim: int = 128
-
-    @property
-    def tensors(self) -> int:
-        return 2 * self.layers
-
-    @property
-    def block_elems(self) -> int:
-        return self.block_tokens * self.kv_heads * self.head_dim
-
-    @property
-    def block_bytes(self) -> int:
-        return self.block_elems * 2  # float16
-
-    @property
-    def cache_bytes(self) -> int:
-        return self.tensors * self.blocks * self.block_bytes
 
 
 def _options(listen: str | None, shape: KvShape, force_tcp: bool) -> dict[str, str]:
@@ -62,14 +47,6 @@ def _options(listen: str | None, shape: KvShape, force_tcp: bool) -> dict[str, s
     return options
 
 
-def _fill(cache: object, shape: KvShape) -> None:
-    for tensor in range(shape.tensors):
-        view = cache.numpy(tensor)  # type: ignore[attr-defined]
-        view.view(np.uint16)[:] = np.random.default_rng(tensor).integers(
-            0, 1 << 16, view.shape, dtype=np.uint16
-        )
-
-
 def _prompt_main(conn: Connection, shape: KvShape, force_tcp: bool) -> None:
     from llm_datadist import (  # noqa: PLC0415
         BlocksCacheKey,
@@ -84,7 +61,7 @@ def _prompt_main(conn: Connection, shape: KvShape, force_tcp: bool) -> None:
     datadist.init(_options("127.0.0.1:0", shape, force_tcp))
     desc = CacheDesc(shape.tensors, [shape.blocks, shape.block_elems], DataType.DT_FLOAT16)
     cache = datadist.cache_manager.allocate_blocks_cache(desc, BlocksCacheKey(PROMPT_CLUSTER, MODEL_ID))
-    _fill(cache, shape)
+    fill(cache, shape)
     conn.send(ext.listen_address(datadist))
     conn.recv()  # wait until the decode side is done
     datadist.finalize()
@@ -146,10 +123,8 @@ def _run_path(label: str, shape: KvShape, force_tcp: bool) -> PathResult:
             )
             seconds = time.perf_counter() - started
             for tensor in range(shape.tensors):
-                expected = np.random.default_rng(tensor).integers(
-                    0, 1 << 16, (shape.blocks, shape.block_elems), dtype=np.uint16
-                )
-                if not np.array_equal(local.numpy(tensor).view(np.uint16), expected[order]):
+                want = expected(shape, tensor)[order]
+                if not np.array_equal(local.numpy(tensor).view(np.uint16), want):
                     raise SystemExit(f"{label}: tensor {tensor} differs after the pull")
             data_path = ext.links(decode)[0].data_path
             decode.unlink_clusters([info])
@@ -161,13 +136,10 @@ def _run_path(label: str, shape: KvShape, force_tcp: bool) -> PathResult:
     return PathResult(label, data_path, link_ms, shape.cache_bytes, seconds)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run the demo; returns the exit status."""
+def run_engine_only(args: argparse.Namespace) -> int:
+    """The engine-only demo (two processes, no cluster); returns the exit status."""
     shape = KvShape(layers=args.layers, blocks=args.blocks)
-    print(
-        f"KV cache: {shape.layers} layers x (K, V), {shape.blocks} blocks of {shape.block_tokens} tokens "
-        f"x {shape.kv_heads} heads x {shape.head_dim} dims fp16 = {shape.cache_bytes / 2**20:.0f} MiB"
-    )
+    print(f"KV cache: {shape.describe()}")
     paths = {"same-host": False, "tcp": True}
     rows = [
         _run_path(label, shape, force_tcp)
@@ -186,15 +158,52 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def run(args: argparse.Namespace) -> int:
+    """``cachelink demo``: the cluster demo, or the engine alone with ``--engine-only``."""
+    if args.engine_only:
+        return run_engine_only(args)
+    from cachelink import demo_cluster  # noqa: PLC0415 - the cluster demo's imports are heavier
+
+    return demo_cluster.run(args)
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register ``cachelink demo``."""
-    parser = subparsers.add_parser("demo", help="run the local prompt -> decode demo", description=__doc__)
+    parser = subparsers.add_parser(
+        "demo",
+        help="run the whole product end to end on a local Kubernetes cluster",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=".cachelink/demo",
+        help="where the demo's cluster, agents and logs live (default .cachelink/demo)",
+    )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="leave the cluster, the stack and the CacheLink running; prints the KUBECONFIG to use",
+    )
+    parser.add_argument("--down", action="store_true", help="stop what an earlier --keep left running")
+    parser.add_argument(
+        "--kubeconfig",
+        help="run on this existing cluster instead (the chart must be installed there); an exported "
+        "KUBECONFIG is never used",
+    )
+    parser.add_argument("--prompt-node", default="node-a", help="with --kubeconfig: the prompt node")
+    parser.add_argument("--decode-node", default="node-b", help="with --kubeconfig: the decode node")
+    parser.add_argument(
+        "--engine-only",
+        action="store_true",
+        help="no cluster: a prompt and a decode process move the KV cache over each data path",
+    )
     parser.add_argument("--layers", type=int, default=32, help="model layers (default 32)")
     parser.add_argument("--blocks", type=int, default=64, help="KV blocks per tensor (default 64)")
     parser.add_argument(
         "--path",
         choices=["both", "same-host", "tcp"],
         default="both",
-        help="data paths to demonstrate (default both)",
+        help="with --engine-only: data paths to demonstrate (default both)",
     )
     parser.set_defaults(handler=run)

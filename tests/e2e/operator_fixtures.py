@@ -1,9 +1,8 @@
-"""Operator e2e environment on the development cluster: CRDs, agent DaemonSet + real agents, RBAC, operator.
+"""Operator e2e environment on the development cluster: ``cachelink.localstack.LocalStack`` plus helpers.
 
-What runs (all on loopback, all stopped by process id at teardown):
+What runs (all on loopback, all stopped by process id at teardown) is the product's local stack:
 
-* the CRDs of ``crds/`` and the operator's RBAC rendered by the chart (``helm template``), applied with
-  kubectl;
+* the CRDs and the operator's RBAC rendered by the chart (``helm template``), applied with kubectl;
 * the agent namespace, the agents' shared Secret and a hostNetwork DaemonSet whose pods KWOK runs on every
   simulated node (pod IP = the node's loopback address, a container port named ``api``);
 * one real ``cachelink-agent`` process per node, bound to that node's address and the DaemonSet's port,
@@ -18,278 +17,47 @@ would: each joins a cgroup whose path names its pod's UID, which is what the age
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import contextlib
 import json
 import os
-import secrets
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
+import types
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-import yaml
-from cachelink_agent import models
-from cachelink_agent.client import AgentClient, node_token
+from cachelink_agent.client import node_token
 
 from cachelink.devcluster import DevCluster
+from cachelink.localstack.agents import AGENT_NAMESPACE, AgentProcess
+from cachelink.localstack.operator_runner import OperatorProcess
+from cachelink.localstack.procs import child_env, tail, wait_for
+from cachelink.localstack.rbac import render_chart_rbac
+from cachelink.localstack.stack import LocalStack
 
-T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
-AGENT_NAMESPACE = "cachelink-system"
-AGENT_LABELS = {"app.kubernetes.io/name": "cachelink", "app.kubernetes.io/component": "agent"}
-AGENT_SECRET_NAME = "cachelink-agent-token"
-AGENT_SECRET_KEY = "secret"
-OPERATOR_SA = "cachelink-operator"  # the chart's name for release "cachelink"
-RELEASE = "cachelink"
 GROUP = "cachelink.io"
 
-
-def _pythonpath() -> str:
-    parts = [str(ROOT), str(ROOT / "agent"), str(ROOT / "operator")]
-    if os.environ.get("PYTHONPATH"):
-        parts.append(os.environ["PYTHONPATH"])
-    return os.pathsep.join(parts)
+__all__ = [
+    "AGENT_NAMESPACE",
+    "AgentProcess",
+    "OperatorEnv",
+    "OperatorProcess",
+    "Workload",
+    "namespace",
+    "node_token",
+    "operator_env",
+    "tail",
+    "wait_for",
+]
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
-    env["PYTHONPATH"] = _pythonpath()
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def _common_free_port(hosts: list[str]) -> int:
-    """A port free on every one of ``hosts`` (one DaemonSet port serves all nodes)."""
-    for _ in range(200):
-        with socket.socket() as probe:
-            probe.bind((hosts[0], 0))
-            port = int(probe.getsockname()[1])
-        ok = True
-        for host in hosts[1:]:
-            with socket.socket() as other:
-                try:
-                    other.bind((host, port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return port
-    raise RuntimeError("no port free on every node address")
-
-
-def _stop(process: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, grace: float = 15.0) -> None:
-    if process is None or process.poll() is not None:
-        if process is not None:
-            process.wait()
-        return
-    process.send_signal(sig)
-    try:
-        process.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-def tail(path: Path, lines: int = 60) -> str:
-    """The last ``lines`` lines of a log file."""
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return ""
-
-
-def wait_for(predicate: Callable[[], T | None], timeout: float, what: str, interval: float = 0.25) -> T:
-    """Poll until ``predicate`` returns something truthy; TimeoutError naming ``what`` otherwise."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        last = predicate()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
-
-
-# ---------------------------------------------------------------------------------------------- agents
-
-
-class AgentProcess:
-    """One node's ``cachelink-agent`` (restartable on the same dirs, as its DaemonSet pod would be)."""
-
-    def __init__(self, root: Path, node: str, ip: str, port: int, secret: bytes, mode: str) -> None:
-        self.node, self.ip, self.port, self.mode = node, ip, port, mode
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
-        self.state_dir, self.run_dir = root / "state", root / "run"
-        self.pool_dir = Path(tempfile.mkdtemp(prefix=f"cachelink-e2e-{node}-", dir="/dev/shm"))
-        self.secret_file = root / "secret"
-        self.secret_file.write_bytes(secret)
-        self.secret = secret
-        self.url = f"http://{ip}:{port}"
-        self.token = node_token(secret, node)
-        self.log = root / "agent.log"
-        self.max_pool = "1Gi"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def argv(self) -> list[str]:
-        argv = [
-            sys.executable,
-            "-P",
-            "-m",
-            "cachelink_agent",
-            "--listen",
-            f"{self.ip}:{self.port}",
-            "--token-file",
-            str(self.secret_file),
-            "--state-dir",
-            str(self.state_dir),
-            "--run-dir",
-            str(self.run_dir),
-            "--pool-dir",
-            str(self.pool_dir),
-            "--node-name",
-            self.node,
-            "--host-id",
-            self.node,
-            "--max-pool-bytes",
-            self.max_pool,
-            "--reconcile-interval",
-            "1",
-            "--restart-backoff-max",
-            "2",
-        ]
-        if self.mode == "in-process":
-            argv.append("--in-process")
-        return argv
-
-    @property
-    def running(self) -> bool:
-        """The process is alive."""
-        return self.process is not None and self.process.poll() is None
-
-    def start(self) -> AgentProcess:
-        """Start the process and wait until it answers /readyz."""
-        with self.log.open("ab") as log:
-            log.write(f"==> start {' '.join(self.argv())}\n".encode())
-            self.process = subprocess.Popen(
-                self.argv(), stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=self.root
-            )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"agent {self.node} exited {self.process.returncode}:\n{tail(self.log)}")
-            with contextlib.suppress(Exception):
-                status, _ = self.call(lambda c: c.request("GET", "/readyz", timeout=2))
-                if status == 200:
-                    return self
-            time.sleep(0.1)
-        raise TimeoutError(f"agent {self.node} not ready:\n{tail(self.log)}")
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Stop the process (SIGKILL by default: a crash; SIGTERM keeps instances' pools)."""
-        _stop(self.process, sig)
-
-    def call(self, func: Callable[[AgentClient], Awaitable[T]], token: str | None = None) -> T:
-        """Run one client call against this agent."""
-
-        async def run() -> T:
-            async with AgentClient(self.url, self.token if token is None else token, timeout=30) as client:
-                return await func(client)
-
-        return asyncio.run(run())
-
-    def instances(self) -> list[models.InstanceStatus]:
-        """``GET /v1/instances``."""
-        return self.call(lambda c: c.get_instances())
-
-    def close(self) -> None:
-        """Stop and remove the pool files."""
-        self.kill(signal.SIGTERM)
-        shutil.rmtree(self.pool_dir, ignore_errors=True)
-
-
-# ------------------------------------------------------------------------------------------- operator
-
-
-class OperatorProcess:
-    """The operator as its Deployment would run it, but under a kubeconfig with the SA token only."""
-
-    def __init__(self, root: Path, kubeconfig: Path, resync_s: float = 20.0) -> None:
-        self.root, self.kubeconfig, self.resync_s = root, kubeconfig, resync_s
-        self.log = root / "operator.log"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.identity = ""
-        self.starts = 0
-
-    def argv(self) -> list[str]:
-        selector = ",".join(f"{k}={v}" for k, v in sorted(AGENT_LABELS.items()))
-        return [
-            sys.executable,
-            "-P",
-            "-m",
-            "cachelink_operator",
-            f"--kubeconfig={self.kubeconfig}",
-            f"--agent-namespace={AGENT_NAMESPACE}",
-            f"--agent-selector={selector}",
-            f"--agent-secret={AGENT_SECRET_NAME}",
-            f"--agent-secret-key={AGENT_SECRET_KEY}",
-            "--agent-timeout=10",
-            "--api-timeout=15",
-            f"--resync-interval={self.resync_s}",
-            "--retry-delay=0.5",
-            "--max-retry-delay=3",
-            "--owner-confirm-interval=10",
-            f"--leader-namespace={AGENT_NAMESPACE}",
-            "--leader-duration=6",
-            "--leader-renew=2",
-            f"--identity={self.identity}",
-            "--metrics-port=0",
-            "--health-port=0",
-            "--log-format=plain",
-            "--verbose",
-        ]
-
-    @property
-    def running(self) -> bool:
-        """The process is alive."""
-        return self.process is not None and self.process.poll() is None
-
-    def start(self) -> OperatorProcess:
-        """Start a new replica (new identity, as a new pod would have)."""
-        assert not self.running
-        self.starts += 1
-        self.identity = f"e2e-operator-{self.starts}-{uuid.uuid4().hex[:6]}"
-        with self.log.open("ab") as log:
-            log.write(f"\n==> start #{self.starts} {' '.join(self.argv())}\n".encode())
-            self.process = subprocess.Popen(
-                self.argv(), stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=self.root
-            )
-        return self
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Stop the process (SIGKILL: a crash)."""
-        _stop(self.process, sig, grace=20.0)
-
-    def lines(self) -> list[str]:
-        """The log lines of the current run."""
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return text[text.rfind("\n==> start") :].splitlines()
-
-    def check_alive(self) -> None:
-        """Raise with the log tail if the operator exited."""
-        if self.process is not None and self.process.poll() is not None:
-            raise RuntimeError(f"operator exited {self.process.returncode}:\n{tail(self.log, 80)}")
+    return child_env()
 
 
 # ---------------------------------------------------------------------------------------- workloads
@@ -409,20 +177,12 @@ class Workload:
 # ------------------------------------------------------------------------------------------ the env
 
 
-class OperatorEnv:
-    """The cluster, the agents, the operator, and helpers to drive and observe CacheLinks."""
+class OperatorEnv(LocalStack):
+    """The local stack, with helpers to drive and observe CacheLinks as the admin."""
 
     def __init__(self, cluster: DevCluster, root: Path, mode: str) -> None:
-        self.cluster, self.root, self.mode = cluster, root, mode
-        self.secret = secrets.token_hex(24).encode()
-        self.nodes = {node.name: node.ip for node in cluster.nodes}
-        self.port = _common_free_port(list(self.nodes.values()))
-        self.agents = {
-            name: AgentProcess(root / "agents" / name, name, ip, self.port, self.secret, mode)
-            for name, ip in self.nodes.items()
-        }
-        self.kubeconfig = root / "operator.kubeconfig"
-        self.operator = OperatorProcess(root, self.kubeconfig)
+        rbac = render_chart_rbac(cluster.helm_path, ROOT / "charts" / "cachelink", AGENT_NAMESPACE)
+        super().__init__(cluster, root, agent_mode=mode, rbac=rbac)
 
     # -- kubectl helpers ------------------------------------------------------------------------------
 
@@ -434,17 +194,11 @@ class OperatorEnv:
 
     def apply(self, *objects: dict[str, Any], check: bool = True) -> subprocess.CompletedProcess[str]:
         """``kubectl apply`` of these objects."""
-        body = json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)})
-        return self.kubectl("apply", "-f", "-", input=body, check=check)
+        return self.kube.apply(*objects, check=check)
 
     def get(self, *args: str) -> Any:
         """``kubectl get ARGS -o json`` (None when not found)."""
-        result = self.kubectl("get", *args, "-o", "json", check=False)
-        if result.returncode != 0:
-            if "NotFound" in result.stderr or "not found" in result.stderr:
-                return None
-            raise RuntimeError(result.stderr)
-        return json.loads(result.stdout)
+        return self.kube.get(*args)
 
     def cachelink(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The CacheLink object."""
@@ -497,194 +251,42 @@ class OperatorEnv:
         items: list[dict[str, Any]] = self.get("pods", "-n", namespace, "-l", selector)["items"]
         return items
 
-    def instances(self) -> dict[str, list[models.InstanceStatus]]:
-        """What every running agent reports, by node."""
-        return {node: agent.instances() for node, agent in self.agents.items() if agent.running}
-
-    def owned(self, uid: str) -> dict[str, models.InstanceStatus]:
-        """Instances owned by a CacheLink UID, by instance name."""
-        return {i.name: i for found in self.instances().values() for i in found if i.owner == uid}
-
-    # -- set-up -----------------------------------------------------------------------------------------
-
-    def setup(self) -> None:
-        """CRDs, agent namespace/Secret/DaemonSet, agents, RBAC + token kubeconfig; not the operator."""
-        self.kubectl("apply", "-f", str(ROOT / "crds"))
-        for crd in ("cachelinks.cachelink.io", "cachelinkpolicies.cachelink.io"):
-            self.kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
-        self.wait_namespace_gone(AGENT_NAMESPACE, only_terminating=True)
-        self.apply(
-            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": AGENT_NAMESPACE}},
-        )
-        self.apply(
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": {"name": AGENT_SECRET_NAME, "namespace": AGENT_NAMESPACE},
-                "type": "Opaque",
-                "data": {AGENT_SECRET_KEY: base64.b64encode(self.secret).decode()},
-            },
-            self.daemonset(),
-        )
-        self.wait_agent_pods()
-        for agent in self.agents.values():
-            agent.start()
-        self.apply_rbac()
-        self.write_kubeconfig()
-
-    def wait_namespace_gone(self, name: str, only_terminating: bool = False, timeout: float = 90.0) -> None:
-        """Wait until namespace ``name`` is gone (``only_terminating``: unless it is not being deleted)."""
-
-        def gone() -> bool:
-            found = self.get("namespace", name)
-            if found is None:
-                return True
-            return only_terminating and found.get("status", {}).get("phase") != "Terminating"
-
-        wait_for(gone, timeout, f"namespace {name} to be deleted")
-
-    def daemonset(self) -> dict[str, Any]:
-        """The agent DaemonSet: what the chart will deploy, minus a pullable image (KWOK runs nothing)."""
-        return {
-            "apiVersion": "apps/v1",
-            "kind": "DaemonSet",
-            "metadata": {"name": "cachelink-agent", "namespace": AGENT_NAMESPACE, "labels": AGENT_LABELS},
-            "spec": {
-                "selector": {"matchLabels": AGENT_LABELS},
-                "template": {
-                    "metadata": {"labels": AGENT_LABELS},
-                    "spec": {
-                        "hostNetwork": True,
-                        "nodeSelector": {"cachelink.dev/dev-cluster": "true"},
-                        "containers": [
-                            {
-                                "name": "agent",
-                                "image": "example.invalid/cachelink:e2e",
-                                "ports": [{"name": "api", "containerPort": self.port, "protocol": "TCP"}],
-                            }
-                        ],
-                    },
-                },
-            },
-        }
-
-    def wait_agent_pods(self) -> None:
-        """One Running agent pod per node, with the node's address."""
-        selector = ",".join(f"{k}={v}" for k, v in AGENT_LABELS.items())
-
-        def ready() -> bool:
-            pods = self.pods(AGENT_NAMESPACE, selector)
-            have = {
-                p["spec"].get("nodeName"): p["status"].get("podIP")
-                for p in pods
-                if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")
-            }
-            return have == self.nodes
-
-        wait_for(ready, 90, "an agent pod per node")
-
-    def apply_rbac(self) -> None:
-        """Render the chart's operator RBAC with helm and apply it."""
-        rendered = subprocess.run(
-            [
-                str(self.cluster.helm_path),
-                "template",
-                RELEASE,
-                str(ROOT / "charts" / "cachelink"),
-                "--namespace",
-                AGENT_NAMESPACE,
-                "--show-only",
-                "templates/operator-rbac.yaml",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert rendered.returncode == 0, rendered.stderr
-        self.kubectl("apply", "-f", "-", input=rendered.stdout)
-
-    def write_kubeconfig(self) -> None:
-        """A kubeconfig with the cluster's CA and the operator ServiceAccount's token, nothing else."""
-        token = self.kubectl(
-            "create", "token", OPERATOR_SA, "-n", AGENT_NAMESPACE, "--duration=4h"
-        ).stdout.strip()
-        admin = yaml.safe_load(self.cluster.kubeconfig.read_text())
-        cluster = admin["clusters"][0]
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [cluster],
-            "users": [{"name": OPERATOR_SA, "user": {"token": token}}],
-            "contexts": [{"name": "operator", "context": {"cluster": cluster["name"], "user": OPERATOR_SA}}],
-            "current-context": "operator",
-        }
-        self.kubeconfig.write_text(yaml.safe_dump(config))
-        self.kubeconfig.chmod(0o600)
-
-    def start_operator(self) -> None:
-        """Start the operator and wait until it holds the Lease."""
-        self.operator.start()
-        self.wait_leader()
-
-    def wait_leader(self, timeout: float = 60.0) -> None:
-        """Wait until the current operator process holds the leader Lease and kopf watches."""
-
-        def leading() -> bool:
-            self.operator.check_alive()
-            lease = self.get("lease", "cachelink-operator", "-n", AGENT_NAMESPACE)
-            return bool(lease) and lease["spec"].get("holderIdentity") == self.operator.identity
-
-        wait_for(leading, timeout, "the operator to hold the leader Lease")
-
-    def release_finalizers(self) -> None:
-        """Drop the operator's finalizer from every CacheLink left (the operator is gone)."""
-        found = self.get("cachelinks.cachelink.io", "-A")
-        for item in (found or {}).get("items", []):
-            meta = item["metadata"]
-            if meta.get("finalizers"):
-                self.kubectl(
-                    "patch",
-                    "cachelinks.cachelink.io",
-                    meta["name"],
-                    "-n",
-                    meta["namespace"],
-                    "--type=merge",
-                    "-p",
-                    '{"metadata": {"finalizers": null}}',
-                    check=False,
-                )
-
     def teardown(self) -> None:
         """Stop the operator and agents; remove what was applied cluster-wide."""
-        self.operator.kill(signal.SIGTERM)
-        self.release_finalizers()
-        for agent in self.agents.values():
-            agent.close()
-        self.kubectl("delete", "namespace", AGENT_NAMESPACE, "--wait=false", check=False)
-        with contextlib.suppress(TimeoutError):
-            self.wait_namespace_gone(AGENT_NAMESPACE, timeout=60)
-        self.kubectl(
-            "delete",
-            "clusterrole,clusterrolebinding",
-            "cachelink-operator",
-            "--ignore-not-found",
-            check=False,
-        )
+        self.down()
+
+
+#: one environment per session even though every test module loads this file by path (each copy of the
+#: module defines its own session fixture): the copies share it through this registry, counted
+_SHARED: dict[str, Any] = sys.modules.setdefault(
+    "_cachelink_e2e_operator_env", types.ModuleType("_cachelink_e2e_operator_env")
+).__dict__
 
 
 @pytest.fixture(scope="session")
 def operator_env(dev_cluster: DevCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorEnv]:
     """CRDs, agents (real processes) and the operator (real process, SA token) on the dev cluster."""
-    mode = os.environ.get("CACHELINK_E2E_AGENT_MODE", "in-process")
-    env = OperatorEnv(dev_cluster, tmp_path_factory.mktemp("operator-e2e"), mode)
+    env: OperatorEnv | None = _SHARED.get("env")
+    if env is None:
+        mode = os.environ.get("CACHELINK_E2E_AGENT_MODE", "in-process")
+        env = OperatorEnv(dev_cluster, tmp_path_factory.mktemp("operator-e2e"), mode)
+        _SHARED["env"], _SHARED["users"] = env, 0
+        try:
+            env.setup()
+            env.start_operator()
+        except BaseException:
+            del _SHARED["env"]
+            env.teardown()
+            raise
+    _SHARED["users"] += 1
     try:
-        env.setup()
-        env.start_operator()
         yield env
     finally:
-        env.teardown()
-        print(f"\noperator log: {env.operator.log}")
+        _SHARED["users"] -= 1
+        if _SHARED["users"] == 0:
+            del _SHARED["env"]
+            env.teardown()
+            print(f"\noperator log: {env.operator.log}")
 
 
 @pytest.fixture

@@ -1,0 +1,278 @@
+"""The cluster demo (``cachelink demo``): the whole product end to end on a local Kubernetes cluster.
+
+Starts (building its tools on first use, cached) the local development cluster with a prompt node and a
+decode node, applies the CRDs, runs a node agent per node and the operator (under the chart's RBAC), applies
+the sample CacheLinkPolicy and a CacheLink (prompt on node-a, decode on node-b), waits until it is Ready,
+has a workload on the decode node pull a 32-layer paged KV cache written on the prompt node and verify
+every byte, prints a summary, then deletes the CacheLink and shows that everything was finalized.
+
+Only ``--kubeconfig`` points the demo at another cluster; an exported ``KUBECONFIG`` is never used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cachelink.localstack import resources
+from cachelink.localstack.kube import Kube, KubeError
+from cachelink.localstack.kvcache import KvShape
+from cachelink.localstack.procs import wait_for
+from cachelink.localstack.report import summary
+from cachelink.localstack.transfer import transfer
+from cachelink.localstack.watch import CACHELINK, Watch, is_ready
+
+if TYPE_CHECKING:
+    from cachelink.localstack.stack import LocalStack
+
+DEFAULT_DATA_DIR = Path(".cachelink/demo")
+NODES = ("node-a", "node-b")
+
+
+def say(line: str) -> None:
+    """Print one progress line now (a closed stdout never stops the demo, nor its clean-up)."""
+    with contextlib.suppress(OSError):
+        print(line, flush=True)
+
+
+def resolve_kubeconfig(args: argparse.Namespace) -> Path | None:
+    """The external cluster's kubeconfig: only an explicit ``--kubeconfig`` (``KUBECONFIG`` is ignored)."""
+    return Path(args.kubeconfig).resolve() if args.kubeconfig else None
+
+
+# ------------------------------------------------------------------------------------------ samples
+
+
+def sample_objects(
+    prompt_node: str, decode_node: str
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The sample CacheLinkPolicy, the demo namespace and the demo CacheLink (nodes substituted)."""
+    (policy,) = resources.load_documents("demo-cachelinkpolicy.yaml")
+    namespace, cachelink = resources.load_documents("demo-cachelink.yaml")
+    cachelink["spec"]["prompt"]["nodeNames"] = [prompt_node]
+    cachelink["spec"]["decode"]["nodeNames"] = [decode_node]
+    return policy, namespace, cachelink
+
+
+# ---------------------------------------------------------------------------------- the local demo
+
+
+def run_local(data_dir: Path, shape: KvShape, keep: bool) -> int:
+    """The demo on its own cluster in ``data_dir``; tears everything down unless ``keep``."""
+    from cachelink.devcluster import DevCluster  # noqa: PLC0415 - only the local demo needs it
+    from cachelink.localstack.stack import LocalStack, clean  # noqa: PLC0415
+
+    begun = time.monotonic()
+    say(f"CacheLink demo: the whole product on a local Kubernetes cluster (data: {data_dir})")
+    say(f"KV cache: {shape.describe()}")
+    stack_root = data_dir / "stack"
+    leftovers = clean(stack_root)
+    if leftovers:
+        say(f"==> stopped what an earlier --keep run left: {', '.join(leftovers)}")
+    cluster = DevCluster(data_dir / "cluster", node_names=NODES, log=say)
+    say(f"==> local cluster: etcd, control plane, KWOK nodes {NODES[0]} (prompt) and {NODES[1]} (decode)")
+    started = time.monotonic()
+    cluster.up()
+    stack: LocalStack | None = None
+    ok = False
+    try:
+        stack = LocalStack(cluster, stack_root, nodes=NODES, log=say)
+        stack.up()
+        say(f"==> CacheLink stack up {time.monotonic() - started:.1f}s after the start of the cluster")
+        status = _local_body(stack, shape, keep)
+        ok = status == 0
+        return status
+    finally:
+        if keep and ok:
+            say(kept_hint(data_dir, cluster.kubeconfig))
+        else:
+            say("==> stopping the operator, the agents and the cluster")
+            if stack is not None:
+                stack.down(remove_objects=False)  # the cluster stops next; the objects stay for next time
+            cluster.log = _quiet
+            cluster.down()
+            say(f"==> stopped; nothing of the demo runs any more ({time.monotonic() - begun:.0f}s in all)")
+
+
+def _quiet(_line: str) -> None:
+    """Discard a progress line."""
+
+
+def _local_body(stack: LocalStack, shape: KvShape, keep: bool) -> int:
+    """Sample objects, Ready, the transfer, the summary; then (unless ``keep``) delete and finalize."""
+    kube = stack.kube
+    policy, namespace_obj, cachelink = sample_objects(*NODES)
+    namespace, name = cachelink["metadata"]["namespace"], cachelink["metadata"]["name"]
+    watch = Watch(kube, namespace, name, alive=stack.operator.check_alive, log=say)
+    if watch.get() is not None:
+        say(f"==> deleting the CacheLink {namespace}/{name} an earlier --keep run left")
+        kube.kubectl("delete", CACHELINK, name, "-n", namespace, "--wait=false")
+        watch.until(lambda o: o is None, 90, "to be deleted")
+    say(f"==> sample CacheLinkPolicy {policy['metadata']['name']} (namespaces labelled tier=inference)")
+    kube.apply(policy)
+    say(f"==> CacheLink {namespace}/{name}: prompt on {NODES[0]}, decode on {NODES[1]}; waiting for Ready")
+    kube.apply(namespace_obj, cachelink)
+    applied = time.monotonic()
+    obj = watch.until(lambda o: o is not None and is_ready(o), 120, "to be Ready")
+    ready_s = time.monotonic() - applied
+    uid, status = obj["metadata"]["uid"], obj["status"]
+    owned = stack.owned(uid)
+    link = status["links"][0]
+    prompt, decode = owned[link["prompt"]], owned[link["decode"]]
+    say("==> workloads attach to the instances' sockets, as an inference engine in a pod on the node would:")
+    say(f"    prompt on {NODES[0]}: {prompt.attach_socket}")
+    say(f"    decode on {NODES[1]}: {decode.attach_socket}")
+    moved = transfer(prompt.attach_socket, decode.attach_socket, link["promptClusterId"], shape, log=say)
+    obj = watch.get() or obj
+    if not obj["status"]["links"][0].get("dataPath"):
+        decode_links = decode.links
+        obj["status"]["links"][0]["dataPath"] = decode_links[0].data_path if decode_links else ""
+    say("")
+    say(summary(obj, ready_s, moved))
+    say("")
+    if not moved.verified:
+        say("FAILED: the pulled KV cache differs from what the prompt side wrote")
+        return 1
+    if keep:
+        return 0
+    say(f"==> deleting CacheLink {namespace}/{name}; the operator finalizes it")
+    kube.kubectl("delete", CACHELINK, name, "-n", namespace, "--wait=false")
+    watch.until(lambda o: o is None, 90, "to be finalized and gone")
+
+    def instances_gone() -> list[str] | None:
+        found = stack.instances()
+        if any(i.owner == uid for listed in found.values() for i in listed):
+            return None
+        return [f"{node}: {len(listed)} instances" for node, listed in sorted(found.items())]
+
+    counts = wait_for(instances_gone, 30, "the agents to have deleted the instances")
+    say(
+        "==> finalized: CacheLink gone (the operator removed its finalizer after deleting the instances); "
+        + ", ".join(counts)
+    )
+    secret = status.get("linkSecretName")
+    if secret:
+        say(f"==> link Secret {secret}: {_secret_fate(kube, namespace, secret)}")
+    return 0
+
+
+def _secret_fate(kube: Kube, namespace: str, secret: str, timeout: float = 3.0) -> str:
+    """Whether Kubernetes' garbage collector deleted the link Secret (owned by the CacheLink) yet."""
+    try:
+        wait_for(lambda: kube.get("secret", secret, "-n", namespace) is None, timeout, "the link Secret")
+    except TimeoutError:
+        return "owned by the CacheLink; Kubernetes' garbage collector deletes it (not yet)"
+    return "deleted by Kubernetes' garbage collector (owned by the CacheLink)"
+
+
+def down(data_dir: Path) -> int:
+    """``--down``: stop what ``--keep`` left running in ``data_dir``."""
+    from cachelink.devcluster import DevCluster  # noqa: PLC0415
+    from cachelink.localstack.stack import clean  # noqa: PLC0415
+
+    stopped = clean(data_dir / "stack")
+    if (data_dir / "cluster").is_dir():
+        stopped += DevCluster(data_dir / "cluster", log=_quiet).down()
+    say("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+    return 0
+
+
+# ------------------------------------------------------------------------------- an external cluster
+
+
+def run_external(args: argparse.Namespace, kubeconfig: Path) -> int:
+    """The demo on the cluster of ``--kubeconfig``: the chart must be installed there (agents, operator).
+
+    Applies the CRDs if missing, the sample policy and a CacheLink between ``--prompt-node`` and
+    ``--decode-node``, waits until Ready and prints the links; no transfer (a workload must run on the
+    node; see examples/attach_workload.py). Removes what it created unless ``--keep``.
+    """
+    kube = Kube(kubectl_binary(), kubeconfig)
+    say(f"CacheLink demo on the cluster of {kubeconfig} (expects the chart installed: agents, operator)")
+    missing = [crd for crd in resources.CRD_NAMES if kube.get("crd", crd) is None]
+    if missing:
+        say(f"==> CRDs: {', '.join(missing)}")
+        kube.apply(*[c for c in resources.crds() if c["metadata"]["name"] in missing], server_side=True)
+        kube.wait_crds_established(missing)
+    policy, namespace_obj, cachelink = sample_objects(args.prompt_node, args.decode_node)
+    namespace, name = cachelink["metadata"]["namespace"], cachelink["metadata"]["name"]
+    created = [
+        (kind, obj["metadata"]["name"])
+        for kind, obj in (("cachelinkpolicies.cachelink.io", policy), ("namespace", namespace_obj))
+        if kube.get(kind, obj["metadata"]["name"]) is None
+    ]
+    if ("cachelinkpolicies.cachelink.io", policy["metadata"]["name"]) in created:
+        kube.apply(policy)
+    if ("namespace", namespace) in created:
+        kube.apply(namespace_obj)
+    say(f"==> CacheLink {namespace}/{name}: prompt on {args.prompt_node}, decode on {args.decode_node}")
+    kube.apply(cachelink)
+    watch = Watch(kube, namespace, name, log=say)
+    applied = time.monotonic()
+    obj = watch.until(lambda o: o is not None and is_ready(o), 300, "to be Ready")
+    say("")
+    say(summary(obj, time.monotonic() - applied, None))
+    say("(no transfer: a workload must run on the decode node; see examples/attach_workload.py)")
+    if args.keep:
+        say(
+            "==> left running (--keep): "
+            f"kubectl --kubeconfig {shlex.quote(str(kubeconfig))} get cachelinks -A"
+        )
+        return 0
+    say(f"==> deleting CacheLink {namespace}/{name}; the operator finalizes it")
+    kube.kubectl("delete", CACHELINK, name, "-n", namespace, "--wait=false")
+    watch.until(lambda o: o is None, 120, "to be finalized and gone")
+    say("==> finalized: CacheLink gone (the operator removed its finalizer after deleting the instances)")
+    for kind, created_name in created:
+        kube.kubectl("delete", kind, created_name, "--wait=false", check=False)
+    return 0
+
+
+# -------------------------------------------------------------------------------------- entry point
+
+
+def run(args: argparse.Namespace) -> int:
+    """``cachelink demo`` (cluster mode); returns the exit status."""
+    data_dir = Path(args.data_dir).resolve()
+    external = resolve_kubeconfig(args)
+    try:
+        if args.down:
+            return down(data_dir)
+        if external is not None:
+            return run_external(args, external)
+        return run_local(data_dir, KvShape(layers=args.layers, blocks=args.blocks), keep=args.keep)
+    except (KubeError, TimeoutError, RuntimeError, OSError) as exc:
+        print(f"cachelink demo: error: {exc}", file=sys.stderr)
+        if external is None and not args.down:
+            print(f"cachelink demo: the logs are under {data_dir}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("cachelink demo: interrupted; what it started was stopped", file=sys.stderr)
+        return 130
+
+
+def kept_hint(data_dir: Path, kubeconfig: Path) -> str:
+    """What to run after ``--keep``."""
+    stop = f"cachelink demo --down --data-dir {shlex.quote(str(data_dir))}"
+    return (
+        "==> left running (--keep). Use it with kubectl:\n"
+        f"    export KUBECONFIG={shlex.quote(str(kubeconfig))}\n"
+        "    kubectl get cachelinks -A\n"
+        f"==> stop it with: {stop}"
+    )
+
+
+def kubectl_binary() -> Path:
+    """kubectl for an external cluster: the one on PATH, else the dev cluster's (built on first use)."""
+    found = shutil.which("kubectl")
+    if found:
+        return Path(found)
+    from cachelink.devcluster import ensure_tools  # noqa: PLC0415
+
+    return ensure_tools(log=say).kubectl

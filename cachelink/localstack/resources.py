@@ -1,0 +1,51 @@
+"""Files shipped in ``cachelink/localstack/data``: the CRDs, the operator's RBAC, the demo's samples.
+
+They are copies (``python -m cachelink.localstack.sync`` refreshes them; tests compare them with their
+sources) so that the demo works from an installed wheel. In a checkout, :func:`crds` reads ``crds/``
+itself, so a CRD being edited is what runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+CRD_NAMES = ("cachelinks.cachelink.io", "cachelinkpolicies.cachelink.io")
+CRD_FILES = ("cachelink.io_cachelinks.yaml", "cachelink.io_cachelinkpolicies.yaml")
+
+
+def checkout_root() -> Path | None:
+    """The repository the package runs from, if it runs from a checkout (not from a wheel)."""
+    root = DATA_DIR.parents[2]
+    if (root / "pyproject.toml").is_file() and (root / "crds").is_dir() and (root / "charts").is_dir():
+        return root
+    return None
+
+
+def read_text(name: str) -> str:
+    """The text of ``data/<name>``."""
+    return (DATA_DIR / name).read_text(encoding="utf-8")
+
+
+def load_documents(name: str) -> list[dict[str, Any]]:
+    """The YAML documents of ``data/<name>`` (empty ones dropped)."""
+    return [doc for doc in yaml.safe_load_all(read_text(name)) if doc]
+
+
+def crds() -> list[dict[str, Any]]:
+    """The CustomResourceDefinitions of CacheLink and CacheLinkPolicy (a checkout's ``crds/`` first)."""
+    root = checkout_root()
+    docs = []
+    for name in CRD_FILES:
+        text = (root / "crds" / name).read_text() if root else read_text(f"crds/{name}")
+        docs += [doc for doc in yaml.safe_load_all(text) if doc]
+    return docs
+
+
+def chart_dir() -> Path | None:
+    """The chart of a checkout (None when running from a wheel)."""
+    root = checkout_root()
+    return root / "charts" / "cachelink" if root else None
