@@ -46,7 +46,7 @@ std::vector<uint64_t> Reader::u64s() {
     return {};
   }
   std::vector<uint64_t> v(n);
-  std::memcpy(v.data(), data_ + pos_, n * sizeof(uint64_t));
+  if (n > 0) std::memcpy(v.data(), data_ + pos_, n * sizeof(uint64_t));  // an empty vector has no buffer
   pos_ += n * sizeof(uint64_t);
   return v;
 }
