@@ -15,34 +15,21 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 #: the packages every child process imports (in a checkout they live in different folders)
-PACKAGES = ("cachelink", "llm_datadist", "cachelink_agent", "cachelink_operator")
-
-
-def _package_roots() -> list[str]:
-    roots: list[str] = []
-    for name in PACKAGES:
-        spec = find_spec(name)
-        if spec is None or not spec.submodule_search_locations:
-            continue
-        root = str(Path(next(iter(spec.submodule_search_locations))).resolve().parent)
-        if root not in roots:
-            roots.append(root)
-    return roots
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """This process's environment for a child: the packages importable, ``KUBECONFIG`` never inherited."""
+    """This process's environment for a child, ``KUBECONFIG`` never inherited.
+
+    Children run this interpreter and import what it has installed (an inherited ``PYTHONPATH`` still
+    applies for development runs); a source checkout is never added, since its ``llm_datadist`` has no
+    compiled core.
+    """
     env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
-    parts = _package_roots()
-    if env.get("PYTHONPATH"):
-        parts.append(env["PYTHONPATH"])
-    env["PYTHONPATH"] = os.pathsep.join(parts)
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
     return env

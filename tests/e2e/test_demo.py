@@ -26,9 +26,6 @@ pytestmark = pytest.mark.e2e
 def demo(data_dir: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     env["KUBECONFIG"] = str(data_dir / "does-not-exist.kubeconfig")  # must be ignored
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(ROOT), str(ROOT / "agent"), str(ROOT / "operator"), env.get("PYTHONPATH", "")]
-    )
     return subprocess.run(
         [sys.executable, "-P", "-m", "cachelink.cli", "demo", "--data-dir", str(data_dir), *args],
         capture_output=True,
