@@ -67,7 +67,7 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(line[:400] for line in picked)
 
 
-def _start_time(pid: int) -> str | None:
+def start_time(pid: int) -> str | None:
     """The kernel start time of ``pid`` (field 22 of /proc/pid/stat), or None if it is gone or a zombie."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -110,7 +110,7 @@ class Process:
         except (OSError, ValueError):
             return None
         pid = int(record["pid"])
-        return pid if _start_time(pid) == record["start_time"] else None
+        return pid if start_time(pid) == record["start_time"] else None
 
     def running(self) -> bool:
         """Whether the recorded process is alive."""
@@ -138,8 +138,8 @@ class Process:
             except OSError as exc:
                 raise ComponentExitedError(f"cannot start {self.name} ({argv[0]}): {exc}") from exc
         _CHILDREN[proc.pid] = proc
-        start_time = _start_time(proc.pid)
-        self.pid_file.write_text(json.dumps({"pid": proc.pid, "start_time": start_time, "argv": list(argv)}))
+        started = start_time(proc.pid)
+        self.pid_file.write_text(json.dumps({"pid": proc.pid, "start_time": started, "argv": list(argv)}))
         return proc.pid
 
     def exited_error(self, doing: str) -> ComponentExitedError:

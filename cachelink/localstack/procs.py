@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from cachelink.devcluster.processes import start_time
+
 T = TypeVar("T")
 #: the packages every child process imports (in a checkout they live in different folders)
 
@@ -38,18 +40,6 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 def python_argv(module: str, *args: str) -> list[str]:
     """``python -P -m module args`` with this interpreter."""
     return [sys.executable, "-P", "-m", module, *args]
-
-
-def start_time(pid: int) -> str | None:
-    """The kernel start time of ``pid`` (field 22 of /proc/pid/stat), or None if it is gone or a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] in ("Z", "X"):
-        return None
-    return fields[19]
 
 
 def tail(path: Path, lines: int = 60) -> str:
