@@ -137,58 +137,11 @@ Status connect_tcp(const std::string& ip, uint16_t port, Deadline deadline, Fd* 
   return Status::Ok();
 }
 
-IoResult sendv_all(int fd, std::vector<iovec> iov, Deadline deadline) {
-  size_t index = 0;
-  while (index < iov.size()) {
-    if (iov[index].iov_len == 0) {
-      ++index;
-      continue;
-    }
-    size_t count = std::min<size_t>(iov.size() - index, IOV_MAX);
-    msghdr msg{};
-    msg.msg_iov = &iov[index];
-    msg.msg_iovlen = count;
-    ssize_t n = ::sendmsg(fd, &msg, MSG_NOSIGNAL);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) {
-        IoResult waited = wait_for(fd, POLLOUT, deadline);
-        if (!waited.ok()) return waited;
-        continue;
-      }
-      return {IoError::kClosed, std::strerror(errno)};
-    }
-    advance(iov, &index, static_cast<size_t>(n));
-  }
-  return {};
-}
+namespace {
 
-IoResult send_all(int fd, const void* data, size_t len, Deadline deadline) {
-  return sendv_all(fd, {iovec{const_cast<void*>(data), len}}, deadline);
-}
-
-IoResult recv_all(int fd, void* data, size_t len, Deadline deadline) {
-  auto* cursor = static_cast<char*>(data);
-  while (len > 0) {
-    ssize_t n = ::recv(fd, cursor, len, 0);
-    if (n > 0) {
-      cursor += n;
-      len -= static_cast<size_t>(n);
-      continue;
-    }
-    if (n == 0) return {IoError::kClosed, "connection closed by peer"};
-    if (errno == EINTR) continue;
-    if (errno == EAGAIN || errno == EWOULDBLOCK) {
-      IoResult waited = wait_for(fd, POLLIN, deadline);
-      if (!waited.ok()) return waited;
-      continue;
-    }
-    return {IoError::kClosed, std::strerror(errno)};
-  }
-  return {};
-}
-
-IoResult recvv_all(int fd, std::vector<iovec> iov, Deadline deadline) {
+/// Moves every byte of `iov` through `fd` in one direction before the deadline: sendmsg or recvmsg,
+/// up to IOV_MAX pieces a call, waiting in poll() when the socket is not ready.
+IoResult move_iov(int fd, std::vector<iovec> iov, Deadline deadline, bool sending) {
   size_t index = 0;
   while (index < iov.size()) {
     if (iov[index].iov_len == 0) {
@@ -198,12 +151,12 @@ IoResult recvv_all(int fd, std::vector<iovec> iov, Deadline deadline) {
     msghdr msg{};
     msg.msg_iov = &iov[index];
     msg.msg_iovlen = std::min<size_t>(iov.size() - index, IOV_MAX);
-    ssize_t n = ::recvmsg(fd, &msg, 0);
-    if (n == 0) return {IoError::kClosed, "connection closed by peer"};
+    ssize_t n = sending ? ::sendmsg(fd, &msg, MSG_NOSIGNAL) : ::recvmsg(fd, &msg, 0);
+    if (n == 0 && !sending) return {IoError::kClosed, "connection closed by peer"};
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) {
-        IoResult waited = wait_for(fd, POLLIN, deadline);
+        IoResult waited = wait_for(fd, sending ? POLLOUT : POLLIN, deadline);
         if (!waited.ok()) return waited;
         continue;
       }
@@ -212,6 +165,24 @@ IoResult recvv_all(int fd, std::vector<iovec> iov, Deadline deadline) {
     advance(iov, &index, static_cast<size_t>(n));
   }
   return {};
+}
+
+}  // namespace
+
+IoResult sendv_all(int fd, std::vector<iovec> iov, Deadline deadline) {
+  return move_iov(fd, std::move(iov), deadline, true);
+}
+
+IoResult send_all(int fd, const void* data, size_t len, Deadline deadline) {
+  return sendv_all(fd, {iovec{const_cast<void*>(data), len}}, deadline);
+}
+
+IoResult recvv_all(int fd, std::vector<iovec> iov, Deadline deadline) {
+  return move_iov(fd, std::move(iov), deadline, false);
+}
+
+IoResult recv_all(int fd, void* data, size_t len, Deadline deadline) {
+  return recvv_all(fd, {iovec{data, len}}, deadline);
 }
 
 IoResult discard(int fd, uint64_t len, Deadline deadline) {
