@@ -95,6 +95,7 @@ class LocalStack:
         agent_mode: str = "in-process",
         rbac: list[dict[str, Any]] | None = None,
         resync_s: float = 20.0,
+        max_pool: str = "1Gi",
         log: Log = _quiet,
     ) -> None:
         self.cluster, self.root, self.mode, self.log = cluster, Path(root), agent_mode, log
@@ -105,7 +106,9 @@ class LocalStack:
         self.rbac = rbac if rbac is not None else default_rbac(cluster.helm_path)
         self.port = _stack_port(self.root, list(self.nodes.values()))
         self.agents = {
-            name: AgentProcess(self.root / "agents" / name, name, ip, self.port, self.secret, agent_mode)
+            name: AgentProcess(
+                self.root / "agents" / name, name, ip, self.port, self.secret, agent_mode, max_pool
+            )
             for name, ip in self.nodes.items()
         }
         self.kubeconfig = self.root / "operator.kubeconfig"
