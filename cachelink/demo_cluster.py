@@ -128,7 +128,15 @@ def _local_body(stack: LocalStack, shape: KvShape, keep: bool) -> int:
     say("==> workloads attach to the instances' sockets, as an inference engine in a pod on the node would:")
     say(f"    prompt on {NODES[0]}: {prompt.attach_socket}")
     say(f"    decode on {NODES[1]}: {decode.attach_socket}")
-    moved = transfer(prompt.attach_socket, decode.attach_socket, link["promptClusterId"], shape, log=say)
+    moved = transfer(
+        prompt.attach_socket,
+        decode.attach_socket,
+        link["promptClusterId"],
+        shape,
+        log=say,
+        prompt_node=stack.on_node(NODES[0]),
+        decode_node=stack.on_node(NODES[1]),
+    )
     obj = watch.get() or obj
     if not obj["status"]["links"][0].get("dataPath"):
         decode_links = decode.links

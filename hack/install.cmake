@@ -5,3 +5,8 @@ install(
   DESTINATION cachelink/devcluster/hack
   FILES_MATCHING PATTERN "go.mod" PATTERN "go.sum" PATTERN "*.go"
 )
+# ... and the Helm chart, which `cachelink demo` installs into the local cluster.
+install(
+  DIRECTORY "${CMAKE_CURRENT_LIST_DIR}/../charts/cachelink/"
+  DESTINATION cachelink/localstack/chart
+)

@@ -26,6 +26,7 @@ from cachelink.devcluster.components import (
     Layout,
     Ports,
     command_lines,
+    write_audit_policy,
 )
 from cachelink.devcluster.errors import DevClusterError
 from cachelink.devcluster.kubeconfig import write_kubeconfig
@@ -102,6 +103,13 @@ class DevCluster:
         return self.layout.admin_kubeconfig
 
     @property
+    def audit_log(self) -> Path:
+        """The API server's audit log (JSON lines, rotated at 200 MB keeping one backup): requests of
+        every ServiceAccount outside kube-system at Metadata level (user, verb, objectRef, response code),
+        stage ResponseComplete (or ResponseStarted once for a watch); nothing of users with certificates."""
+        return self.layout.audit_log
+
+    @property
     def tools(self) -> Tools:
         """The built tools (built on first access)."""
         if self._tools is None:
@@ -167,6 +175,7 @@ class DevCluster:
         self._write_state(state)
         pki = ensure_pki(self.layout.pki, SERVICE_IP)
         self._write_kubeconfigs(pki, ports)
+        write_audit_policy(self.layout)
         self._check_ports(ports)
         started: list[str] = []
         try:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from cachelink.devcluster.build import Tools
 from cachelink.devcluster.pki import Pki
@@ -19,6 +22,21 @@ SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 KWOK_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 #: components in start order (``down`` stops them in reverse)
 ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+#: size (MB) at which the API server rotates its audit log, and how many rotated files it keeps
+AUDIT_LOG_MAX_MB = 200
+AUDIT_LOG_BACKUPS = 1
+#: what the API server audits: every workload's ServiceAccount at Metadata level (the operator's
+#: included), not kube-system's controller accounts (the controller manager's noise), nothing else
+AUDIT_POLICY: dict[str, Any] = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [
+        {"level": "None", "userGroups": ["system:serviceaccounts:kube-system"]},
+        {"level": "Metadata", "userGroups": ["system:serviceaccounts"]},
+        {"level": "None"},
+    ],
+}
 
 
 @dataclass(frozen=True)
@@ -77,6 +95,23 @@ class Layout:
         """The kubeconfig of one control-plane component."""
         return self.root / "kubeconfigs" / f"{component}.kubeconfig"
 
+    @property
+    def audit_policy(self) -> Path:
+        """The API server's audit policy (:data:`AUDIT_POLICY`)."""
+        return self.root / "audit-policy.yaml"
+
+    @property
+    def audit_log(self) -> Path:
+        """The API server's audit log: one JSON event per line."""
+        return self.logs / "audit.log"
+
+
+def write_audit_policy(layout: Layout) -> Path:
+    """Write :data:`AUDIT_POLICY` where the API server reads it; returns its path."""
+    layout.root.mkdir(parents=True, exist_ok=True)
+    layout.audit_policy.write_text(yaml.safe_dump(AUDIT_POLICY, sort_keys=False))
+    return layout.audit_policy
+
 
 def command_lines(tools: Tools, layout: Layout, pki: Pki, ports: Ports) -> dict[str, list[str]]:
     """The argv of every component."""
@@ -123,6 +158,11 @@ def command_lines(tools: Tools, layout: Layout, pki: Pki, ports: Ports) -> dict[
             "--requestheader-username-headers=X-Remote-User",
             "--requestheader-group-headers=X-Remote-Group",
             "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--audit-policy-file={layout.audit_policy}",
+            f"--audit-log-path={layout.audit_log}",
+            "--audit-log-format=json",
+            f"--audit-log-maxsize={AUDIT_LOG_MAX_MB}",
+            f"--audit-log-maxbackup={AUDIT_LOG_BACKUPS}",
             "--profiling=false",
             "--v=1",
         ],

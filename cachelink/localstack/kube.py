@@ -9,6 +9,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from cachelink.localstack.procs import child_env, wait_for
 
 
@@ -44,6 +46,13 @@ class Kube:
                 f"`kubectl {' '.join(args)}` failed ({result.returncode}): {result.stderr.strip()}"
             )
         return result
+
+    def server(self) -> str:
+        """The API server URL of the kubeconfig's current context."""
+        config = yaml.safe_load(self.kubeconfig.read_text())
+        context = next(c for c in config["contexts"] if c["name"] == config["current-context"])
+        cluster = next(c for c in config["clusters"] if c["name"] == context["context"]["cluster"])
+        return str(cluster["cluster"]["server"])
 
     def apply(
         self, *objects: dict[str, Any], check: bool = True, server_side: bool = False

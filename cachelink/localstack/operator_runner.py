@@ -1,73 +1,48 @@
-"""The operator as its Deployment would run it, but here as a process under a ServiceAccount kubeconfig."""
+"""The operator: the chart's Deployment pod, its container run as a local process (in-cluster login with
+the pod's own bound ServiceAccount token, so only the chart's RBAC applies)."""
 
 from __future__ import annotations
 
 import signal
-import uuid
 from pathlib import Path
 from typing import Any
 
-from cachelink.localstack.agents import AGENT_NAMESPACE, AGENT_SECRET_KEY, AGENT_SECRET_NAME, AGENT_SELECTOR
-from cachelink.localstack.procs import ManagedProcess, child_env, python_argv, tail
+from cachelink.localstack.kube import Kube
+from cachelink.localstack.podrun import Node, PodProcess
+from cachelink.localstack.procs import tail
 
 LEASE_NAME = "cachelink-operator"
+OPERATOR_SELECTOR = "app.kubernetes.io/component=operator,app.kubernetes.io/name=cachelink"
 
 
 class OperatorProcess:
-    """``python -m cachelink_operator`` with the chart's flags and a short leader Lease."""
+    """The operator pod's container; ``start`` after ``kill`` is a container restart (same identity)."""
 
-    def __init__(self, root: Path, kubeconfig: Path, resync_s: float = 20.0) -> None:
-        self.root, self.kubeconfig, self.resync_s = root, kubeconfig, resync_s
-        self.log = root / "operator.log"
-        self.managed = ManagedProcess("operator", root / "operator.pid", self.log)
-        self.identity = ""
+    def __init__(self, kube: Kube, pod: dict[str, Any], root: Path, node: Node) -> None:
+        self.pod = PodProcess(kube, pod, "operator", root, node)
+        self.identity = self.pod.name  # POD_NAME: the leader election identity
+        self.log = self.pod.log
         self.starts = 0
 
     @property
     def process(self) -> Any:
-        """The ``Popen`` of the current replica (None before the first start)."""
-        return self.managed.process
-
-    def argv(self) -> list[str]:
-        """The operator's command line."""
-        return python_argv(
-            "cachelink_operator",
-            f"--kubeconfig={self.kubeconfig}",
-            f"--agent-namespace={AGENT_NAMESPACE}",
-            f"--agent-selector={AGENT_SELECTOR}",
-            f"--agent-secret={AGENT_SECRET_NAME}",
-            f"--agent-secret-key={AGENT_SECRET_KEY}",
-            "--agent-timeout=10",
-            "--api-timeout=15",
-            f"--resync-interval={self.resync_s}",
-            "--retry-delay=0.5",
-            "--max-retry-delay=3",
-            "--owner-confirm-interval=10",
-            f"--leader-namespace={AGENT_NAMESPACE}",
-            "--leader-duration=6",
-            "--leader-renew=2",
-            f"--identity={self.identity}",
-            "--metrics-port=0",
-            "--health-port=0",
-            "--log-format=plain",
-            "--verbose",
-        )
+        """The ``Popen`` of the current run (None before the first start)."""
+        return self.pod.process
 
     @property
     def running(self) -> bool:
         """The process is alive."""
-        return self.managed.running
+        return self.pod.running
 
     def start(self) -> OperatorProcess:
-        """Start a new replica (a new identity, as a new pod would have)."""
+        """Start (or restart) the container's process."""
         self.starts += 1
-        self.identity = f"local-operator-{self.starts}-{uuid.uuid4().hex[:6]}"
-        self.managed.start(self.argv(), child_env(), self.root, header=f"start #{self.starts}")
+        self.pod.start(header=f"start #{self.starts}")
         return self
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Stop the process (SIGKILL: a crash)."""
-        self.managed.stop(sig, grace=20.0)
+        self.pod.stop(sig, grace=20.0)
 
     def lines(self) -> list[str]:
         """The log lines of the current run."""
@@ -76,5 +51,5 @@ class OperatorProcess:
 
     def check_alive(self) -> None:
         """Raise with the log tail if the operator exited."""
-        if self.managed.process is not None and not self.managed.running:
-            raise RuntimeError(f"operator exited {self.managed.returncode}:\n{tail(self.log, 80)}")
+        if self.pod.process is not None and not self.pod.running:
+            raise RuntimeError(f"operator exited {self.pod.managed.returncode}:\n{tail(self.log, 80)}")

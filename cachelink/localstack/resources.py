@@ -46,6 +46,9 @@ def crds() -> list[dict[str, Any]]:
 
 
 def chart_dir() -> Path | None:
-    """The chart of a checkout (None when running from a wheel)."""
+    """The chart: a checkout's ``charts/cachelink``, else the copy installed with the package."""
     root = checkout_root()
-    return root / "charts" / "cachelink" if root else None
+    if root is not None:
+        return root / "charts" / "cachelink"
+    installed = DATA_DIR.parent / "chart"
+    return installed if (installed / "Chart.yaml").is_file() else None

@@ -1,19 +1,22 @@
-"""``LocalStack``: the whole product on a :class:`DevCluster` - CRDs, agents, RBAC, the operator.
+"""``LocalStack``: the whole product on a :class:`DevCluster`, installed by its Helm chart.
 
-``up()`` applies the CRDs, the agents' namespace, Secret and DaemonSet, starts one real agent per node,
-applies the operator's RBAC, writes a kubeconfig with only its ServiceAccount token and starts the operator;
-``down()`` stops every process by its recorded pid and removes what was applied cluster-wide. Processes
-run detached, so ``up()`` without ``down()`` (``cachelink demo --keep``) leaves the stack running, and
-:func:`stop_recorded` stops it from a later run.
+``up()`` runs ``helm upgrade --install`` of the chart (CRDs, RBAC, the agents' Secret and DaemonSet, the
+operator Deployment) with values for the development cluster, then runs each product container as a
+local process started from its pod (KWOK runs pods without containers): one agent per node, then the
+operator under its own pod-bound ServiceAccount token; ``down()`` stops every process by its recorded
+pid and uninstalls the release. Processes run detached, so ``up()`` without ``down()``
+(``cachelink demo --keep``) leaves the stack running, and :func:`stop_recorded` stops it from a later run.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
-import secrets
 import shutil
 import signal
+import tempfile
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -25,15 +28,25 @@ from cachelink.devcluster import DevCluster
 from cachelink.localstack import resources
 from cachelink.localstack.agents import (
     AGENT_NAMESPACE,
+    AGENT_SECRET_KEY,
+    AGENT_SECRET_NAME,
     AGENT_SELECTOR,
     AgentProcess,
-    agent_objects,
-    stop_recorded_agent,
+    api_port,
 )
+from cachelink.localstack.chart import Release, stack_values
 from cachelink.localstack.kube import Kube
-from cachelink.localstack.operator_runner import LEASE_NAME, OperatorProcess
-from cachelink.localstack.procs import ManagedProcess, common_free_port, port_free_on, tail, wait_for
-from cachelink.localstack.rbac import default_rbac, token_kubeconfig
+from cachelink.localstack.operator_runner import LEASE_NAME, OPERATOR_SELECTOR, OperatorProcess
+from cachelink.localstack.podrun import SHM, Node, host_path_mounts, in_mount_namespace
+from cachelink.localstack.podspec import ContainerPlan
+from cachelink.localstack.procs import (
+    ManagedProcess,
+    child_env,
+    common_free_port,
+    port_free_on,
+    tail,
+    wait_for,
+)
 
 Log = Callable[[str], None]
 
@@ -43,31 +56,41 @@ def _quiet(_line: str) -> None:
 
 
 def stop_recorded(root: Path) -> list[str]:
-    """Stop the operator and agents an earlier run recorded under ``root``; returns what was running."""
+    """Stop the containers an earlier run recorded under ``root``; returns what was running."""
     stopped = []
-    if ManagedProcess("operator", root / "operator.pid", root / "operator.log").stop(grace=20.0):
-        stopped.append("operator")
-    agents = root / "agents"
-    for node_dir in sorted(agents.iterdir()) if agents.is_dir() else []:
-        if stop_recorded_agent(node_dir):
-            stopped.append(f"agent {node_dir.name}")
+    pods = root / "pods"
+    for pid_file in sorted(pods.glob("*/*.pid")) if pods.is_dir() else []:
+        name = f"{pid_file.parent.name.partition('_')[2]}/{pid_file.stem}"
+        if ManagedProcess(name, pid_file, pid_file.with_suffix(".log")).stop(grace=20.0):
+            stopped.append(name)
     return stopped
 
 
 def clean(root: Path) -> list[str]:
-    """:func:`stop_recorded`, then forget the agents' state: the next stack starts fresh."""
+    """:func:`stop_recorded`, then forget the nodes' files and pods' volumes: the next stack starts fresh."""
     stopped = stop_recorded(root)
-    shutil.rmtree(root / "agents", ignore_errors=True)
+    shm_record = root / "shm-root"
+    if shm_record.exists():
+        shm_root = Path(shm_record.read_text().strip())
+        if shm_root.parent == SHM and shm_root.name.startswith("cachelink-stack-"):
+            shutil.rmtree(shm_root, ignore_errors=True)
+        shm_record.unlink()
+    for folder in ("nodes", "pods"):
+        shutil.rmtree(root / folder, ignore_errors=True)
     return stopped
 
 
-def _api_port(pod: dict[str, Any]) -> int | None:
-    """The container port named ``api`` of a pod."""
-    for container in pod["spec"].get("containers", []):
-        for port in container.get("ports", []):
-            if port.get("name") == "api":
-                return int(port["containerPort"])
-    return None
+def _shm_root(root: Path) -> Path:
+    """This stack's folder in /dev/shm (host paths under /dev/shm: the pools), recorded for clean-up."""
+    record = root / "shm-root"
+    with contextlib.suppress(OSError):
+        recorded = Path(record.read_text().strip())
+        if recorded.is_dir():
+            return recorded
+    shm_root = Path(tempfile.mkdtemp(prefix="cachelink-stack-", dir=SHM))
+    shm_root.chmod(0o755)
+    record.write_text(str(shm_root))
+    return shm_root
 
 
 def _stack_port(root: Path, hosts: list[str]) -> int:
@@ -83,8 +106,16 @@ def _stack_port(root: Path, hosts: list[str]) -> int:
     return port
 
 
+def _running(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        p
+        for p in pods
+        if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")
+    ]
+
+
 class LocalStack:
-    """CRDs, agents (real processes), RBAC and the operator (real process, SA token) on a dev cluster."""
+    """The chart installed on a dev cluster, its agents and operator run as local processes."""
 
     def __init__(
         self,
@@ -93,7 +124,6 @@ class LocalStack:
         *,
         nodes: Sequence[str] | None = None,
         agent_mode: str = "in-process",
-        rbac: list[dict[str, Any]] | None = None,
         resync_s: float = 20.0,
         max_pool: str = "1Gi",
         log: Log = _quiet,
@@ -101,18 +131,25 @@ class LocalStack:
         self.cluster, self.root, self.mode, self.log = cluster, Path(root), agent_mode, log
         self.root.mkdir(parents=True, exist_ok=True)
         self.kube = Kube(cluster.kubectl_path, cluster.kubeconfig)
-        self.secret = secrets.token_hex(24).encode()
         self.nodes = {n.name: n.ip for n in cluster.nodes if nodes is None or n.name in nodes}
-        self.rbac = rbac if rbac is not None else default_rbac(cluster.helm_path)
         self.port = _stack_port(self.root, list(self.nodes.values()))
-        self.agents = {
-            name: AgentProcess(
-                self.root / "agents" / name, name, ip, self.port, self.secret, agent_mode, max_pool
-            )
-            for name, ip in self.nodes.items()
-        }
-        self.kubeconfig = self.root / "operator.kubeconfig"
-        self.operator = OperatorProcess(self.root, self.kubeconfig, resync_s)
+        self.values = stack_values(self.port, agent_mode, max_pool, resync_s)
+        self.release = Release(cluster.helm_path, cluster.kubeconfig, self.root)
+        self.shm_root = _shm_root(self.root)
+        self.secret = b""
+        self.agents: dict[str, AgentProcess] = {}
+        self._operator: OperatorProcess | None = None
+
+    @property
+    def operator(self) -> OperatorProcess:
+        """The operator pod's container (after :meth:`setup`)."""
+        if self._operator is None:
+            raise RuntimeError("the stack is not set up: no operator pod yet")
+        return self._operator
+
+    def node(self, name: str) -> Node:
+        """Local folders standing in for node ``name``'s filesystem."""
+        return Node(name, self.root / "nodes" / name, self.shm_root / name)
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -135,28 +172,20 @@ class LocalStack:
         return self
 
     def setup(self) -> None:
-        """CRDs, agent namespace/Secret/DaemonSet, agents, RBAC + token kubeconfig; not the operator."""
-        self.log("==> CRDs: CacheLink, CacheLinkPolicy")
-        self.kube.apply(*resources.crds(), server_side=True)
-        self.kube.wait_crds_established(resources.CRD_NAMES)
+        """The chart installed, its pods scheduled, one agent per node running; not the operator."""
         self.kube.wait_namespace_gone(AGENT_NAMESPACE, only_terminating=True)
-        self.log(f"==> agent DaemonSet in {AGENT_NAMESPACE} (port {self.port}) and its Secret")
-        namespace, *objects = agent_objects(self.secret, self.port)
-        self.kube.apply(namespace)
-        # pods of a namespace without its default ServiceAccount are refused (and the DaemonSet backs off)
-        wait_for(
-            lambda: self.kube.get("serviceaccount", "default", "-n", AGENT_NAMESPACE),
-            60,
-            f"the default ServiceAccount of {AGENT_NAMESPACE}",
-        )
-        self.kube.apply(*objects)
-        self.wait_agent_pods()
-        for agent in self.agents.values():
-            self.log(f"==> agent on {agent.node} at {agent.url} (log: {agent.log})")
+        self.log(f"==> helm upgrade --install {self.release.chart.name} (agent port {self.port})")
+        self.release.install(self.values)
+        self.kube.wait_crds_established(resources.CRD_NAMES)
+        secret = self.kube.get("secret", AGENT_SECRET_NAME, "-n", AGENT_NAMESPACE)
+        self.secret = base64.b64decode(secret["data"][AGENT_SECRET_KEY])
+        for name, pod in self.wait_agent_pods().items():
+            agent = AgentProcess(self.kube, pod, self.root, self.node(name), self.secret)
+            self.agents[name] = agent
+            self.log(f"==> agent on {name} at {agent.url} (log: {agent.log})")
             agent.start()
-        self.log("==> operator RBAC (the chart's rules) and a ServiceAccount token kubeconfig")
-        self.kube.apply(*self.rbac)
-        token_kubeconfig(self.kube, self.kubeconfig)
+        pod = self.wait_operator_pod()
+        self._operator = OperatorProcess(self.kube, pod, self.root, self.node(pod["spec"]["nodeName"]))
 
     def start_operator(self, timeout: float = 60.0) -> None:
         """Start the operator and wait until it holds the Lease."""
@@ -174,19 +203,41 @@ class LocalStack:
 
         wait_for(leading, timeout, "the operator to hold the leader Lease")
 
-    def wait_agent_pods(self, timeout: float = 90.0) -> None:
-        """One Running agent pod per node of the stack, with the node's address."""
+    def wait_agent_pods(self, timeout: float = 90.0) -> dict[str, dict[str, Any]]:
+        """One Running agent pod per node of the stack, with the node's address and the stack's port."""
 
-        def ready() -> bool:
+        def ready() -> dict[str, dict[str, Any]] | None:
             pods = self.kube.get("pods", "-n", AGENT_NAMESPACE, "-l", AGENT_SELECTOR)["items"]
-            have = {
-                p["spec"].get("nodeName"): (p["status"].get("podIP"), _api_port(p))
-                for p in pods
-                if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")
-            }
-            return all(have.get(node) == (ip, self.port) for node, ip in self.nodes.items())
+            have = {p["spec"].get("nodeName"): p for p in _running(pods)}
+            for node, ip in self.nodes.items():
+                pod = have.get(node)
+                if pod is None or (pod["status"].get("podIP"), api_port(pod)) != (ip, self.port):
+                    return None
+            return {node: have[node] for node in self.nodes}
 
-        wait_for(ready, timeout, "an agent pod per node")
+        return wait_for(ready, timeout, "an agent pod per node")
+
+    def wait_operator_pod(self, timeout: float = 90.0) -> dict[str, Any]:
+        """The Running operator pod of the release (the newest if a rollout left two)."""
+
+        def ready() -> dict[str, Any] | None:
+            pods = _running(self.kube.get("pods", "-n", AGENT_NAMESPACE, "-l", OPERATOR_SELECTOR)["items"])
+            pods.sort(key=lambda p: p["metadata"]["creationTimestamp"])
+            return pods[-1] if pods and pods[-1]["status"].get("podIP") else None
+
+        return wait_for(ready, timeout, "the operator pod")
+
+    def on_node(self, node: str) -> Callable[[list[str]], list[str]]:
+        """Wrap a command line so that it runs as a workload pod on ``node`` would: with the node's host
+        paths that the agent shares (attach sockets, pools) mounted where the agent's pod has them."""
+        agent = self.agents[node]
+        mounts = host_path_mounts(agent.pod.pod, "agent", self.node(node))
+
+        def wrap(argv: list[str]) -> list[str]:
+            plan = ContainerPlan(argv=list(argv), env=child_env(), mounts=mounts)
+            return in_mount_namespace(plan, self.root / "workloads" / f"{node}-{uuid.uuid4().hex[:8]}.json")
+
+        return wrap
 
     def release_finalizers(self) -> None:
         """Drop the operator's finalizer from every CacheLink left (the operator is gone)."""
@@ -207,25 +258,23 @@ class LocalStack:
                 )
 
     def down(self, remove_objects: bool = True) -> None:
-        """Stop the operator and agents (by pid); ``remove_objects``: also the agents' namespace and the
-        operator's RBAC (not worth waiting for when the cluster stops next and the stack comes back)."""
-        self.operator.kill(signal.SIGTERM)
+        """Stop the operator and agents (by pid); ``remove_objects``: also uninstall the release and
+        delete its namespace (not worth waiting for when the cluster stops next and the stack comes back)."""
+        if self._operator is not None:
+            self._operator.kill(signal.SIGTERM)
         with contextlib.suppress(Exception):
             self.release_finalizers()
         for agent in self.agents.values():
             agent.close()
+        stop_recorded(self.root)
         if not remove_objects:
             return
+        with contextlib.suppress(Exception):
+            self.release.uninstall()
         self.kube.kubectl("delete", "namespace", AGENT_NAMESPACE, "--wait=false", check=False)
         with contextlib.suppress(Exception):
             self.kube.wait_namespace_gone(AGENT_NAMESPACE, timeout=60)
-        self.kube.kubectl(
-            "delete",
-            "clusterrole,clusterrolebinding",
-            "cachelink-operator",
-            "--ignore-not-found",
-            check=False,
-        )
+        clean(self.root)
 
     # -- observing ------------------------------------------------------------------------------------
 

@@ -31,6 +31,13 @@ class Transfer:
         return self.bytes / self.seconds / 1e9 if self.seconds else 0.0
 
 
+Wrap = Callable[[list[str]], list[str]]
+
+
+def _as_is(argv: list[str]) -> list[str]:
+    return argv
+
+
 def _workload(*args: str) -> list[str]:
     return python_argv("cachelink.localstack.workload", *args)
 
@@ -41,11 +48,15 @@ def transfer(
     prompt_cluster_id: int,
     shape: KvShape,
     log: Callable[[str], None] = print,
+    prompt_node: Wrap = _as_is,
+    decode_node: Wrap = _as_is,
 ) -> Transfer:
-    """Write the KV cache through ``prompt_socket``, pull and verify it through ``decode_socket``."""
+    """Write the KV cache through ``prompt_socket``, pull and verify it through ``decode_socket``;
+    ``prompt_node``/``decode_node`` wrap each command to run where a pod on that node would see the
+    sockets (:meth:`cachelink.localstack.stack.LocalStack.on_node`)."""
     shape_args = [f"--layers={shape.layers}", f"--blocks={shape.blocks}"]
     writer = subprocess.Popen(
-        _workload("write", prompt_socket, *shape_args),
+        prompt_node(_workload("write", prompt_socket, *shape_args)),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -66,7 +77,9 @@ def transfer(
         )
         log("==> decode workload pulls every block (shuffled order) and verifies every byte")
         reader = subprocess.run(
-            _workload("pull", decode_socket, f"--peer-cluster-id={prompt_cluster_id}", *shape_args),
+            decode_node(
+                _workload("pull", decode_socket, f"--peer-cluster-id={prompt_cluster_id}", *shape_args)
+            ),
             capture_output=True,
             text=True,
             timeout=180,

@@ -1,0 +1,91 @@
+"""The Helm release of the local stack: the product's chart with values for the development cluster."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from cachelink.localstack.agents import AGENT_NAMESPACE, NODE_SELECTOR
+from cachelink.localstack.procs import child_env
+from cachelink.localstack.resources import chart_dir
+
+RELEASE = "cachelink"
+#: operator flags that make a test or demo react in seconds (the defaults suit a production cluster)
+OPERATOR_FLAGS = [
+    "--retry-delay=0.5",
+    "--max-retry-delay=3",
+    "--owner-confirm-interval=10",
+    "--leader-duration=6",
+    "--leader-renew=2",
+    "--log-format=plain",
+    "--verbose",
+]
+#: agent flags: every simulated node is a host of its own (the machine's boot id is shared)
+AGENT_FLAGS = ["--host-id=$(NODE_NAME)", "--reconcile-interval=1", "--restart-backoff-max=2"]
+
+
+class HelmError(RuntimeError):
+    """A helm command failed."""
+
+
+def stack_values(port: int, agent_mode: str, max_pool: str, resync_s: float) -> dict[str, Any]:
+    """Values for one operator replica and an agent per simulated node on ``port``."""
+    return {
+        "operator": {
+            "replicas": 1,
+            "resyncIntervalSeconds": max(1, round(resync_s)),
+            "bindPodIP": True,
+            "extraArgs": OPERATOR_FLAGS,
+        },
+        "agentDaemonSet": {
+            "apiPort": port,
+            "nodeSelector": NODE_SELECTOR,
+            "maxPoolBytes": max_pool,
+            "inProcess": agent_mode == "in-process",
+            "logFormat": "text",
+            "extraArgs": AGENT_FLAGS,
+        },
+        "podDisruptionBudget": {"enabled": False},
+    }
+
+
+class Release:
+    """``helm upgrade --install`` / ``helm uninstall`` of the chart against one kubeconfig."""
+
+    def __init__(
+        self, helm: Path | str, kubeconfig: Path, root: Path, namespace: str = AGENT_NAMESPACE
+    ) -> None:
+        self.helm, self.kubeconfig, self.root, self.namespace = str(helm), kubeconfig, root, namespace
+        chart = chart_dir()
+        if chart is None:
+            raise HelmError("the chart is not found: neither a checkout's charts/ nor the installed copy")
+        self.chart = chart
+
+    def _run(self, *args: str, timeout: float = 300.0) -> str:
+        argv = [self.helm, f"--kubeconfig={self.kubeconfig}", *args]
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout, check=False, env=child_env()
+        )
+        if done.returncode != 0:
+            raise HelmError(f"`helm {' '.join(args[:2])}` failed: {done.stderr.strip()}")
+        return done.stdout
+
+    def install(self, values: dict[str, Any]) -> None:
+        """Install or upgrade the release with ``values`` (written to a file, for the record)."""
+        values_file = self.root / "values.json"
+        values_file.write_text(json.dumps(values, indent=1))
+        self._run(
+            "upgrade",
+            "--install",
+            RELEASE,
+            str(self.chart),
+            f"--namespace={self.namespace}",
+            "--create-namespace",
+            f"--values={values_file}",
+        )
+
+    def uninstall(self) -> None:
+        """Uninstall the release (the CRDs stay: the chart keeps them)."""
+        self._run("uninstall", RELEASE, f"--namespace={self.namespace}", "--ignore-not-found")
