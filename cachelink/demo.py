@@ -1,8 +1,10 @@
 """``cachelink demo``: the whole product end to end, on a local Kubernetes cluster by default.
 
 The default (``cachelink.demo_cluster``) starts the local development cluster (its tools are built from
-source on first use and cached) with a prompt node and a decode node, applies the CRDs, runs a node agent
-per node and the operator, applies a sample CacheLinkPolicy and CacheLink, waits until Ready, has a
+source on first use and cached) with a prompt node and a decode node, installs the product's Helm chart
+(CRDs, RBAC, agent DaemonSet, operator Deployment) and runs the containers of its agent and operator pods
+as local processes started from those pods (KWOK runs pods without containers), applies a sample
+CacheLinkPolicy and CacheLink, waits until Ready, has a
 workload on the decode node pull a 32-layer paged KV cache written on the prompt node and verify every
 byte, prints a summary, deletes the CacheLink and shows that it was finalized, and stops everything.
 ``--keep`` leaves it all running and prints the KUBECONFIG to use (``--down`` stops it later). Only

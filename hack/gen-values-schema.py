@@ -37,6 +37,8 @@ CONSTRAINTS: dict[str, dict[str, Any]] = {
     "agentDaemonSet.tolerations": {"type": "array", "items": {"type": "object"}},
     "podSecurity.level": {"enum": ["privileged", "baseline", "restricted"]},
     "podDisruptionBudget.minAvailable": {"minimum": 0},
+    "operator.extraArgs": {"items": {"type": "string"}},
+    "agentDaemonSet.extraArgs": {"items": {"type": "string"}},
 }
 
 

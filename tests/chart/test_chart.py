@@ -150,3 +150,52 @@ def test_chart_crds_match_crds_dir_and_schema_matches_values():
             check=False,
         )
         assert done.returncode == 0, done.stderr
+
+
+class _NoSources:
+    """Volumes at /vol/<name>; the chart's pods read no Secret or ConfigMap keys into their env."""
+
+    def secret_data(self, namespace: str, name: str) -> dict[str, bytes] | None:
+        return None
+
+    def config_map_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        return None
+
+    def volume_dir(self, pod: dict[str, Any], volume: dict[str, Any]) -> str:
+        return f"/vol/{volume['name']}"
+
+
+def _as_pod(template: dict[str, Any], node: str, ip: str) -> dict[str, Any]:
+    meta = {"name": "pod-x", "namespace": "cachelink-system", "uid": "u", **template["metadata"]}
+    return {"metadata": meta, "spec": {**template["spec"], "nodeName": node}, "status": {"podIP": ip}}
+
+
+def test_pods_bind_their_own_ip_and_take_extra_args(helm):
+    """What the local stack runs: the agent on the pod's (node's) IP, extra flags with $(VAR) expanded."""
+    from cachelink.localstack import podspec
+
+    docs = objects(
+        helm,
+        "agentDaemonSet.apiPort=9470",
+        "agentDaemonSet.extraArgs={--host-id=$(NODE_NAME)}",
+        "operator.bindPodIP=true",
+        "operator.extraArgs={--leader-duration=6}",
+    )
+    agent = _as_pod(by_kind(docs, "DaemonSet")[0]["spec"]["template"], "node-b", "127.0.0.3")
+    plan = podspec.plan(agent, "agent", _NoSources(), {})
+    assert plan.argv[0] == "cachelink-agent"
+    assert {"--listen=127.0.0.3:9470", "--host-id=node-b"} <= set(plan.argv)
+    assert {m.target for m in plan.mounts} >= {
+        "/run/cachelink",
+        "/dev/shm/cachelink",
+        "/etc/cachelink/secret",
+    }
+    assert plan.drop_all_capabilities and plan.read_only_root and plan.no_new_privileges and plan.uid == 0
+    operator = _as_pod(by_kind(docs, "Deployment")[0]["spec"]["template"], "node-a", "127.1.0.9")
+    plan = podspec.plan(operator, "operator", _NoSources(), {})
+    assert {"--bind-address=127.1.0.9", "--leader-duration=6"} <= set(plan.argv)
+    assert plan.env["POD_NAME"] == "pod-x" and plan.uid == 65532
+    default_agent = by_kind(objects(helm), "DaemonSet")[0]["spec"]["template"]["spec"]["containers"][0]
+    assert "--listen=$(POD_IP):8470" in default_agent["args"]
+    default_operator = by_kind(objects(helm), "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+    assert not any(a.startswith("--bind-address") for a in default_operator["args"])
