@@ -30,11 +30,16 @@ class HelmError(RuntimeError):
     """A helm command failed."""
 
 
-def stack_values(port: int, agent_mode: str, max_pool: str, resync_s: float) -> dict[str, Any]:
-    """Values for one operator replica and an agent per simulated node on ``port``."""
+def stack_values(
+    port: int, agent_mode: str, max_pool: str, resync_s: float, operator_ports: tuple[int, int]
+) -> dict[str, Any]:
+    """Values for one operator replica (metrics and health on ``operator_ports``) and an agent per
+    simulated node on ``port``."""
     return {
         "operator": {
             "replicas": 1,
+            "metricsPort": operator_ports[0],
+            "healthPort": operator_ports[1],
             "resyncIntervalSeconds": max(1, round(resync_s)),
             "bindPodIP": True,
             "extraArgs": OPERATOR_FLAGS,
@@ -83,6 +88,7 @@ class Release:
             str(self.chart),
             f"--namespace={self.namespace}",
             "--create-namespace",
+            "--take-ownership",  # of CRDs kept by an earlier release (crds.keep)
             f"--values={values_file}",
         )
 

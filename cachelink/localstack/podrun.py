@@ -189,6 +189,7 @@ class PodProcess:
         self.namespace, self.name, self.uid = meta["namespace"], meta["name"], meta["uid"]
         self.dir = root / "pods" / f"{self.namespace}_{self.name}"
         self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "node").write_text(node.name)  # for a later run's clean-up messages
         self.sources = PodSources(kube, self.dir, node)
         self.log = self.dir / f"{container}.log"
         self.managed = ManagedProcess(f"{self.name}/{container}", self.dir / f"{container}.pid", self.log)

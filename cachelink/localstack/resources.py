@@ -1,8 +1,9 @@
-"""Files shipped in ``cachelink/localstack/data``: the CRDs, the operator's RBAC, the demo's samples.
+"""Files shipped with the package: the demo's samples, copies of the CRDs, and the Helm chart.
 
-They are copies (``python -m cachelink.localstack.sync`` refreshes them; tests compare them with their
-sources) so that the demo works from an installed wheel. In a checkout, :func:`crds` reads ``crds/``
-itself, so a CRD being edited is what runs.
+The CRDs in ``data/crds`` are copies (``python -m cachelink.localstack.sync`` refreshes them; a test
+compares them with ``crds/``); the chart is installed as ``cachelink/localstack/chart`` by the wheel
+build. In a checkout, ``crds/`` and ``charts/cachelink`` themselves are used, so what is being edited is
+what runs.
 """
 
 from __future__ import annotations

@@ -60,7 +60,8 @@ def stop_recorded(root: Path) -> list[str]:
     stopped = []
     pods = root / "pods"
     for pid_file in sorted(pods.glob("*/*.pid")) if pods.is_dir() else []:
-        name = f"{pid_file.parent.name.partition('_')[2]}/{pid_file.stem}"
+        node_file = pid_file.parent / "node"
+        name = f"{pid_file.stem} {node_file.read_text() if node_file.exists() else pid_file.parent.name}"
         if ManagedProcess(name, pid_file, pid_file.with_suffix(".log")).stop(grace=20.0):
             stopped.append(name)
     return stopped
@@ -93,10 +94,10 @@ def _shm_root(root: Path) -> Path:
     return shm_root
 
 
-def _stack_port(root: Path, hosts: list[str]) -> int:
-    """The port an earlier stack in ``root`` used if it is still free everywhere (its DaemonSet then
-    stays as it is), else a new one; recorded for the next stack."""
-    record = root / "port"
+def _stack_port(root: Path, hosts: list[str], name: str = "port") -> int:
+    """The port an earlier stack in ``root`` recorded as ``name`` if it is still free everywhere (its
+    pods then stay as they are), else a new one; recorded for the next stack."""
+    record = root / name
     with contextlib.suppress(OSError, ValueError):
         port = int(record.read_text())
         if port_free_on(port, hosts):
@@ -133,7 +134,13 @@ class LocalStack:
         self.kube = Kube(cluster.kubectl_path, cluster.kubeconfig)
         self.nodes = {n.name: n.ip for n in cluster.nodes if nodes is None or n.name in nodes}
         self.port = _stack_port(self.root, list(self.nodes.values()))
-        self.values = stack_values(self.port, agent_mode, max_pool, resync_s)
+        # the operator pod's IP is only known once it exists: ports free on loopback, apart per stack
+        metrics_port = _stack_port(self.root, ["127.0.0.1"], "metrics-port")
+        health_port = _stack_port(self.root, ["127.0.0.1"], "health-port")
+        while health_port in (metrics_port, self.port):
+            (self.root / "health-port").unlink()
+            health_port = _stack_port(self.root, ["127.0.0.1"], "health-port")
+        self.values = stack_values(self.port, agent_mode, max_pool, resync_s, (metrics_port, health_port))
         self.release = Release(cluster.helm_path, cluster.kubeconfig, self.root)
         self.shm_root = _shm_root(self.root)
         self.secret = b""

@@ -4,7 +4,9 @@ Pure functions of the spec, the effective options, the selected pods and what th
 restarted operator computes the same state. Stability: cluster ids and ports already in use (reported by
 an agent, else recorded in status) are kept; new cluster ids are derived from a hash of the CacheLink's
 UID and the instance name (probing on collision), new ports are the lowest free port of the node, so
-re-deriving after a crash before status was written lands on the same values.
+re-deriving after a crash before status was written lands on the same values. A port that something
+else on the node holds (an instance's init failed with "Address already in use", recorded in status) is
+skipped, so the instance moves to the next free port instead of failing forever.
 """
 
 from __future__ import annotations
@@ -441,6 +443,17 @@ class Inputs:
     recorded_ids: Mapping[str, int]
     recorded_ports: Mapping[str, int]
     link_secret: str | None = None
+    #: per node, ports held by something other than this operator's instances (see :func:`port_in_use`)
+    busy_ports: Mapping[str, Iterable[int]] = field(default_factory=dict)
+
+
+_ADDRESS_IN_USE = re.compile(r"cannot listen on \S*?:(\d+): Address already in use")
+
+
+def port_in_use(error: str | None, port: int | None) -> bool:
+    """Whether an instance's last error says that ``port`` was held by something else on its node."""
+    match = _ADDRESS_IN_USE.search(error or "")
+    return match is not None and port is not None and int(match.group(1)) == port
 
 
 def _port_of(address: str) -> int | None:
@@ -522,6 +535,7 @@ def compute(spec: CacheLinkSpec, inputs: Inputs) -> Desired:
             for inst in inputs.reported.get(node, ())
             if inst.name not in names and (port := _port_of(inst.listen_address)) is not None
         ]
+        others += inputs.busy_ports.get(node, ())
         keep_ports = dict(inputs.recorded_ports)
         for inst in inputs.reported.get(node, ()):
             if inst.name in names and (port := _port_of(inst.listen_address)) is not None:

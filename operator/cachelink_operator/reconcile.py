@@ -28,7 +28,7 @@ from cachelink_operator import (
     status,
 )
 from cachelink_operator.config import Config
-from cachelink_operator.models import CacheLinkSpec, CacheLinkStatus, PolicyRef, Role
+from cachelink_operator.models import CacheLinkSpec, CacheLinkStatus, InstanceStatus, PolicyRef, Role
 
 log = logging.getLogger(__name__)
 ANNOTATIONS = (
@@ -172,6 +172,7 @@ async def reconcile_once(rt: Runtime, body: Mapping[str, Any], world: World, ful
                 recorded_ids={i.name: i.cluster_id for i in previous.instances if i.cluster_id is not None},
                 recorded_ports={i.name: i.port for i in previous.instances if i.port is not None},
                 link_secret=link_secret,
+                busy_ports=_busy_ports(previous.instances),
             ),
         )
     except ValueError as error:
@@ -275,6 +276,15 @@ async def _link_secret(rt: Runtime, namespace: str, name: str, owner: Mapping[st
     if key not in rt.link_secrets:
         rt.link_secrets[key] = await rt.kube.ensure_link_secret(namespace, name, owner)
     return rt.link_secrets[key]
+
+
+def _busy_ports(instances: Iterable[InstanceStatus]) -> dict[str, set[int]]:
+    """Per node, the ports an instance could not listen on because something else holds them."""
+    busy: dict[str, set[int]] = {}
+    for inst in instances:
+        if inst.port is not None and desired.port_in_use(inst.last_error, inst.port):
+            busy.setdefault(inst.node, set()).add(inst.port)
+    return busy
 
 
 def _previous(rt: Runtime, uid: str, observed: Mapping[str, Any]) -> CacheLinkStatus:

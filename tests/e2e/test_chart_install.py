@@ -60,6 +60,7 @@ def test_install_upgrade_uninstall(dev_cluster, kubectl):
         "--namespace",
         NAMESPACE,
         "--create-namespace",
+        "--take-ownership",  # the CRDs an earlier release kept (crds.keep)
         "--wait",
         "--timeout",
         "3m",

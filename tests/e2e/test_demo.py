@@ -15,8 +15,6 @@ from pathlib import Path
 import pytest
 
 from cachelink.devcluster import ensure_tools
-from cachelink.localstack.resources import read_text
-from cachelink.localstack.sync import render_rbac_copy
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -91,11 +89,3 @@ def test_demo_keep_then_down(tmp_path: Path) -> None:
     assert stopped.returncode == 0, stopped.stderr
     assert "operator" in stopped.stdout and "agent node-a" in stopped.stdout and "etcd" in stopped.stdout
     assert pids_left(data_dir) == []
-
-
-def test_shipped_rbac_is_what_the_chart_renders() -> None:
-    helm = ensure_tools().helm
-    assert read_text("operator-rbac.yaml") == render_rbac_copy(helm, ROOT / "charts" / "cachelink"), (
-        "cachelink/localstack/data/operator-rbac.yaml drifted from the chart: "
-        "run python -m cachelink.localstack.sync"
-    )

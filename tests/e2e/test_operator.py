@@ -1,31 +1,17 @@
 """The operator for real: kopf in its own process (under the chart's RBAC), real agents, real transfers.
 
-Everything runs against the development cluster (``dev_cluster``); the environment is built by
-``operator_fixtures.py`` (loaded by path: pytest runs in importlib mode).
+Everything runs against the development cluster (``dev_cluster``); the environment is the session fixture
+``operator_env`` of ``conftest.py``, its helpers are in ``support/cachelink_e2e_operator.py``.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import sys
+import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-
-_spec = importlib.util.spec_from_file_location(
-    "operator_fixtures", Path(__file__).with_name("operator_fixtures.py")
-)
-assert _spec is not None and _spec.loader is not None
-fixtures = importlib.util.module_from_spec(_spec)
-sys.modules["operator_fixtures"] = fixtures
-_spec.loader.exec_module(fixtures)
-
-operator_env = fixtures.operator_env
-namespace = fixtures.namespace
-OperatorEnv = fixtures.OperatorEnv
-wait_for = fixtures.wait_for
+from cachelink_e2e_operator import OperatorEnv, Workload, node_token, tail, wait_for
 
 pytestmark = pytest.mark.e2e
 POOL = 4 << 20
@@ -144,8 +130,12 @@ def test_happy_path(operator_env: OperatorEnv, namespace: str) -> None:
     assert (
         p_ann["cachelink.io/instance"] == link["prompt"] and d_ann["cachelink.io/instance"] == link["decode"]
     )
-    writer = fixtures.Workload(prompt_pod["metadata"]["uid"], p_ann["cachelink.io/attach-socket"])
-    reader = fixtures.Workload(decode_pod["metadata"]["uid"], d_ann["cachelink.io/attach-socket"])
+    writer = Workload(
+        prompt_pod, p_ann["cachelink.io/attach-socket"], env.on_node(prompt_pod["spec"]["nodeName"])
+    )
+    reader = Workload(
+        decode_pod, d_ann["cachelink.io/attach-socket"], env.on_node(decode_pod["spec"]["nodeName"])
+    )
     try:
         wrote = writer.write(int(p_ann["cachelink.io/cluster-id"]))
         pulled = reader.pull(int(p_ann["cachelink.io/cluster-id"]))
@@ -337,7 +327,7 @@ VIOLATIONS: list[tuple[str, list[dict[str, Any]], tuple[list[str], list[str], di
 
 def test_each_policy_limit_violated_once(operator_env: OperatorEnv, policies: list[str]) -> None:
     env = operator_env
-    run = fixtures.uuid.uuid4().hex[:6]
+    run = uuid.uuid4().hex[:6]
     cases = []
     for index, (rule, limits, _cachelink) in enumerate(VIOLATIONS):
         team = f"lim-{run}-{index}"
@@ -375,10 +365,7 @@ def test_each_policy_limit_violated_once(operator_env: OperatorEnv, policies: li
 
 def agent_log_lines(env: OperatorEnv, text: str) -> list[str]:
     return [
-        line
-        for agent in env.agents.values()
-        for line in fixtures.tail(agent.log, 100000).splitlines()
-        if text in line
+        line for agent in env.agents.values() for line in tail(agent.log, 100000).splitlines() if text in line
     ]
 
 
@@ -454,7 +441,7 @@ def test_wrong_agent_token_is_reported(operator_env: OperatorEnv, namespace: str
     agent = env.agents["node-c"]
     agent.kill()
     agent.secret_file.write_bytes(b"another-secret-of-at-least-16-bytes")
-    agent.token = fixtures.node_token(b"another-secret-of-at-least-16-bytes", agent.node)
+    agent.token = node_token(b"another-secret-of-at-least-16-bytes", agent.node)
     agent.start()
     try:
         env.apply(node_cachelink(namespace, "kv", ["node-a"], ["node-c"]))
@@ -472,7 +459,7 @@ def test_wrong_agent_token_is_reported(operator_env: OperatorEnv, namespace: str
     finally:
         agent.kill()
         agent.secret_file.write_bytes(env.secret)
-        agent.token = fixtures.node_token(env.secret, agent.node)
+        agent.token = node_token(env.secret, agent.node)
         agent.start()
     env.wait_cachelink(namespace, "kv", lambda o: ready(o, 1), "Ready with the right token", 90)
 

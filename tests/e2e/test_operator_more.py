@@ -1,31 +1,18 @@
 """The operator for real, part two: policy status, contested pods, annotation clean-up, rollouts.
 
-Same environment as ``test_operator.py`` (``operator_fixtures.py``, loaded by path the same way).
+Same environment as ``test_operator.py`` (the session fixture ``operator_env`` of ``conftest.py``).
 """
 
 from __future__ import annotations
 
-import importlib.util
-import sys
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-_spec = importlib.util.spec_from_file_location(
-    "operator_fixtures", Path(__file__).with_name("operator_fixtures.py")
-)
-assert _spec is not None and _spec.loader is not None
-fixtures = importlib.util.module_from_spec(_spec)
-sys.modules["operator_fixtures"] = fixtures
-_spec.loader.exec_module(fixtures)
-
-operator_env = fixtures.operator_env
-namespace = fixtures.namespace
-OperatorEnv = fixtures.OperatorEnv
-wait_for = fixtures.wait_for
+from cachelink_e2e_operator import OperatorEnv, wait_for
 
 pytestmark = pytest.mark.e2e
 POOL = 4 << 20
@@ -314,3 +301,27 @@ def test_ready_waits_for_the_controllers_current_revision(operator_env: Operator
         90,
     )
     assert obj["status"]["links"][0]["current"] is True
+
+
+def test_a_port_held_on_the_node_moves_the_instance(operator_env: OperatorEnv, namespace: str) -> None:
+    """Something else on the node holds the port the operator picks: the instance moves to the next one."""
+    env = operator_env
+    node_ip = env.nodes["node-b"]
+    used = {
+        int(i.listen_address.rpartition(":")[2])
+        for i in env.agents["node-b"].instances()
+        if i.listen_address and ":" in i.listen_address
+    }
+    port = next(p for p in range(26000, 28000) if p not in used)
+    with socket.socket() as holder:
+        holder.bind((node_ip, port))
+        holder.listen()
+        env.apply(node_cachelink(namespace, "kv", ["node-b"], ["node-a"]))
+        obj = env.wait_cachelink(namespace, "kv", lambda o: ready(o, 1), "Ready on another port", 90)
+        (prompt,) = [i for i in obj["status"]["instances"] if i["role"] == "Prompt"]
+        assert prompt["node"] == "node-b" and prompt["port"] != port, prompt
+        assert port not in {
+            int(i.listen_address.rpartition(":")[2])
+            for i in env.agents["node-b"].instances()
+            if i.listen_address
+        }

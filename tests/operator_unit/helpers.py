@@ -61,6 +61,7 @@ def compute(
     recorded_ids=None,
     recorded_ports=None,
     policies=(),
+    busy_ports=None,
 ) -> desired.Desired:
     merged = policy.effective_options(s, list(policies))
     sides = {role: policy.side_options(s, role, merged) for role in (Role.PROMPT, Role.DECODE)}
@@ -77,6 +78,7 @@ def compute(
         reported=reported or {},
         recorded_ids=recorded_ids or {},
         recorded_ports=recorded_ports or {},
+        busy_ports=busy_ports or {},
     )
     return desired.compute(s, inputs)
 

@@ -119,6 +119,24 @@ def test_only_listeners_get_ports_and_listen_options():
     assert ports == [26000, 26000]  # one per node, each node starts at the range's bottom
 
 
+def test_a_port_held_by_something_else_moves_the_instance():
+    error = (
+        "HTTP 422: [init] failed, error code is LLMStatusCode.LLM_PARAM_INVALID, "
+        "cannot listen on 127.0.0.3:26000: Address already in use."
+    )
+    assert desired.port_in_use(error, 26000)
+    assert not desired.port_in_use(error, 26001)
+    assert not desired.port_in_use("HTTP 401: bad token", 26000)
+    first = compute(spec(), PODS)
+    (node, name) = next((i.node, n) for n, i in first.instances.items() if i.listens)
+    moved = compute(spec(), PODS, recorded_ports={name: 26000}, busy_ports={node: {26000}})
+    assert moved.instances[name].port == 26001
+    assert moved.instances[name].options["llm.listenIpInfo"].endswith(":26001")
+    # once it listens on the new port the error is gone: the port is kept, nothing flips back
+    settled = compute(spec(), PODS, recorded_ports={name: 26001})
+    assert settled.instances[name].port == 26001
+
+
 def test_prompt_initiator_makes_decode_listen():
     want = compute(spec(options={"linkInitiator": "Prompt"}), PODS)
     assert all(i.listens == (i.role is Role.DECODE) for i in want.instances.values())

@@ -1,10 +1,13 @@
 """Operator e2e environment on the development cluster: ``cachelink.localstack.LocalStack`` plus helpers.
 
+Loaded once by ``tests/e2e/conftest.py`` and registered as the top-level module ``cachelink_e2e_operator``
+(test modules import ``OperatorEnv``, ``Workload``, ``wait_for``, ``node_token`` from it); the session
+fixture ``operator_env`` and the per-test ``namespace`` live in the conftest.
+
 What runs (all on loopback, all stopped by process id at teardown) is the product's local stack:
 
-* the CRDs and the operator's RBAC rendered by the chart (``helm template``), applied with kubectl;
-* the agent namespace, the agents' shared Secret and a hostNetwork DaemonSet whose pods KWOK runs on every
-  simulated node (pod IP = the node's loopback address, a container port named ``api``);
+* the chart installed with helm: CRDs, the operator's RBAC, the agents' shared Secret and a hostNetwork
+  DaemonSet whose pods KWOK runs on every simulated node (pod IP = the node's loopback address);
 * one real ``cachelink-agent`` process per node, bound to that node's address and the DaemonSet's port,
   standing in for the DaemonSet pod's container (``CACHELINK_E2E_AGENT_MODE=worker`` runs instances in
   worker processes instead of in the agent);
@@ -19,13 +22,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
 import sys
 import time
-import types
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +37,9 @@ from cachelink.devcluster import DevCluster
 from cachelink.localstack.agents import AGENT_NAMESPACE, AgentProcess
 from cachelink.localstack.operator_runner import OperatorProcess
 from cachelink.localstack.procs import child_env, tail, wait_for
-from cachelink.localstack.rbac import render_chart_rbac
 from cachelink.localstack.stack import LocalStack
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 GROUP = "cachelink.io"
 
 __all__ = [
@@ -48,9 +48,7 @@ __all__ = [
     "OperatorEnv",
     "OperatorProcess",
     "Workload",
-    "namespace",
     "node_token",
-    "operator_env",
     "tail",
     "wait_for",
 ]
@@ -108,21 +106,37 @@ def _cgroup_root() -> Path | None:
 
 
 class Workload:
-    """A process standing in for a container of pod ``pod_uid``: attaches to an instance's socket."""
+    """A process standing in for a container of pod ``pod``: in the pod's cgroup (the agent checks the
+    pod's UID) and, through ``on_node`` (``OperatorEnv.on_node``), with the host paths a pod on its node
+    mounts, so the attach socket of the pod's annotation is found where the annotation says."""
 
-    def __init__(self, pod_uid: str, socket_path: str) -> None:
+    def __init__(
+        self, pod: dict[str, Any], socket_path: str, on_node: Callable[[list[str]], list[str]]
+    ) -> None:
         root = _cgroup_root()
         if root is None:
             pytest.skip("no writable cgroup hierarchy: a workload cannot pose as a pod's container")
-        self.cgroup = root / f"pod{pod_uid}"
+        self.cgroup = root / f"pod{pod['metadata']['uid']}"
         self.cgroup.mkdir(parents=True, exist_ok=True)
-        self.socket_path = socket_path
+        self.socket_path, self.on_node = socket_path, on_node
         self.process: subprocess.Popen[str] | None = None
+
+    def spawn(self, argv: list[str]) -> subprocess.Popen[str]:
+        """Start ``argv`` as a process of this pod (joins the cgroup, then execs)."""
+        join = 'echo $$ > "$0/cgroup.procs" && exec "$@"'
+        return subprocess.Popen(
+            self.on_node(["sh", "-c", join, str(self.cgroup), *argv]),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+        )
 
     def _popen(self, mode: str, own_id: int, peer_id: int) -> subprocess.Popen[str]:
         argv = [sys.executable, "-P", "-c", _WORKLOAD, str(self.cgroup), self.socket_path, mode, str(own_id)]
         return subprocess.Popen(
-            [*argv, str(peer_id)],
+            self.on_node([*argv, str(peer_id)]),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -181,8 +195,8 @@ class OperatorEnv(LocalStack):
     """The local stack, with helpers to drive and observe CacheLinks as the admin."""
 
     def __init__(self, cluster: DevCluster, root: Path, mode: str) -> None:
-        rbac = render_chart_rbac(cluster.helm_path, ROOT / "charts" / "cachelink", AGENT_NAMESPACE)
-        super().__init__(cluster, root, agent_mode=mode, rbac=rbac)
+        # the stack installs the chart (its RBAC included): the operator runs under the chart's rights
+        super().__init__(cluster, root, agent_mode=mode)
 
     # -- kubectl helpers ------------------------------------------------------------------------------
 
@@ -254,48 +268,3 @@ class OperatorEnv(LocalStack):
     def teardown(self) -> None:
         """Stop the operator and agents; remove what was applied cluster-wide."""
         self.down()
-
-
-#: one environment per session even though every test module loads this file by path (each copy of the
-#: module defines its own session fixture): the copies share it through this registry, counted
-_SHARED: dict[str, Any] = sys.modules.setdefault(
-    "_cachelink_e2e_operator_env", types.ModuleType("_cachelink_e2e_operator_env")
-).__dict__
-
-
-@pytest.fixture(scope="session")
-def operator_env(dev_cluster: DevCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorEnv]:
-    """CRDs, agents (real processes) and the operator (real process, SA token) on the dev cluster."""
-    env: OperatorEnv | None = _SHARED.get("env")
-    if env is None:
-        mode = os.environ.get("CACHELINK_E2E_AGENT_MODE", "in-process")
-        env = OperatorEnv(dev_cluster, tmp_path_factory.mktemp("operator-e2e"), mode)
-        _SHARED["env"], _SHARED["users"] = env, 0
-        try:
-            env.setup()
-            env.start_operator()
-        except BaseException:
-            del _SHARED["env"]
-            env.teardown()
-            raise
-    _SHARED["users"] += 1
-    try:
-        yield env
-    finally:
-        _SHARED["users"] -= 1
-        if _SHARED["users"] == 0:
-            del _SHARED["env"]
-            env.teardown()
-            print(f"\noperator log: {env.operator.log}")
-
-
-@pytest.fixture
-def namespace(operator_env: OperatorEnv) -> Iterator[str]:
-    """A fresh namespace; its CacheLinks are deleted (and finalized) at the end."""
-    name = f"op-{uuid.uuid4().hex[:8]}"
-    operator_env.kubectl("create", "namespace", name)
-    yield name
-    operator_env.kubectl(
-        "delete", "cachelinks.cachelink.io", "--all", "-n", name, "--timeout=60s", check=False
-    )
-    operator_env.kubectl("delete", "namespace", name, "--wait=false", check=False)
