@@ -25,10 +25,12 @@ from cachelink_operator import (
     metrics,
     policy,
     policy_status,
+    port_claims,
     status,
 )
 from cachelink_operator.config import Config
 from cachelink_operator.models import CacheLinkSpec, CacheLinkStatus, InstanceStatus, PolicyRef, Role
+from cachelink_operator.port_claims import PortClaims
 
 log = logging.getLogger(__name__)
 ANNOTATIONS = (
@@ -53,12 +55,15 @@ class Runtime:
     written: dict[str, tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=dict)
     #: what the CacheLinkPolicy status loop works from
     board: policy_status.Board = field(default_factory=policy_status.Board)
+    #: listen ports handed out, so CacheLinks reconciled together never pick the same one
+    port_claims: PortClaims = field(default_factory=PortClaims)
 
     def forget(self, uid: str) -> None:
         """Drop what is remembered about a CacheLink (its daemon stopped)."""
         self.failures.pop(uid, None)
         self.written.pop(uid, None)
         self.linked_once.discard(uid)
+        self.port_claims.release(uid)
         for key in [k for k in self.link_secrets if k[2] == uid]:
             del self.link_secrets[key]
 
@@ -172,12 +177,15 @@ async def reconcile_once(rt: Runtime, body: Mapping[str, Any], world: World, ful
                 recorded_ids={i.name: i.cluster_id for i in previous.instances if i.cluster_id is not None},
                 recorded_ports={i.name: i.port for i in previous.instances if i.port is not None},
                 link_secret=link_secret,
-                busy_ports=_busy_ports(previous.instances),
+                busy_ports=port_claims.merge(
+                    _busy_ports(previous.instances), rt.port_claims.held_by_others(uid)
+                ),
             ),
         )
     except ValueError as error:
         await _reject(rt, body, previous, generation, "AllocationFailed", str(error))
         return rt.config.resync_interval_s
+    rt.port_claims.claim(uid, [(i.node, i.port) for i in want.instances.values() if i.port is not None])
     assert want.usage is not None
     violations = policy.evaluate(ordered, merged, sides, want.usage)
     if violations:

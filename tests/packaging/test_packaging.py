@@ -56,3 +56,11 @@ def test_install_script_builds_a_working_wheel(tmp_path):
     out = subprocess.run([str(venv / "bin" / "python"), "-P", "-c", smoke], capture_output=True, text=True,
                          cwd=tmp_path, check=True).stdout
     assert out.strip() == "40.0"
+    # the wheel carries the chart that `cachelink demo` installs, and finds it outside a checkout
+    where = subprocess.run(
+        [str(venv / "bin" / "python"), "-P", "-c",
+         "from cachelink.localstack.resources import chart_dir; print(chart_dir())"],
+        capture_output=True, text=True, cwd=tmp_path, check=True,
+    ).stdout.strip()
+    assert where.startswith(str(venv)) and (Path(where) / "Chart.yaml").is_file(), where
+    assert (Path(where) / "templates" / "agent-daemonset.yaml").is_file()
