@@ -23,6 +23,7 @@ from prometheus_client import start_http_server
 
 from cachelink_operator import agents, handlers, kube, leader, policy_status, reconcile
 from cachelink_operator.config import Config
+from cachelink_operator.no_diffbase import NoDiffBase
 
 log = logging.getLogger("cachelink_operator")
 
@@ -181,7 +182,7 @@ async def run(cfg: Config, args: argparse.Namespace) -> int:
         def configure(settings: kopf.OperatorSettings, **_: object) -> None:
             settings.posting.level = logging.INFO
             settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="cachelink.io")
-            settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="cachelink.io")
+            settings.persistence.diffbase_storage = NoDiffBase()
             settings.persistence.finalizer = "cachelink.io/finalizer"
             settings.peering.standalone = True
             settings.networking.request_timeout = cfg.api_timeout_s

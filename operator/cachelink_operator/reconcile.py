@@ -437,19 +437,21 @@ def _post_events(
     previous: CacheLinkStatus,
     new: CacheLinkStatus,
 ) -> None:
+    initialized = []
     for outcome in outcomes:
         action = outcome.action
         if isinstance(action, diff.PutInstance):
             if outcome.ok:
-                events.normal(
-                    body,
-                    events.INSTANCE_INITIALIZED,
-                    f"instance {action.instance} (cluster id {action.spec.cluster_id}) on node {action.node}",
+                initialized.append(
+                    f"{action.instance} (cluster id {action.spec.cluster_id}) on node {action.node}"
                 )
             else:
                 events.warning(body, events.INSTANCE_FAILED, f"instance {action.instance}: {outcome.error}")
         elif isinstance(action, diff.DeleteInstance) and outcome.ok:
             events.normal(body, events.INSTANCE_DELETED, f"instance {action.instance} on node {action.node}")
+    if initialized:  # one Event per pass lists every instance it initialised (one API write, not N)
+        noun = "instance" if len(initialized) == 1 else "instances"
+        events.normal(body, events.INSTANCE_INITIALIZED, f"{noun} " + ", ".join(initialized))
     for t in transitions:
         text = f"link {t.prompt} -> {t.decode}: {t.old or 'new'} -> {t.new}" + (
             f" ({t.detail})" if t.detail else ""
