@@ -4,7 +4,7 @@ CacheLink reconciled a moment later."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 
 class PortClaims:
@@ -12,10 +12,16 @@ class PortClaims:
 
     def __init__(self) -> None:
         self._by_uid: dict[str, dict[str, set[int]]] = {}
+        self._foreign: dict[str, set[int]] = {}
+
+    def mark_foreign(self, node: str, port: int) -> None:
+        """Something outside this operator holds ``port`` on ``node`` (an init failed with "Address
+        already in use"): avoided from now on, by every CacheLink."""
+        self._foreign.setdefault(node, set()).add(port)
 
     def held_by_others(self, uid: str) -> dict[str, set[int]]:
-        """Per node, the ports claimed by every CacheLink but ``uid``."""
-        held: dict[str, set[int]] = {}
+        """Per node, the ports claimed by every CacheLink but ``uid``, and those held outside."""
+        held: dict[str, set[int]] = {node: set(ports) for node, ports in self._foreign.items()}
         for owner, nodes in self._by_uid.items():
             if owner != uid:
                 for node, ports in nodes.items():
@@ -32,12 +38,3 @@ class PortClaims:
     def release(self, uid: str) -> None:
         """``uid`` holds nothing any more (deleted, or its daemon stopped)."""
         self._by_uid.pop(uid, None)
-
-
-def merge(*maps: Mapping[str, Iterable[int]]) -> dict[str, set[int]]:
-    """Per-node port sets merged."""
-    merged: dict[str, set[int]] = {}
-    for ports_by_node in maps:
-        for node, ports in ports_by_node.items():
-            merged.setdefault(node, set()).update(ports)
-    return merged

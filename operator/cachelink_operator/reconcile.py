@@ -25,7 +25,6 @@ from cachelink_operator import (
     metrics,
     policy,
     policy_status,
-    port_claims,
     status,
 )
 from cachelink_operator.config import Config
@@ -160,6 +159,7 @@ async def reconcile_once(rt: Runtime, body: Mapping[str, Any], world: World, ful
     if merged.link_authentication:
         link_secret_name = previous.link_secret_name or secret_name(name)
         link_secret = await _link_secret(rt, namespace, link_secret_name, body)
+    _note_foreign_ports(rt.port_claims, previous.instances)
     try:
         want = desired.compute(
             spec,
@@ -177,9 +177,7 @@ async def reconcile_once(rt: Runtime, body: Mapping[str, Any], world: World, ful
                 recorded_ids={i.name: i.cluster_id for i in previous.instances if i.cluster_id is not None},
                 recorded_ports={i.name: i.port for i in previous.instances if i.port is not None},
                 link_secret=link_secret,
-                busy_ports=port_claims.merge(
-                    _busy_ports(previous.instances), rt.port_claims.held_by_others(uid)
-                ),
+                busy_ports=rt.port_claims.held_by_others(uid),
             ),
         )
     except ValueError as error:
@@ -286,13 +284,11 @@ async def _link_secret(rt: Runtime, namespace: str, name: str, owner: Mapping[st
     return rt.link_secrets[key]
 
 
-def _busy_ports(instances: Iterable[InstanceStatus]) -> dict[str, set[int]]:
-    """Per node, the ports an instance could not listen on because something else holds them."""
-    busy: dict[str, set[int]] = {}
+def _note_foreign_ports(claims: PortClaims, instances: Iterable[InstanceStatus]) -> None:
+    """Remember the ports instances could not listen on because something else on the node holds them."""
     for inst in instances:
         if inst.port is not None and desired.port_in_use(inst.last_error, inst.port):
-            busy.setdefault(inst.node, set()).add(inst.port)
-    return busy
+            claims.mark_foreign(inst.node, inst.port)
 
 
 def _previous(rt: Runtime, uid: str, observed: Mapping[str, Any]) -> CacheLinkStatus:

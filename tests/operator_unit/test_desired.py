@@ -179,16 +179,18 @@ def test_current_revision_is_the_newest_pods():
 
 
 def test_cachelinks_reconciled_together_never_share_a_port():
-    from cachelink_operator.port_claims import PortClaims, merge
+    from cachelink_operator.port_claims import PortClaims
 
     claims = PortClaims()
     first = compute(spec(), PODS)
     claims.claim("uid-a", [(i.node, i.port) for i in first.instances.values() if i.port is not None])
     # a second CacheLink on the same nodes, before any agent reports the first one's instances
-    second = compute(spec(), PODS, busy_ports=merge({}, claims.held_by_others("uid-b")))
+    second = compute(spec(), PODS, busy_ports=claims.held_by_others("uid-b"))
     taken = {(i.node, i.port) for i in first.instances.values() if i.port is not None}
     mine = {(i.node, i.port) for i in second.instances.values() if i.port is not None}
     assert mine and not (mine & taken)
     assert claims.held_by_others("uid-a") == {}
     claims.release("uid-a")
     assert claims.held_by_others("uid-b") == {}
+    claims.mark_foreign("node-a", 26005)  # held outside the operator: avoided by every CacheLink, for good
+    assert claims.held_by_others("uid-a") == claims.held_by_others("uid-b") == {"node-a": {26005}}
