@@ -61,6 +61,9 @@ class Outcome:
         return self.error is None
 
 
+Snapshot = tuple[list[agent_models.InstanceStatus], agent_models.NodeInfo]
+
+
 @dataclass
 class Observation:
     """What the agents of some nodes said."""
@@ -78,6 +81,10 @@ class Agents:
         self._timeout = timeout_s
         self._clients: dict[str, tuple[str, agent_client.AgentClient]] = {}
         self._limit = asyncio.Semaphore(concurrency)
+        #: per node, the fetch of its instances in flight, with the node's generation when it started
+        self._fetches: dict[str, tuple[int, asyncio.Task[Snapshot]]] = {}
+        #: per node, bumped by every call that may change what the node reports
+        self._generation: dict[str, int] = {}
 
     def client(self, endpoint: Endpoint) -> agent_client.AgentClient:
         """The client of ``endpoint``'s node."""
@@ -108,20 +115,49 @@ class Agents:
                 seen.unreachable[node] = f"no ready agent pod on node {node}"
                 return
             try:
-                async with self._limit:
-                    made = self.client(endpoint)
-                    instances = await made.get_instances()
-                    info = await made.get_node()
+                instances, info = await self._snapshot(node, endpoint)
             except agent_client.AgentError as error:
-                metrics.AGENT_CALLS.labels("observe", error.error).inc()
                 seen.unreachable[node] = str(error)
                 return
-            metrics.AGENT_CALLS.labels("observe", "ok").inc()
-            seen.instances[node] = instances
+            seen.instances[node] = list(instances)
             seen.nodes[node] = info
 
         await asyncio.gather(*(one(node) for node in sorted(set(nodes))))
         return seen
+
+    async def _snapshot(self, node: str, endpoint: Endpoint) -> Snapshot:
+        """What ``node`` reports. Reconciles that ask while a fetch started after the node's last change
+        is in flight share it: hundreds of CacheLinks reconciled at once cost one request per node, not
+        one each (each answer lists every instance of the node)."""
+        generation = self._generation.get(node, 0)
+        known = self._fetches.get(node)
+        if known is None or known[0] != generation or known[1].done():
+            task = asyncio.get_running_loop().create_task(self._fetch(endpoint))
+            known = (generation, task)
+            self._fetches[node] = known
+            task.add_done_callback(lambda done: self._forget_fetch(node, done))
+        return await asyncio.shield(known[1])  # a cancelled caller leaves the fetch to the others
+
+    def _bump(self, node: str) -> None:
+        self._generation[node] = self._generation.get(node, 0) + 1
+
+    def _forget_fetch(self, node: str, done: asyncio.Task[Snapshot]) -> None:
+        if not done.cancelled():
+            done.exception()  # retrieved: a failure is reported to every caller, never "unretrieved"
+        if self._fetches.get(node, (0, None))[1] is done:
+            del self._fetches[node]
+
+    async def _fetch(self, endpoint: Endpoint) -> Snapshot:
+        try:
+            async with self._limit:
+                made = self.client(endpoint)
+                instances = await made.get_instances()
+                info = await made.get_node()
+        except agent_client.AgentError as error:
+            metrics.AGENT_CALLS.labels("observe", error.error).inc()
+            raise
+        metrics.AGENT_CALLS.labels("observe", "ok").inc()
+        return instances, info
 
     async def execute(
         self, actions: Sequence[diff.Action], endpoints: Mapping[str, Endpoint], link_timeout_ms: int
@@ -145,6 +181,7 @@ class Agents:
         if endpoint is None:
             return Outcome(action, f"no ready agent pod on node {action.node}")
         verb = type(action).__name__
+        self._bump(action.node)
         try:
             async with self._limit:
                 made = self.client(endpoint)
@@ -169,6 +206,8 @@ class Agents:
         except agent_client.AgentError as error:
             metrics.AGENT_CALLS.labels(verb, error.error).inc()
             return Outcome(action, str(error), error.status, error.llm_status)
+        finally:
+            self._bump(action.node)  # a fetch that overlapped the call may miss its effect: not shared
         metrics.AGENT_CALLS.labels(verb, "ok").inc()
         return Outcome(action, result=result)
 
