@@ -314,6 +314,7 @@ def test_a_port_held_on_the_node_moves_the_instance(operator_env: OperatorEnv, n
     }
     port = next(p for p in range(26000, 28000) if p not in used)
     with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # over a finished instance's TIME_WAIT
         holder.bind((node_ip, port))
         holder.listen()
         env.apply(node_cachelink(namespace, "kv", ["node-b"], ["node-a"]))
