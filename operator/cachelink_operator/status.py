@@ -236,6 +236,16 @@ def build(  # noqa: PLR0915 - to split into instance and link builders next sess
                 )
             )
         relink = isinstance(action, diff.PutLink | diff.PutCommLink) and action.relink
+        # what the agent answered to this pass's link call: the data path and status code are known
+        # now, so the status that says Linked says them too (no second write one pass later)
+        answered = outcome.result if outcome is not None and outcome.ok and outcome.result else None
+        fresh_path = answered.link.data_path if answered and answered.link else None
+        fresh_code = (
+            (answered.link.last_status if answered.link else None)
+            or (answered.comm_link.last_status if answered.comm_link else None)
+            if answered
+            else None
+        )
         links.append(
             LinkStatus(
                 prompt=link.prompt,
@@ -243,15 +253,15 @@ def build(  # noqa: PLR0915 - to split into instance and link builders next sess
                 prompt_cluster_id=p.cluster_id,
                 decode_cluster_id=d.cluster_id,
                 state=state,
-                data_path=view.data_path or (old.data_path if old else None),
+                data_path=fresh_path or view.data_path or (old.data_path if old else None),
                 address=view.address
                 or (want.instances[link.target].endpoint if link.comm_name is None else None),
                 current=current,
                 attempts=(old.attempts if old else 0) + (1 if action is not None else 0),
                 relinks=(old.relinks if old else 0) + (1 if relink else 0),
-                last_status_code=(
-                    outcome.llm_status if outcome is not None and not outcome.ok else view.last_status_code
-                )
+                last_status_code=(outcome.llm_status if outcome is not None and not outcome.ok else None)
+                or fresh_code
+                or view.last_status_code
                 or (old.last_status_code if old else None),
                 last_error=(outcome.error if outcome is not None and not outcome.ok else view.last_error),
                 prompt_incarnation=str(view.prompt_incarnation) if view.prompt_incarnation else None,
