@@ -46,6 +46,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -60,6 +61,7 @@ from kubernetes import watch as k8s_watch
 from cachelink.devcluster import DevCluster
 from cachelink.devcluster.fixtures import running_cluster, wait_for
 from cachelink.localstack.agents import AGENT_NAMESPACE
+from cachelink.localstack.operator_runner import OPERATOR_SELECTOR
 from cachelink.localstack.procs import child_env
 from cachelink.localstack.stack import LocalStack
 from cachelink.localstack.watch import is_ready, why_not_ready
@@ -100,6 +102,9 @@ NOTES = [
     "watch changed (one key per change), before Ready and after the CacheLink was already Ready.",
     "The stack runs the operator with its development flags (chart values recorded in settings), "
     "including --verbose (DEBUG logging of kopf, with object bodies): part of its CPU time is logging.",
+    "foreign_listeners_*: listeners in the instances' port range on the node addresses not held by this "
+    "stack's agents (another development cluster on the same machine uses the same addresses); the "
+    "operator cannot see them, and an instance given such a port fails with 'Address already in use'.",
     "The machine's 2 cores run the control plane (etcd, kube-apiserver, controller manager, scheduler, "
     "KWOK), three agents, the operator, kubectl and this script; load_average_before shows other load.",
 ]
@@ -112,6 +117,7 @@ TARGETS = {
 
 
 def _cachelink(namespace: str, index: int) -> dict[str, Any]:
+    """CacheLink ``index``: prompt and decode on two neighbouring nodes, a 1 MiB pool."""
     prompt, decode = NODES[index % 3], NODES[(index + 1) % 3]
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
@@ -132,10 +138,12 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def _ts(text: str) -> float:
+    """An RFC 3339 timestamp as seconds since the epoch."""
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def _r(value: float, digits: int = 2) -> float:
+    """Rounded for the report."""
     return round(value, digits)
 
 
@@ -143,6 +151,7 @@ def _r(value: float, digits: int = 2) -> float:
 
 
 def _rss_bytes(pid: int, key: str = "VmRSS:") -> int:
+    """A ``/proc/<pid>/status`` size (``VmRSS:``, ``VmHWM:``) in bytes."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(key):
             return int(line.split()[1]) * 1024
@@ -150,6 +159,7 @@ def _rss_bytes(pid: int, key: str = "VmRSS:") -> int:
 
 
 def _cpu_s(pid: int) -> float:
+    """User plus system CPU seconds of a process."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -162,6 +172,8 @@ class Sampler:
     ) -> None:
         self.pid, self.interval, self.foreign = pid, interval, foreign
         self.foreign_seen: set[str] = set()
+        #: RSS (MiB) every second
+        self.timeline: list[float] = []
         self._ticks = 0
         self.peak = 0
         self._stop = threading.Event()
@@ -177,6 +189,9 @@ class Sampler:
         while not self._stop.wait(self.interval):
             self._sample()
             self._ticks += 1
+            if self._ticks % 4 == 0:
+                with contextlib.suppress(OSError):
+                    self.timeline.append(_r(_rss_bytes(self.pid) / 2**20, 1))
             if self.foreign is not None and self._ticks % 4 == 1:  # every second
                 with contextlib.suppress(OSError):
                     self.foreign_seen |= self.foreign()
@@ -195,13 +210,15 @@ class Sampler:
             self.cpu = _cpu_s(self.pid) - self._cpu0
         self.elapsed = time.monotonic() - self.started
 
-    def figures(self) -> dict[str, float]:
+    def figures(self) -> dict[str, Any]:
         """Peak RSS (MiB), CPU seconds and CPU share of one core over the phase."""
         figures: dict[str, Any] = {
             "operator_peak_rss_mib": _r(self.peak / 2**20, 1),
             "operator_cpu_s": _r(self.cpu),
             "operator_cpu_share": _r(self.cpu / self.elapsed, 3) if self.elapsed else 0.0,
         }
+        step = max(1, math.ceil(len(self.timeline) / 60))  # at most 60 points
+        figures["rss_mib_every_s" if step == 1 else f"rss_mib_every_{step}_s"] = self.timeline[::step]
         if self.foreign is not None:
             figures["foreign_listeners_seen"] = sorted(self.foreign_seen)[:20]
         return figures
@@ -243,6 +260,32 @@ def foreign_listeners(hosts: set[str], pids: list[int]) -> set[str]:
         return set()
     mine = _socket_inodes(pids)
     return {address for inode, address in listening.items() if inode not in mine}
+
+
+_METRIC = re.compile(
+    r"^(cachelink_operator_(?:agent_calls|reconciles|reconcile_errors)_total)(\{[^}]*\})? (\S+)$"
+)
+
+
+def scrape(url: str) -> dict[str, float]:
+    """The operator's agent-call and reconcile counters from its Prometheus endpoint (empty on failure)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            text = answer.read().decode()
+    except OSError:
+        return {}
+    found = {}
+    for line in text.splitlines():
+        match = _METRIC.match(line)
+        if match:
+            name = match.group(1).removeprefix("cachelink_operator_").removesuffix("_total")
+            found[name + (match.group(2) or "")] = float(match.group(3))
+    return found
+
+
+def _delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    """Counters that changed from ``before`` to ``after``, by how much."""
+    return {k: v - before.get(k, 0.0) for k, v in sorted(after.items()) if v - before.get(k, 0.0)}
 
 
 # -- the audit log ----------------------------------------------------------------------------------------
@@ -298,6 +341,7 @@ class AuditLog:
 
 
 def _key(event: dict[str, Any]) -> str:
+    """``verb resource[/subresource]`` of an audit event."""
     ref = event.get("objectRef") or {}
     resource = ref.get("resource") or event.get("requestURI", "?").split("?")[0]
     if ref.get("subresource"):
@@ -306,6 +350,7 @@ def _key(event: dict[str, Any]) -> str:
 
 
 def _is_lease(event: dict[str, Any]) -> bool:
+    """Whether the request is about a Lease (the leader election's)."""
     return (event.get("objectRef") or {}).get("resource") == "leases"
 
 
@@ -474,8 +519,39 @@ class Bench:
         api_client = k8s_config.new_client_from_config(config_file=str(cluster.kubeconfig))  # type: ignore[no-untyped-call]
         self.api = k8s_client.CustomObjectsApi(api_client)
         self.hosts = {node.ip for node in cluster.nodes}
+        self.metrics_url = ""
+
+    def _metrics(self) -> dict[str, float]:
+        """The operator's counters now (its pod IP and the chart's metrics port)."""
+        if not self.metrics_url:
+            pods = self.stack.kube.get("pods", "-n", AGENT_NAMESPACE, "-l", OPERATOR_SELECTOR) or {}
+            ips = [p["status"].get("podIP") for p in pods.get("items", []) if p["status"].get("podIP")]
+            port = ((getattr(self.stack, "values", None) or {}).get("operator") or {}).get("metricsPort")
+            if not ips or not port:
+                return {}
+            self.metrics_url = f"http://{ips[-1]}:{port}/metrics"
+        return scrape(self.metrics_url)
+
+    def remove_leftovers(self) -> None:
+        """Before the operator starts: delete what an interrupted earlier run left (CacheLinks in
+        ``bench-*`` namespaces, their finalizers dropped: no agent holds their instances any more),
+        so that they are not measured too; refuse CacheLinks elsewhere."""
+        found = (self.stack.kube.get(CACHELINK, "-A") or {}).get("items", [])
+        namespaces = sorted({o["metadata"]["namespace"] for o in found})
+        others = [n for n in namespaces if not n.startswith("bench-")]
+        if others:
+            raise RuntimeError(f"CacheLinks outside bench-* namespaces would be measured too: {others}")
+        if not namespaces:
+            return
+        print(f"==> removing {', '.join(namespaces)}, left by an earlier run", file=sys.stderr, flush=True)
+        self.stack.release_finalizers()
+        for namespace in namespaces:
+            self.stack.kube.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+        for namespace in namespaces:
+            self.stack.kube.wait_namespace_gone(namespace, timeout=self.args.timeout)
 
     def _foreign(self) -> set[str]:
+        """Foreign listeners now (see :func:`foreign_listeners`)."""
         pids = [agent.process.pid for agent in self.stack.agents.values() if agent.process is not None]
         return foreign_listeners(self.hosts, pids)
 
@@ -531,6 +607,8 @@ class Bench:
         }
 
     def _wait(self, watcher: Watcher, done: Any, what: str) -> None:
+        """Wait for ``done(created, ready_now, ever_ready, deleted)``; fail if the operator exits."""
+
         def check() -> bool:
             self.stack.operator.check_alive()
             return bool(done(*watcher.counts()))
@@ -601,9 +679,12 @@ class Bench:
         watcher: Watcher,
         result: dict[str, Any],
     ) -> None:
+        """The phases of one count (apply, Ready, settle, steady, delete), filling ``result``."""
         seen = watcher.seen
         phases: dict[str, tuple[float, float]] = {}
         result["_phases"] = phases
+        counters = result["operator_counters"] = {}  # per phase, from the operator's /metrics
+        before = self._metrics()
         # -- apply -> all Ready
         t_apply = time.time()
         timed_out: TimeoutError | None = None
@@ -615,6 +696,7 @@ class Bench:
                 timed_out = exc
             t_ready = time.time()
         phases["to_ready"] = (t_apply, t_ready)
+        counters["to_ready"], before = _delta(now := self._metrics(), before), now
         with watcher.lock:
             result["not_ready_reasons"] = dict(seen.reasons.most_common(8))
             result["status_writes_seen"] = dict(seen.status_writes.most_common(8))
@@ -645,10 +727,12 @@ class Bench:
         time.sleep(self.args.settle_seconds)
         t_settled = time.time()
         phases["settle"] = (t_ready, t_settled)
+        counters["settle"], before = _delta(now := self._metrics(), before), now
         with Sampler(self.pid) as steady_sampler:
             time.sleep(self.args.steady_seconds)
             t_steady = time.time()
         phases["steady"] = (t_settled, t_steady)
+        counters["steady"], before = _delta(now := self._metrics(), before), now
         _, ready_now, _, _ = watcher.counts()
         result["steady"] = {"still_ready": ready_now, **steady_sampler.figures()}
         with watcher.lock:
@@ -670,6 +754,7 @@ class Bench:
                 raise
             t_gone = time.time()
         phases["delete"] = (t_delete, t_gone)
+        counters["delete"] = _delta(self._metrics(), before)
         with watcher.lock:
             gone = [seen.deleted[n] - t_delete for n in seen.deleted]
         result["delete"] = {
@@ -749,6 +834,7 @@ def _verdict(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _summary(report: dict[str, Any]) -> str:
+    """The results as a table, and the verdict on each target."""
     lines = [
         f"{'N':>5} {'allReady':>8} {'p50':>6} {'p99':>6} {'w/CL':>6} {'steadyW':>7} {'delW/CL':>7} "
         f"{'r/CL':>6} {'RSS MiB':>7} {'CPU s':>6} {'load1':>5}"
@@ -776,6 +862,7 @@ def _summary(report: dict[str, Any]) -> str:
 
 @contextlib.contextmanager
 def _cluster(data_dir: str) -> Iterator[tuple[DevCluster, Path]]:
+    """The cluster of ``data_dir`` (kept running), or a fresh one in a temporary folder."""
     with (
         tempfile.TemporaryDirectory(prefix="cachelink-operator-bench-") as tmp,
         running_cluster(data_dir or Path(tmp) / "cluster", reuse=bool(data_dir)) as cluster,
@@ -805,9 +892,10 @@ def _run(args: argparse.Namespace, counts: list[int]) -> tuple[list[dict[str, An
         )
         try:
             stack.setup()
-            start = AuditLog(cluster.audit_log).offset()
-            stack.start_operator()
             bench = Bench(cluster, stack, args)
+            bench.remove_leftovers()
+            start = bench.audit.offset()
+            stack.start_operator()
             bench.audit.check_user(start)
             for count in counts:
                 print(f"==> {count} CacheLinks", file=sys.stderr, flush=True)
@@ -828,6 +916,7 @@ def _run(args: argparse.Namespace, counts: list[int]) -> tuple[list[dict[str, An
 
 
 def main() -> int:
+    """Run the counts, print the JSON report and write it to ``--out``."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -223,7 +223,12 @@ def operator_env(dev_cluster: DevCluster, tmp_path_factory: pytest.TempPathFacto
 
 @pytest.fixture
 def namespace(operator_env: OperatorEnv) -> Iterator[str]:
-    """A fresh namespace; its CacheLinks are deleted (and finalized) at the end."""
+    """A fresh namespace; its CacheLinks are deleted (and finalized) at the end. An operator that exited
+    since the last test (it gives up the leader Lease when the API server is away longer than the Lease,
+    e.g. while another module restarts the control plane) is restarted first, as its pod's container would
+    be (restartPolicy Always)."""
+    if not operator_env.operator.running:
+        operator_env.start_operator()
     name = f"op-{uuid.uuid4().hex[:8]}"
     operator_env.kubectl("create", "namespace", name)
     yield name
