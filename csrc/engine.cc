@@ -909,8 +909,10 @@ Status Engine::lease(const std::shared_ptr<Link>& link, Deadline deadline, ConnL
         link->broken = true;
         link->last_error = st.message();
         if (st.code() != Code::kNotYetLink) {
-          st = {Code::kNotYetLink, "link to cluster " + std::to_string(link->remote_cluster_id) +
-                                       " is broken: " + st.message()};
+          // the peer of a live link is lost while this transfer opens a connection to it: the same
+          // outcome as losing it on an open connection (io_failure), so LLM_TIMEOUT, then NOT_YET_LINK
+          st = {Code::kTimeout, "lost cluster " + std::to_string(link->remote_cluster_id) + " at " +
+                                    link->address() + " mid-transfer: " + st.message()};
         }
         return st;
       }
