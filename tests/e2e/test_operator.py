@@ -11,32 +11,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from cachelink_e2e_operator import OperatorEnv, Workload, node_token, tail, wait_for
+from cachelink_e2e_operator import OperatorEnv, Workload, deployment, node_token, tail, wait_for
 
 pytestmark = pytest.mark.e2e
 POOL = 4 << 20
-
-
-def deployment(
-    namespace: str, name: str, replicas: int, labels: dict[str, str] | None = None
-) -> dict[str, Any]:
-    labels = labels or {"app": name}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "nodeSelector": {"cachelink.dev/dev-cluster": "true"},
-                    "containers": [{"name": "server", "image": "example.invalid/llm-server:1"}],
-                },
-            },
-        },
-    }
 
 
 def cachelink(namespace: str, name: str = "kv", **spec: Any) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cachelink_e2e_operator import OperatorEnv, Workload, wait_for
+from cachelink_e2e_operator import OperatorEnv, Workload, deployment, wait_for
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,26 +36,6 @@ with attach(os.path.dirname(socket_path), os.path.basename(socket_path)[: -len("
 """
 
 
-def deployment(namespace: str, name: str) -> dict[str, Any]:
-    labels = {"app": name}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "nodeSelector": {"cachelink.dev/dev-cluster": "true"},
-                    "containers": [{"name": "server", "image": "example.invalid/llm-server:1"}],
-                },
-            },
-        },
-    }
-
-
 def annotated_pod(env: OperatorEnv, namespace: str, app: str) -> dict[str, Any] | None:
     pods = [p for p in env.pods(namespace, f"app={app}") if p["status"].get("phase") == "Running"]
     if len(pods) == 1 and "cachelink.io/attach-socket" in (pods[0]["metadata"].get("annotations") or {}):
@@ -65,7 +45,7 @@ def annotated_pod(env: OperatorEnv, namespace: str, app: str) -> dict[str, Any] 
 
 def test_attach_workload_example_pulls_the_prompt_blocks(operator_env: OperatorEnv, namespace: str) -> None:
     env = operator_env
-    env.apply(deployment(namespace, "prefill"), deployment(namespace, "decode"))
+    env.apply(deployment(namespace, "prefill", 1), deployment(namespace, "decode", 1))
     env.apply(
         {
             "apiVersion": "cachelink.io/v1alpha1",

@@ -48,6 +48,7 @@ __all__ = [
     "OperatorEnv",
     "OperatorProcess",
     "Workload",
+    "deployment",
     "node_token",
     "tail",
     "wait_for",
@@ -56,6 +57,29 @@ __all__ = [
 
 def _env() -> dict[str, str]:
     return child_env()
+
+
+def deployment(
+    namespace: str, name: str, replicas: int, labels: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """A Deployment of placeholder servers on the simulated nodes (pods KWOK runs without containers)."""
+    labels = labels or {"app": name}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "nodeSelector": {"cachelink.dev/dev-cluster": "true"},
+                    "containers": [{"name": "server", "image": "example.invalid/llm-server:1"}],
+                },
+            },
+        },
+    }
 
 
 # ---------------------------------------------------------------------------------------- workloads
