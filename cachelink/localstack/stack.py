@@ -142,7 +142,7 @@ class LocalStack:
             health_port = _stack_port(self.root, ["127.0.0.1"], "health-port")
         self.values = stack_values(self.port, agent_mode, max_pool, resync_s, (metrics_port, health_port))
         self.release = Release(cluster.helm_path, cluster.kubeconfig, self.root)
-        self.shm_root = _shm_root(self.root)
+        self._shm_root: Path | None = None
         self.secret = b""
         self.agents: dict[str, AgentProcess] = {}
         self._operator: OperatorProcess | None = None
@@ -153,6 +153,13 @@ class LocalStack:
         if self._operator is None:
             raise RuntimeError("the stack is not set up: no operator pod yet")
         return self._operator
+
+    @property
+    def shm_root(self) -> Path:
+        """This stack's folder in /dev/shm, made on first use (a stack never set up leaves none)."""
+        if self._shm_root is None:
+            self._shm_root = _shm_root(self.root)
+        return self._shm_root
 
     def node(self, name: str) -> Node:
         """Local folders standing in for node ``name``'s filesystem."""
@@ -282,6 +289,7 @@ class LocalStack:
         with contextlib.suppress(Exception):
             self.kube.wait_namespace_gone(AGENT_NAMESPACE, timeout=60)
         clean(self.root)
+        self._shm_root = None
 
     # -- observing ------------------------------------------------------------------------------------
 
