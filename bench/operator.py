@@ -100,8 +100,10 @@ NOTES = [
     "those of the settle window right after (the last ones' trailing Events and status writes).",
     "status_writes_seen / status_changes_after_ready: the status fields each status change seen by the "
     "watch changed (one key per change), before Ready and after the CacheLink was already Ready.",
-    "The stack runs the operator with its development flags (chart values recorded in settings), "
-    "including --verbose (DEBUG logging of kopf, with object bodies): part of its CPU time is logging.",
+    "The stack runs the operator and the agents with the local stack's development flags (chart values "
+    "recorded in settings) but two, set to their production defaults: the operator logs at INFO (no "
+    "--verbose unless --operator-verbose), and the agents' link-repair loop runs every 5 s "
+    "(--agent-reconcile-seconds), not every 1 s.",
     "foreign_listeners_*: listeners in the instances' port range on the node addresses not held by this "
     "stack's agents (another development cluster on the same machine uses the same addresses); the "
     "operator cannot see them, and an instance given such a port fails with 'Address already in use'.",
@@ -890,6 +892,17 @@ def _run(args: argparse.Namespace, counts: list[int]) -> tuple[list[dict[str, An
         stack = LocalStack(
             cluster, tmp / "stack", agent_mode="in-process", resync_s=args.resync_seconds, max_pool="8Gi"
         )
+        # the agents' link-repair loop and the operator's log level at their production defaults (the
+        # local stack's 1 s loop and DEBUG logging are for tests)
+        operator = stack.values["operator"]
+        operator["extraArgs"] = [
+            a for a in operator["extraArgs"] if args.operator_verbose or a != "--verbose"
+        ]
+        agent_set = stack.values["agentDaemonSet"]
+        agent_set["extraArgs"] = [
+            *(a for a in agent_set["extraArgs"] if not a.startswith("--reconcile-interval=")),
+            f"--reconcile-interval={args.agent_reconcile_seconds:g}",
+        ]
         try:
             stack.setup()
             bench = Bench(cluster, stack, args)
@@ -924,6 +937,15 @@ def main() -> int:
     parser.add_argument("--data-dir", default="", help="reuse the development cluster of this data dir")
     parser.add_argument("--timeout", type=float, default=600.0, help="bound (s) of each wait")
     parser.add_argument("--resync-seconds", type=float, default=20.0, help="the operator's resync interval")
+    parser.add_argument(
+        "--agent-reconcile-seconds",
+        type=float,
+        default=5.0,
+        help="the agents' --reconcile-interval (default 5, the agent's own default)",
+    )
+    parser.add_argument(
+        "--operator-verbose", action="store_true", help="run the operator with --verbose (DEBUG logs)"
+    )
     parser.add_argument(
         "--steady-seconds", type=float, default=None, help="steady-state window (default 2.5 x resync)"
     )

@@ -64,7 +64,9 @@ def verify(view: np.ndarray, tensor: int, source_of: np.ndarray) -> bool:
 EXTRA: dict[str, str] = {}
 
 
-def options(listen: str | None, pool_bytes: int, tcp: bool, extra: dict[str, str] | None = None) -> dict[str, str]:
+def options(
+    listen: str | None, pool_bytes: int, tcp: bool, extra: dict[str, str] | None = None
+) -> dict[str, str]:
     from llm_datadist import LLMConfig
 
     cfg = LLMConfig()
@@ -256,8 +258,13 @@ def main() -> None:
     parser.add_argument("--sizes", default=",".join(SIZES), help="block sizes, from " + ",".join(SIZES))
     parser.add_argument("--paths", default="shm,tcp", help="data paths: shm, tcp")
     parser.add_argument("--out", default="bench/results/transfer.json", help="JSON output file")
-    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra engine option for both sides, e.g. cachelink.tcp_stripes=1 (repeatable)")
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra engine option for both sides, e.g. cachelink.tcp_stripes=1 (repeatable)",
+    )
     parser.add_argument("--skip-baselines", action="store_true", help="skip memcpy/TCP/idle measurements")
     args = parser.parse_args()
     EXTRA.update(item.split("=", 1) for item in args.option)

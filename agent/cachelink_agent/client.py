@@ -184,9 +184,14 @@ class AgentClient:
                 raise
             return models.DeleteResult(name=name, deleted=False, detail="not found")
 
-    async def get_instances(self) -> list[models.InstanceStatus]:
-        """All instances of the node."""
-        return (await self._model(models.InstanceList, "GET", "/v1/instances")).instances
+    async def get_instances(self, owner: str | None = None) -> list[models.InstanceStatus]:
+        """All instances of the node, or only those ``owner`` (a CacheLink UID) owns."""
+        params = {"owner": owner} if owner is not None else None
+        return (await self._model(models.InstanceList, "GET", "/v1/instances", params=params)).instances
+
+    async def get_owners(self) -> dict[str, list[str]]:
+        """Each owner's live instance names (no engine is asked: cheap on a busy node)."""
+        return (await self._model(models.OwnerList, "GET", "/v1/owners")).owners
 
     async def get_instance(self, name: str) -> models.InstanceStatus:
         """One instance (``AgentNotFound`` when absent)."""

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,8 @@ RESERVED_OPTIONS = (
     "cachelink.adopt_pool",
 )
 _HEALTHY_AFTER_S = 60.0
+#: the engine option naming an instance's listen address (``ip:port``)
+LISTEN_OPTION = "llm.listenIpInfo"
 
 
 @dataclass
@@ -132,6 +135,9 @@ class InstanceManager:
         self.ready = False
         self.closing = False
         self._save_lock = asyncio.Lock()
+        #: changes asked to be saved, and how many of them the file holds (saves are coalesced)
+        self._changes = 0
+        self._saved_changes = 0
         self._tasks: list[asyncio.Task[None]] = []
 
     # ------------------------------------------------------------------------------ plumbing
@@ -166,9 +172,19 @@ class InstanceManager:
         return self.config.state_dir / "leases" / f"{name}.json"
 
     async def _save(self) -> None:
+        """Persist every instance record; returns once the file holds this call's change.
+
+        Concurrent callers share writes: a write that starts after a change covers it, so a burst of N
+        changes costs a couple of writes of the whole file, not N.
+        """
         if self.closing:  # shutting down: the file keeps what it has, for the next start
             return
+        self._changes += 1
+        mine = self._changes
         async with self._save_lock:
+            if self._saved_changes >= mine:
+                return
+            upto = self._changes
             snapshot = state.AgentState(
                 node_name=self.config.node_name,
                 instances={
@@ -178,6 +194,7 @@ class InstanceManager:
                 },
             )
             await asyncio.to_thread(self.store.save, snapshot)
+            self._saved_changes = upto
 
     async def _call(
         self, instance: Instance, op: str, args: dict[str, Any], timeout: float | None = None
@@ -751,11 +768,33 @@ class InstanceManager:
                 await self._refresh(instance)
         return self._status_of(instance)
 
-    async def list_status(self) -> list[models.InstanceStatus]:
-        """Every instance's status."""
-        names = sorted(n for n, i in self.instances.items() if not i.stopping)
+    async def list_status(self, owners: Collection[str] | None = None) -> list[models.InstanceStatus]:
+        """Every instance's status, or only those of ``owners`` (only those engines are asked)."""
+        names = sorted(
+            n
+            for n, i in self.instances.items()
+            if not i.stopping and (owners is None or i.spec.owner in owners)
+        )
         results = await asyncio.gather(*(self.status(n) for n in names), return_exceptions=True)
         return [r for r in results if isinstance(r, models.InstanceStatus)]
+
+    def owners(self) -> dict[str, list[str]]:
+        """The names of each owner's live instances, sorted."""
+        found: dict[str, list[str]] = {}
+        for name, instance in sorted(self.instances.items()):
+            if not instance.stopping:
+                found.setdefault(instance.spec.owner, []).append(name)
+        return found
+
+    def listen_ports(self) -> list[models.ListenPort]:
+        """The ports the live instances listen on (the configured one while starting), by port."""
+        held = []
+        for name, instance in self.instances.items():
+            address = instance.listen_address or instance.spec.options.get(LISTEN_OPTION, "")
+            host, _, port = address.rpartition(":")
+            if not instance.stopping and host and port.isdigit():
+                held.append(models.ListenPort(port=int(port), instance=name, owner=instance.spec.owner))
+        return sorted(held, key=lambda p: (p.port, p.instance))
 
     def metric_snapshots(self) -> list[dict[str, Any]]:
         """Latest statuses for /metrics (no engine calls at scrape time)."""

@@ -107,10 +107,17 @@ class CommLinkSpec(_Model):
         return value
 
 
+#: at most this many owners per confirmation or ``?owner=`` query, each at most MAX_OWNER_LEN characters
+MAX_OWNERS = 1024
+MAX_OWNER_LEN = 128
+
+
 class OwnerConfirmation(_Model):
     """``POST /v1/owners/confirm``: the operator still owns these CacheLinks."""
 
-    owners: list[Annotated[str, StringConstraints(min_length=1, max_length=128)]] = Field(max_length=1024)
+    owners: list[Annotated[str, StringConstraints(min_length=1, max_length=MAX_OWNER_LEN)]] = Field(
+        max_length=MAX_OWNERS
+    )
 
 
 class OwnerConfirmResult(_Model):
@@ -198,9 +205,15 @@ def options_digest(options: dict[str, str]) -> str:
 
 
 class InstanceList(_Model):
-    """``GET /v1/instances``."""
+    """``GET /v1/instances`` (``?owner=`` keeps only those owners' instances)."""
 
     instances: list[InstanceStatus]
+
+
+class OwnerList(_Model):
+    """``GET /v1/owners``: the names of each owner's live instances, without asking any engine."""
+
+    owners: dict[str, list[str]]
 
 
 class PutResult(_Model):
@@ -229,6 +242,14 @@ class InterfaceInfo(_Model):
     up: bool
 
 
+class ListenPort(_Model):
+    """A port one of the node's instances holds, and whose instance it is."""
+
+    port: int
+    instance: str
+    owner: str
+
+
 class NodeInfo(_Model):
     """``GET /v1/node``."""
 
@@ -242,6 +263,10 @@ class NodeInfo(_Model):
     pool_budget_bytes: int
     pool_reserved_bytes: int = Field(description="what live instances reserve of the budget")
     instances: int
+    listen_ports: list[ListenPort] = Field(
+        default_factory=list,
+        description="the ports the node's live instances listen on (or will: configured), by port",
+    )
     version: str
 
 

@@ -22,6 +22,7 @@ _RESPONSES: tuple[type[BaseModel], ...] = (
     models.InstanceStatus,
     models.InstanceList,
     models.NodeInfo,
+    models.OwnerList,
     models.OwnerConfirmResult,
     models.ErrorBody,
 )
@@ -133,7 +134,19 @@ def build(version: str) -> dict[str, Any]:
         },
         "/v1/instances": {
             "get": {
-                "summary": "all instances",
+                "summary": "all instances, or those of the owners named",
+                "parameters": [
+                    {
+                        "name": "owner",
+                        "in": "query",
+                        "required": False,
+                        "description": f"repeatable, at most {models.MAX_OWNERS}: list only these owners'"
+                        " instances (only their engines are asked)",
+                        "schema": {"type": "string", "minLength": 1, "maxLength": models.MAX_OWNER_LEN},
+                        "style": "form",
+                        "explode": True,
+                    }
+                ],
                 "responses": {"200": ok(models.InstanceList, "instances"), **errors()},
             }
         },
@@ -187,6 +200,12 @@ def build(version: str) -> dict[str, Any]:
                 "summary": "leave a communication domain",
                 "responses": {"200": ok(models.DeleteResult, "left"), **errors("404", "503")},
             },
+        },
+        "/v1/owners": {
+            "get": {
+                "summary": "each owner's live instance names (no engine is asked)",
+                "responses": {"200": ok(models.OwnerList, "owners"), **errors()},
+            }
         },
         "/v1/owners/confirm": {
             "post": {

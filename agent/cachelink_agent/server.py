@@ -164,6 +164,36 @@ def _query_bool(request: web.Request, key: str) -> bool:
     return text in ("true", "1")
 
 
+def _known_query(request: web.Request, *names: str) -> None:
+    """Refuse query parameters the route does not take (a typo must not silently widen a listing)."""
+    unknown = sorted(set(request.query) - set(names))
+    if unknown:
+        raise ApiError(
+            422,
+            "validation_error",
+            f"unknown query parameter {unknown[0][:40]!r}; this route takes: {', '.join(names) or 'none'}",
+            fields=[{"loc": f"query.{unknown[0][:40]}", "msg": "unknown parameter"}],
+        )
+
+
+def _query_owners(request: web.Request) -> set[str] | None:
+    """``?owner=`` (repeatable): the owners whose instances to list, or None for all."""
+    _known_query(request, "owner")
+    owners = request.query.getall("owner", [])
+    if not owners:
+        return None
+    if len(owners) > models.MAX_OWNERS or any(
+        not 1 <= len(owner) <= models.MAX_OWNER_LEN for owner in owners
+    ):
+        raise ApiError(
+            422,
+            "validation_error",
+            f"query owner: at most {models.MAX_OWNERS} values of 1-{models.MAX_OWNER_LEN} characters",
+            fields=[{"loc": "query.owner", "msg": "invalid"}],
+        )
+    return set(owners)
+
+
 def _query_timeout(request: web.Request) -> int:
     text = request.query.get("timeout_ms", "3000")
     if not text.isdigit() or not 1 <= int(text) <= models.MAX_TIMEOUT_MS:
@@ -213,12 +243,17 @@ class _Routes:
                 pool_budget_bytes=config.max_pool_bytes,
                 pool_reserved_bytes=self.manager.reserved_pool_bytes(),
                 instances=len(self.manager.instances),
+                listen_ports=self.manager.listen_ports(),
                 version=__version__,
             )
         )
 
     async def list_instances(self, request: web.Request) -> web.Response:
-        return _json(models.InstanceList(instances=await self.manager.list_status()))
+        owners = _query_owners(request)
+        return _json(models.InstanceList(instances=await self.manager.list_status(owners)))
+
+    async def owners(self, request: web.Request) -> web.Response:
+        return _json(models.OwnerList(owners=self.manager.owners()))
 
     async def get_instance(self, request: web.Request) -> web.Response:
         return _json(await self.manager.status(_name(request)))
@@ -236,6 +271,7 @@ class _Routes:
         return _json(await self.manager.put_link(name, remote, await _body(request, models.LinkSpec)))
 
     async def delete_link(self, request: web.Request) -> web.Response:
+        _known_query(request, "force", "timeout_ms")
         name, remote = _name(request), _remote(request)
         return _json(
             await self.manager.delete_link(
@@ -281,5 +317,6 @@ def create_app(
     app.router.add_delete(f"{base}/instances/{{name}}/links/{{remote_cluster_id}}", routes.delete_link)
     app.router.add_put(f"{base}/instances/{{name}}/comm-links/{{comm_name}}", routes.put_comm_link)
     app.router.add_delete(f"{base}/instances/{{name}}/comm-links/{{comm_name}}", routes.delete_comm_link)
+    app.router.add_get(f"{base}/owners", routes.owners)
     app.router.add_post(f"{base}/owners/confirm", routes.confirm)
     return app

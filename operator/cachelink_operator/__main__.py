@@ -35,6 +35,12 @@ def _selector(text: str) -> dict[str, str]:
     return {k.strip(): v.strip() for k, v in pairs}
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 256:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number in 1-256")
+    return int(text)
+
+
 def parse(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Namespace]:
     """Flags -> ``Config`` (plus the process-level flags)."""
     d = Config()
@@ -50,6 +56,12 @@ def parse(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Namespace
     p.add_argument("--agent-secret-key", default=d.agent_secret_key)
     p.add_argument("--agent-timeout", type=float, default=d.agent_timeout_s, help="seconds per agent call")
     p.add_argument("--api-timeout", type=float, default=d.api_timeout_s, help="seconds per API request")
+    p.add_argument(
+        "--api-concurrency",
+        type=_positive_int,
+        default=d.api_concurrency,
+        help="API requests of the operator's own in flight at once (kopf's watches are apart)",
+    )
     p.add_argument(
         "--resync-interval", type=float, default=d.resync_interval_s, help="drift-repair period (s)"
     )
@@ -77,6 +89,7 @@ def parse(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Namespace
         agent_secret_key=a.agent_secret_key,
         agent_timeout_s=a.agent_timeout,
         api_timeout_s=a.api_timeout,
+        api_concurrency=a.api_concurrency,
         resync_interval_s=a.resync_interval,
         retry_delay_s=a.retry_delay,
         max_retry_delay_s=a.max_retry_delay,
@@ -145,11 +158,18 @@ async def _health(port: int, address: str, elector: leader.LeaderElector) -> web
     return runner
 
 
+def _api_client(cfg: Config, kubeconfig: str | None) -> k8s.ApiClient:
+    """The API client, its connection pool as wide as the calls in flight (the Lease keeper's too)."""
+    load_config(kubeconfig)
+    settings = k8s.Configuration.get_default_copy()
+    settings.connection_pool_maxsize = cfg.api_concurrency + 4
+    return k8s.ApiClient(settings)
+
+
 async def run(cfg: Config, args: argparse.Namespace) -> int:
     """Serve until stopped or the Lease is lost; returns the exit status."""
-    load_config(args.kubeconfig)
-    api = k8s.ApiClient()
-    kube_api = kube.Kube(api, cfg.api_timeout_s)
+    api = _api_client(cfg, args.kubeconfig)
+    kube_api = kube.Kube(api, cfg.api_timeout_s, cfg.api_concurrency)
     elector = leader.LeaderElector(
         k8s.CoordinationV1Api(api),
         cfg.leader_namespace,
@@ -213,6 +233,7 @@ async def run(cfg: Config, args: argparse.Namespace) -> int:
     finally:
         if runner is not None:
             await runner.cleanup()
+        kube_api.close()
         api.close()  # type: ignore[no-untyped-call]
 
 

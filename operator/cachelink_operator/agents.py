@@ -10,9 +10,9 @@ so one bad node never stalls the rest of a CacheLink.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from cachelink_agent import client as agent_client
 from cachelink_agent import models as agent_models
@@ -20,6 +20,7 @@ from cachelink_agent import models as agent_models
 from cachelink_operator import diff, metrics
 
 API_PORT_NAME = "api"
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -61,12 +62,9 @@ class Outcome:
         return self.error is None
 
 
-Snapshot = tuple[list[agent_models.InstanceStatus], agent_models.NodeInfo]
-
-
 @dataclass
 class Observation:
-    """What the agents of some nodes said."""
+    """What the agents of some nodes said about one CacheLink's instances."""
 
     instances: dict[str, list[agent_models.InstanceStatus]]
     nodes: dict[str, agent_models.NodeInfo]
@@ -81,8 +79,8 @@ class Agents:
         self._timeout = timeout_s
         self._clients: dict[str, tuple[str, agent_client.AgentClient]] = {}
         self._limit = asyncio.Semaphore(concurrency)
-        #: per node, the fetch of its instances in flight, with the node's generation when it started
-        self._fetches: dict[str, tuple[int, asyncio.Task[Snapshot]]] = {}
+        #: per node, the fetch of its node info in flight, with the node's generation when it started
+        self._fetches: dict[str, tuple[int, asyncio.Task[agent_models.NodeInfo]]] = {}
         #: per node, bumped by every call that may change what the node reports
         self._generation: dict[str, int] = {}
 
@@ -105,8 +103,12 @@ class Agents:
             await made.close()
         self._clients.clear()
 
-    async def observe(self, nodes: Iterable[str], endpoints: Mapping[str, Endpoint]) -> Observation:
-        """Instances and node info of each node, concurrently; missing or failing agents are listed."""
+    async def observe(
+        self, nodes: Iterable[str], endpoints: Mapping[str, Endpoint], owner: str
+    ) -> Observation:
+        """``owner``'s instances and the node info of each node, concurrently; missing or failing agents
+        are listed. Each node is asked only for this owner's instances: a reconcile's cost does not grow
+        with the number of CacheLinks sharing its nodes."""
         seen = Observation({}, {}, {})
 
         async def one(node: str) -> None:
@@ -115,24 +117,37 @@ class Agents:
                 seen.unreachable[node] = f"no ready agent pod on node {node}"
                 return
             try:
-                instances, info = await self._snapshot(node, endpoint)
+                instances, info = await asyncio.gather(
+                    self._instances(endpoint, owner), self._node_info(node, endpoint)
+                )
             except agent_client.AgentError as error:
                 seen.unreachable[node] = str(error)
                 return
-            seen.instances[node] = list(instances)
+            seen.instances[node] = instances
             seen.nodes[node] = info
 
         await asyncio.gather(*(one(node) for node in sorted(set(nodes))))
         return seen
 
-    async def _snapshot(self, node: str, endpoint: Endpoint) -> Snapshot:
-        """What ``node`` reports. Reconciles that ask while a fetch started after the node's last change
-        is in flight share it: hundreds of CacheLinks reconciled at once cost one request per node, not
-        one each (each answer lists every instance of the node)."""
+    async def owners(self, endpoint: Endpoint) -> dict[str, list[str]]:
+        """Each owner's instance names on ``endpoint``'s node (raises ``AgentError``)."""
+        return await self._counted("owners", self._bounded(endpoint, lambda made: made.get_owners()))
+
+    async def _instances(self, endpoint: Endpoint, owner: str) -> list[agent_models.InstanceStatus]:
+        return await self._counted(
+            "observe", self._bounded(endpoint, lambda made: made.get_instances(owner=owner))
+        )
+
+    async def _node_info(self, node: str, endpoint: Endpoint) -> agent_models.NodeInfo:
+        """What ``node`` reports about itself. Reconciles that ask while a fetch started after the node's
+        last change is in flight share it: hundreds of CacheLinks reconciled at once cost one request per
+        node, not one each."""
         generation = self._generation.get(node, 0)
         known = self._fetches.get(node)
         if known is None or known[0] != generation or known[1].done():
-            task = asyncio.get_running_loop().create_task(self._fetch(endpoint))
+            task = asyncio.get_running_loop().create_task(
+                self._counted("node", self._bounded(endpoint, lambda made: made.get_node()))
+            )
             known = (generation, task)
             self._fetches[node] = known
             task.add_done_callback(lambda done: self._forget_fetch(node, done))
@@ -141,23 +156,27 @@ class Agents:
     def _bump(self, node: str) -> None:
         self._generation[node] = self._generation.get(node, 0) + 1
 
-    def _forget_fetch(self, node: str, done: asyncio.Task[Snapshot]) -> None:
+    def _forget_fetch(self, node: str, done: asyncio.Task[agent_models.NodeInfo]) -> None:
         if not done.cancelled():
             done.exception()  # retrieved: a failure is reported to every caller, never "unretrieved"
         if self._fetches.get(node, (0, None))[1] is done:
             del self._fetches[node]
 
-    async def _fetch(self, endpoint: Endpoint) -> Snapshot:
+    async def _bounded(
+        self, endpoint: Endpoint, call: Callable[[agent_client.AgentClient], Awaitable[_T]]
+    ) -> _T:
+        async with self._limit:
+            return await call(self.client(endpoint))
+
+    @staticmethod
+    async def _counted(verb: str, call: Awaitable[_T]) -> _T:
         try:
-            async with self._limit:
-                made = self.client(endpoint)
-                instances = await made.get_instances()
-                info = await made.get_node()
+            result = await call
         except agent_client.AgentError as error:
-            metrics.AGENT_CALLS.labels("observe", error.error).inc()
+            metrics.AGENT_CALLS.labels(verb, error.error).inc()
             raise
-        metrics.AGENT_CALLS.labels("observe", "ok").inc()
-        return instances, info
+        metrics.AGENT_CALLS.labels(verb, "ok").inc()
+        return result
 
     async def execute(
         self, actions: Sequence[diff.Action], endpoints: Mapping[str, Endpoint], link_timeout_ms: int

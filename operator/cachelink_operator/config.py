@@ -15,6 +15,7 @@ class Config:
     agent_secret_key: str = "secret"  # noqa: S105 - a key name in that Secret
     agent_timeout_s: float = 10.0
     api_timeout_s: float = 15.0
+    api_concurrency: int = 16
     resync_interval_s: float = 60.0
     retry_delay_s: float = 1.0
     max_retry_delay_s: float = 30.0

@@ -208,6 +208,50 @@ def claims(
     return found
 
 
+def selects(spec: CacheLinkSpec, namespace: str, pod: PodInfo) -> bool:
+    """Whether either side's pod selector matches ``pod`` (scheduled or not, live or going)."""
+    if pod.namespace != namespace:
+        return False
+    for role in (Role.PROMPT, Role.DECODE):
+        selector = spec.side(role).pod_selector
+        if selector is not None and selector.matches(dict(pod.labels)):
+            return True
+    return False
+
+
+def interested(pod: PodInfo, cachelinks: Iterable[CacheLinkRef]) -> list[str]:
+    """UIDs of the CacheLinks a change of ``pod`` concerns: those selecting it, and the one its
+    annotations name (it may have just stopped selecting it)."""
+    holder = pod.annotations.get("cachelink.io/cachelink")
+    return [
+        ref.uid
+        for ref in cachelinks
+        if ref.name == holder or (ref.spec is not None and selects(ref.spec, ref.namespace, pod))
+    ]
+
+
+def contenders(
+    changed: Sequence[CacheLinkRef], others: Iterable[CacheLinkRef], pods: Iterable[PodInfo]
+) -> list[str]:
+    """UIDs of the CacheLinks that select a pod that some version of a changed CacheLink selects (or
+    selected): who holds such a pod may change. CacheLinks that share no pod with it are left alone."""
+    contested = [
+        pod
+        for pod in pods
+        if any(ref.spec is not None and selects(ref.spec, ref.namespace, pod) for ref in changed)
+    ]
+    if not contested:
+        return []
+    skip = {ref.uid for ref in changed}
+    return [
+        other.uid
+        for other in others
+        if other.uid not in skip
+        and other.spec is not None
+        and any(selects(other.spec, other.namespace, pod) for pod in contested)
+    ]
+
+
 @dataclass(frozen=True)
 class Member:
     """One instance's placement: a pod (by name) or a node (by name)."""
@@ -530,16 +574,18 @@ def compute(spec: CacheLinkSpec, inputs: Inputs) -> Desired:
         if listens(member):
             by_node.setdefault(member.node, []).append(name)
     for node, node_names in by_node.items():
-        others = [
-            port
-            for inst in inputs.reported.get(node, ())
-            if inst.name not in names and (port := _port_of(inst.listen_address)) is not None
-        ]
-        others += inputs.busy_ports.get(node, ())
         keep_ports = dict(inputs.recorded_ports)
         for inst in inputs.reported.get(node, ()):
             if inst.name in names and (port := _port_of(inst.listen_address)) is not None:
                 keep_ports[inst.name] = port
+        # a port another CacheLink's instance holds, or one of ours that is going away
+        info = inputs.nodes.get(node)
+        others = [
+            held.port
+            for held in (info.listen_ports if info is not None else ())
+            if held.owner != inputs.uid or held.instance not in names
+        ]
+        others += inputs.busy_ports.get(node, ())
         ports.update(allocate_ports(node_names, inputs.port_range, keep_ports, others))
 
     desired = Desired()

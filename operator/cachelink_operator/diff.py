@@ -318,14 +318,12 @@ def _plan_comm(
         links.append(PutCommLink(inst.node, name, link.comm_name, spec, relink=stale))
 
 
-def sweep(
-    reported: Mapping[str, Sequence[agent_models.InstanceStatus]], live_owners: Iterable[str]
-) -> list[DeleteInstance]:
-    """Instances whose owning CacheLink (by UID) no longer exists."""
+def sweep(node: str, owners: Mapping[str, Iterable[str]], live_owners: Iterable[str]) -> list[DeleteInstance]:
+    """The instances on ``node`` (``{owner UID: instance names}``) whose CacheLink no longer exists."""
     alive = set(live_owners)
     return [
-        DeleteInstance(node, inst.name)
-        for node, instances in sorted(reported.items())
-        for inst in instances
-        if inst.owner not in alive and inst.state != "finalizing"
+        DeleteInstance(node, name)
+        for owner, names in sorted(owners.items())
+        if owner not in alive
+        for name in sorted(names)
     ]

@@ -30,7 +30,7 @@ async def finalize(rt: reconcile.Runtime, body: Mapping[str, Any], world: reconc
     except ValueError:
         limit_s = float(policy.BUILTIN_DEFAULTS.finalize_timeout_seconds or 300)
     nodes = {i.node for i in previous.instances if i.node} | set(world.endpoints)
-    seen = await rt.agents.observe(nodes, world.endpoints)
+    seen = await rt.agents.observe(nodes, world.endpoints, meta["uid"])
     actions: list[diff.Action] = [
         diff.DeleteInstance(node, inst.name)
         for node, instances in sorted(seen.instances.items())

@@ -1,11 +1,13 @@
 """kopf handlers, registered at start-up from the parsed flags (the agent selector is a flag).
 
 Thin by design: indices keep pods, agent pods, policies, namespaces and CacheLinks in memory; one
-daemon per CacheLink runs ``reconcile.reconcile`` whenever it is kicked (its object, a pod of its
-namespace, a policy or a namespace changed) and at least every resync interval, which is the drift
-repair. Change handlers are not used for reconciling because kopf persists their retry progress on the
-object (API writes on every retry) and a pod change cannot trigger them without writing to the
-CacheLink. Deletion is a kopf finalizer (``on.delete``) that retries with ``TemporaryError``.
+daemon per CacheLink runs ``reconcile.reconcile`` whenever it is kicked (its spec changed, a pod it
+selects or names changed, a CacheLink contending for its pods changed, a policy or a namespace changed)
+and at least every resync interval, which is the drift repair. Kicks are aimed: with hundreds of
+CacheLinks in a namespace, one pod or one deletion wakes only those it concerns. Change handlers are
+not used for reconciling because kopf persists their retry progress on the object (API writes on every
+retry) and a pod change cannot trigger them without writing to the CacheLink. Deletion is a kopf
+finalizer (``on.delete``) that retries with ``TemporaryError``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
+from cachelink_agent import client as agent_client
 
 from cachelink_operator import agents, desired, diff, finalize, reconcile
 from cachelink_operator.config import Config
@@ -32,8 +35,8 @@ class Kicks:
 
     def __init__(self) -> None:
         self.events: dict[str, asyncio.Event] = {}
-        #: per CacheLink: (generation, being deleted) last seen
-        self.seen: dict[str, tuple[int | None, bool]] = {}
+        #: per CacheLink: (generation, being deleted, what it was) last seen
+        self.seen: dict[str, tuple[int | None, bool, desired.CacheLinkRef]] = {}
 
     def get(self, uid: str) -> asyncio.Event:
         """The event of ``uid``."""
@@ -44,17 +47,23 @@ class Kicks:
         for uid in uids:
             self.get(uid).set()
 
-    def claims_changed(self, uid: str, type_: str | None, body: Mapping[str, Any]) -> bool:
-        """Whether this event can change which CacheLink holds a pod: a CacheLink went away or its spec
-        changed (not its status: status writes must not wake the whole namespace)."""
+    def claims_changed(
+        self, uid: str, type_: str | None, body: Mapping[str, Any]
+    ) -> list[desired.CacheLinkRef]:
+        """The versions of a CacheLink whose pods others may now win or lose: the last one and the
+        new one when it went away or its spec changed; none for other events (status writes must not
+        wake anyone, and a new CacheLink is younger than all others, so it wins no pod from them)."""
         meta = body.get("metadata") or {}
+        ref = desired.cachelink_ref(body)
         if type_ == "DELETED":
-            self.seen.pop(uid, None)
-            return True
+            gone = self.seen.pop(uid, None)
+            return [ref] + ([gone[2]] if gone is not None else [])
         state = (meta.get("generation"), bool(meta.get("deletionTimestamp")))
         old = self.seen.get(uid)
-        self.seen[uid] = state
-        return old is not None and old != state
+        self.seen[uid] = (*state, ref)
+        if old is None or old[:2] == state:
+            return []
+        return [old[2], ref]
 
 
 def _world(kwargs: Mapping[str, Any], namespace: str) -> reconcile.World:
@@ -118,26 +127,31 @@ def _register_indices(registry: kopf.OperatorRegistry, cfg: Config) -> Callable[
     return is_agent
 
 
-def register(registry: kopf.OperatorRegistry, rt: reconcile.Runtime) -> Kicks:
-    """Register every handler on ``registry``; returns the kick table."""
-    kicks = Kicks()
-    is_agent = _register_indices(registry, rt.config)
+def _register_kickers(
+    registry: kopf.OperatorRegistry, rt: reconcile.Runtime, kicks: Kicks, is_agent: Callable[..., bool]
+) -> None:
+    """The watch-event handlers that wake the daemons of the CacheLinks a change concerns."""
 
     @kopf.on.event(CACHELINKS, registry=registry, id="cachelink_changed")
     def cachelink_changed(uid: str, type: str | None, body: kopf.Body, **kwargs: Any) -> None:
-        if type != "DELETED":
-            kicks.kick(uid)
         rt.board.cachelink_event(type, body)
+        # its spec changed or it is being deleted: reconcile now; an event for a status write (ours,
+        # mostly) wakes nobody: the pass that wrote it already scheduled the next one
+        changed = kicks.claims_changed(uid, type, body)
+        if changed and type != "DELETED":
+            kicks.kick(uid)
         # who holds a contested pod changes when a CacheLink goes away or its selectors change
-        if kicks.claims_changed(uid, type, body):
-            neighbours = kwargs["cachelink_objects"].get(body.metadata.namespace, [])
-            kicks.kick(*(ref.uid for ref in neighbours if ref.uid != uid))
+        if changed:
+            namespace = body.metadata.namespace
+            neighbours = kwargs["cachelink_objects"].get(namespace, [])
+            kicks.kick(*desired.contenders(changed, neighbours, kwargs["cachelink_pods"].get(namespace, [])))
 
     @kopf.on.event("pods", registry=registry, id="pod_changed")
     def pod_changed(body: kopf.Body, **kwargs: Any) -> None:
-        kicks.kick(*(ref.uid for ref in kwargs["cachelink_objects"].get(body.metadata.namespace, [])))
         if is_agent(body):
             kicks.kick(*kicks.events)
+        neighbours = kwargs["cachelink_objects"].get(body.metadata.namespace, [])
+        kicks.kick(*desired.interested(desired.pod_info(body), neighbours))
 
     @kopf.on.event(POLICIES, registry=registry, id="policy_changed")
     def policy_changed(type: str | None, body: kopf.Body, **_: Any) -> None:
@@ -153,6 +167,12 @@ def register(registry: kopf.OperatorRegistry, rt: reconcile.Runtime) -> Kicks:
     @kopf.on.event("statefulsets.v1.apps", registry=registry, id="statefulset_changed")
     def controller_changed(body: kopf.Body, **kwargs: Any) -> None:  # a rollout moved on
         kicks.kick(*(ref.uid for ref in kwargs["cachelink_objects"].get(body.metadata.namespace, [])))
+
+
+def register(registry: kopf.OperatorRegistry, rt: reconcile.Runtime) -> Kicks:
+    """Register every handler on ``registry``; returns the kick table."""
+    kicks = Kicks()
+    _register_kickers(registry, rt, kicks, _register_indices(registry, rt.config))
 
     @kopf.daemon(CACHELINKS, registry=registry, cancellation_timeout=30.0, id="reconciler")
     async def cachelink_reconciler(stopped: kopf.DaemonStopped, body: kopf.Body, **kwargs: Any) -> None:
@@ -215,17 +235,22 @@ async def care(rt: reconcile.Runtime) -> None:
         endpoint = agents.endpoint_of(pod)
         if endpoint is not None:
             endpoints[endpoint.node] = endpoint
-    seen = await rt.agents.observe(endpoints, endpoints)
+    held: dict[str, dict[str, list[str]]] = {}
+    for node, endpoint in sorted(endpoints.items()):
+        try:
+            held[node] = await rt.agents.owners(endpoint)
+        except agent_client.AgentError as error:
+            kopf_logger.warning("owner listing on %s failed: %s", node, error)
     live = set(await rt.kube.list_cachelink_uids())
-    for node, instances in sorted(seen.instances.items()):
+    for node, owners in sorted(held.items()):
         endpoint = endpoints[node]
-        owners = sorted({i.owner for i in instances if i.owner in live})
-        if owners:
+        confirm = sorted(owner for owner in owners if owner in live)
+        if confirm:
             try:
-                await rt.agents.confirm_owners(endpoint, owners)
+                await rt.agents.confirm_owners(endpoint, confirm)
             except Exception as error:
                 kopf_logger.warning("owner confirmation on %s failed: %s", node, error)
-        orphans = diff.sweep({node: instances}, live)
+        orphans = diff.sweep(node, owners, live)
         if orphans:
             kopf_logger.info("sweeping %d instances of deleted CacheLinks on %s", len(orphans), node)
             await rt.agents.execute(orphans, endpoints, 3000)

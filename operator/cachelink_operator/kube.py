@@ -1,7 +1,9 @@
 """The Kubernetes API calls the operator makes itself (kopf makes the watches and the finalizer patches).
 
-The official client is synchronous; each call runs in a worker thread with the configured request
-timeout, so no reconcile can hang on the API server.
+The official client is synchronous; each call runs in a worker thread of the facade's own pool (sized
+by ``--api-concurrency``: asyncio's default pool has only a few threads, too few for hundreds of
+CacheLinks reconciled at once) with the configured request timeout, so no reconcile can hang on the API
+server. Calls whose answer is not used skip the client's model decoding (``_preload_content=False``).
 """
 
 from __future__ import annotations
@@ -9,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime
+import functools
 import json
 import secrets
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from kubernetes import client as k8s
@@ -27,19 +31,36 @@ SECRET_KEY = "link-secret"  # noqa: S105 - the data key, not the secret
 class Kube:
     """A thin async facade over the API calls the reconciler needs."""
 
-    def __init__(self, api: k8s.ApiClient, timeout_s: float) -> None:
+    def __init__(self, api: k8s.ApiClient, timeout_s: float, concurrency: int = 16) -> None:
         self.core = k8s.CoreV1Api(api)
         self.custom = k8s.CustomObjectsApi(api)
         self.coordination = k8s.CoordinationV1Api(api)
         self.timeout = timeout_s
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="kube-api")
+
+    def close(self) -> None:
+        """Let the worker threads go once their calls (each bounded by the timeout) end."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        return await asyncio.to_thread(fn, *args, _request_timeout=self.timeout, **kwargs)
+        call = functools.partial(fn, *args, _request_timeout=self.timeout, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+
+    async def _send(self, fn: Any, *args: Any, **kwargs: Any) -> None:
+        """A call whose answer is not needed: the body is drained in the worker thread (so the
+        connection goes back to the pool at once), never decoded into models."""
+
+        def call() -> None:
+            response = fn(*args, _request_timeout=self.timeout, _preload_content=False, **kwargs)
+            response.drain_conn()
+            response.release_conn()
+
+        await asyncio.get_running_loop().run_in_executor(self._pool, call)
 
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         """Merge-patch ``status`` of a CacheLink (a missing object is ignored: it is gone)."""
         try:
-            await self._run(
+            await self._send(
                 self.custom.patch_namespaced_custom_object_status,
                 GROUP,
                 VERSION,
@@ -55,7 +76,7 @@ class Kube:
     async def patch_policy_status(self, name: str, status: Mapping[str, Any]) -> None:
         """Merge-patch ``status`` of a CacheLinkPolicy."""
         try:
-            await self._run(
+            await self._send(
                 self.custom.patch_cluster_custom_object_status,
                 GROUP,
                 VERSION,
@@ -110,7 +131,7 @@ class Kube:
             last_timestamp=at,
             count=1,
         )
-        await self._run(self.core.create_namespaced_event, namespace, body)
+        await self._send(self.core.create_namespaced_event, namespace, body)
 
     async def list_pods(self, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
         """Pods of a namespace matching ``labels``, as plain API objects (camelCase dicts)."""
@@ -132,7 +153,9 @@ class Kube:
         return base64.b64decode((secret.data or {})[key])
 
     async def ensure_link_secret(self, namespace: str, name: str, owner: Mapping[str, Any]) -> str:
-        """The CacheLink's link secret: its Secret (owned by it) is created unless it exists."""
+        """The CacheLink's link secret: its Secret (owned by it) is created unless it exists, in which
+        case the existing one is read."""
+        value = secrets.token_hex(32)
         body = k8s.V1Secret(
             metadata=k8s.V1ObjectMeta(
                 name=name,
@@ -141,14 +164,15 @@ class Kube:
                 owner_references=[_owner_ref(owner)],
             ),
             type="Opaque",
-            data={SECRET_KEY: base64.b64encode(secrets.token_hex(32).encode()).decode()},
+            data={SECRET_KEY: base64.b64encode(value.encode()).decode()},
         )
         try:
-            await self._run(self.core.create_namespaced_secret, namespace, body)
+            await self._send(self.core.create_namespaced_secret, namespace, body)
         except ApiException as error:
             if error.status != 409:
                 raise
-        return (await self.read_secret(namespace, name, SECRET_KEY)).decode()
+            return (await self.read_secret(namespace, name, SECRET_KEY)).decode()
+        return value
 
     async def apply_config_map(
         self, namespace: str, name: str, data: Mapping[str, str], owner: Mapping[str, Any]
@@ -164,16 +188,16 @@ class Kube:
             data=dict(data),
         )
         try:
-            await self._run(self.core.create_namespaced_config_map, namespace, body)
+            await self._send(self.core.create_namespaced_config_map, namespace, body)
         except ApiException as error:
             if error.status != 409:
                 raise
-            await self._run(self.core.replace_namespaced_config_map, name, namespace, body)
+            await self._send(self.core.replace_namespaced_config_map, name, namespace, body)
 
     async def annotate_pod(self, namespace: str, name: str, annotations: Mapping[str, str | None]) -> None:
         """Merge-patch a pod's annotations (None removes one); a vanished pod is ignored."""
         try:
-            await self._run(
+            await self._send(
                 self.core.patch_namespaced_pod,
                 name,
                 namespace,

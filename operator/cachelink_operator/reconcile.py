@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pydantic
+from cachelink_agent.models import InstanceStatus as InstanceStatusReport
 from kubernetes.client.exceptions import ApiException
 
 from cachelink_operator import (
@@ -154,7 +155,7 @@ async def reconcile_once(rt: Runtime, body: Mapping[str, Any], world: World, ful
     }
     if full:
         nodes |= set(world.endpoints)
-    seen = await rt.agents.observe(nodes, world.endpoints)
+    seen = await rt.agents.observe(nodes, world.endpoints, uid)
     link_secret_name, link_secret = None, None
     if merged.link_authentication:
         link_secret_name = previous.link_secret_name or secret_name(name)
@@ -200,15 +201,16 @@ async def reconcile_once(rt: Runtime, body: Mapping[str, Any], world: World, ful
 
     cm_name = await _publish_rank_table(rt, body, previous, want)
 
-    planned = diff.plan(
+    planned, outcomes = await _act(
+        rt,
         want,
         uid,
         seen.instances,
+        world.endpoints,
         link_timeout_ms=merged.link_timeout_ms or 3000,
         max_in_flight=merged.max_link_setups_in_flight or 4,
         recorded_pod_uids={i.name: i.pod_uid for i in previous.instances if i.pod_uid},
     )
-    outcomes = await rt.agents.execute(planned.actions, world.endpoints, merged.link_timeout_ms or 3000)
     await _annotate(rt, namespace, name, want, planned)
     await unannotate(
         rt, namespace, name, world.pods, {i.member.pod.name for i in want.instances.values() if i.member.pod}
@@ -242,6 +244,66 @@ async def reconcile_once(rt: Runtime, body: Mapping[str, Any], world: World, ful
         len(seen.unreachable),
     )
     return _next_delay(rt, uid, planned.converged, failed)
+
+
+async def _act(
+    rt: Runtime,
+    want: desired.Desired,
+    uid: str,
+    reported: Mapping[str, Sequence[InstanceStatusReport]],
+    endpoints: Mapping[str, agents.Endpoint],
+    *,
+    link_timeout_ms: int,
+    max_in_flight: int,
+    recorded_pod_uids: Mapping[str, str],
+) -> tuple[diff.Plan, list[agents.Outcome]]:
+    """Plan the agent calls and make them. When this pass initialised instances and every call
+    succeeded, plan again from what the agents answered (each PUT returns the instance's status) and
+    make the link calls that are now possible: a new CacheLink links in one pass and one status write,
+    not two. Anything else the second plan wants is left to the next pass."""
+
+    def plan(seen: Mapping[str, Sequence[InstanceStatusReport]], pod_uids: Mapping[str, str]) -> diff.Plan:
+        return diff.plan(
+            want,
+            uid,
+            seen,
+            link_timeout_ms=link_timeout_ms,
+            max_in_flight=max_in_flight,
+            recorded_pod_uids=pod_uids,
+        )
+
+    planned = plan(reported, recorded_pod_uids)
+    outcomes = await rt.agents.execute(planned.actions, endpoints, link_timeout_ms)
+    started = {o.action.instance for o in outcomes if isinstance(o.action, diff.PutInstance)}
+    if not started or not all(o.ok for o in outcomes):
+        return planned, outcomes
+    pods = {
+        name: inst.member.pod.uid
+        for name in started
+        if (inst := want.instances.get(name)) and inst.member.pod
+    }
+    again = plan(_after(reported, outcomes), {**recorded_pod_uids, **pods})
+    if not all(isinstance(a, diff.PutLink | diff.PutCommLink) for a in again.actions):
+        return planned, outcomes
+    outcomes += await rt.agents.execute(again.actions, endpoints, link_timeout_ms)
+    return again, outcomes
+
+
+def _after(
+    reported: Mapping[str, Sequence[InstanceStatusReport]], outcomes: Iterable[agents.Outcome]
+) -> dict[str, list[InstanceStatusReport]]:
+    """What the agents report once these calls succeeded: the instances PUT answered with, without
+    those deleted."""
+    after = {node: list(found) for node, found in reported.items()}
+    for outcome in outcomes:
+        action = outcome.action
+        if not outcome.ok or not isinstance(action, diff.PutInstance | diff.DeleteInstance):
+            continue
+        kept = [i for i in after.get(action.node, []) if i.name != action.instance]
+        if isinstance(action, diff.PutInstance) and outcome.result and outcome.result.instance:
+            kept.append(outcome.result.instance)
+        after[action.node] = kept
+    return after
 
 
 def _next_delay(rt: Runtime, uid: str, converged: bool, failed: bool) -> float:
@@ -370,7 +432,7 @@ async def _give_way(
     meta = body["metadata"]
     namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
     nodes = {i.node for i in previous.instances if i.node} | (set(world.endpoints) if full else set())
-    seen = await rt.agents.observe(nodes, world.endpoints)
+    seen = await rt.agents.observe(nodes, world.endpoints, uid)
     actions: list[diff.Action] = [
         diff.DeleteInstance(node, inst.name)
         for node, instances in sorted(seen.instances.items())

@@ -13,7 +13,9 @@ def test_json_logs_are_one_object_per_line(agents):
     status, _ = agent.http("GET", "/v1/instances/prompt-0", token="wrong:token")
     assert status == 401
     agent.kill(15)  # SIGTERM: a clean stop, logged too
-    lines = [line for line in agent.log.read_text().splitlines() if line.strip() and not line.startswith("==>")]
+    lines = [
+        line for line in agent.log.read_text().splitlines() if line.strip() and not line.startswith("==>")
+    ]
     records = [json.loads(line) for line in lines]
     assert records, "the agent logged something"
     assert all({"ts", "level", "logger", "msg"} <= set(r) for r in records), records[:3]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 
@@ -12,7 +13,7 @@ from cachelink_agent.attach import attach
 
 from llm_datadist import BlocksCacheKey, CacheDesc, CacheKey, DataType
 
-from .conftest import DECODE_IP, PROMPT_IP, wait_for
+from .conftest import DECODE_IP, PROMPT_IP, engine_options, wait_for
 
 DESC = CacheDesc(4, [8, 4096], DataType.DT_FLOAT16)
 SLOTS = CacheDesc(2, [2, 2048], DataType.DT_INT32)
@@ -100,3 +101,21 @@ def test_sigterm_stops_without_finalizing(agents) -> None:
     assert sorted(p.suffix for p in agent.pool_dir.iterdir()) == [".device", ".index"]
     agent.start()
     assert agent.instance("keep").state == "running"
+
+
+def test_instances_created_concurrently_all_survive_a_sigkill(agents) -> None:
+    """Concurrent changes share state-file writes; each PUT still answers only once its change is on disk."""
+    agent = agents("node-k", PROMPT_IP, "--in-process")
+    names = [f"burst-{i}" for i in range(12)]
+
+    def put(client, name: str, cluster_id: int):  # type: ignore[no-untyped-def]
+        spec = models.InstanceSpec(
+            role="prompt", cluster_id=cluster_id, owner="uid-burst", options=engine_options(PROMPT_IP)
+        )
+        return client.put_instance(name, spec)
+
+    agent.call(lambda c: asyncio.gather(*(put(c, n, i + 1) for i, n in enumerate(names))))
+    assert agent.kill(signal.SIGKILL) == -signal.SIGKILL
+    agent.start()
+    assert agent.call(lambda c: c.get_owners()) == {"uid-burst": sorted(names)}
+    assert all(agent.instance(n).state == "running" for n in names)

@@ -36,7 +36,9 @@ def spec(**extra: object) -> CacheLinkSpec:
     return CacheLinkSpec.model_validate(body)
 
 
-def node_info(node: str, *interfaces: tuple[str, list[str]]) -> agent_models.NodeInfo:
+def node_info(
+    node: str, *interfaces: tuple[str, list[str]], held: tuple[agent_models.ListenPort, ...] = ()
+) -> agent_models.NodeInfo:
     return agent_models.NodeInfo(
         node_name=node,
         mode="in-process",
@@ -47,7 +49,8 @@ def node_info(node: str, *interfaces: tuple[str, list[str]]) -> agent_models.Nod
         shm_free_bytes=1 << 30,
         pool_budget_bytes=1 << 30,
         pool_reserved_bytes=0,
-        instances=0,
+        instances=len(held),
+        listen_ports=list(held),
         version="test",
     )
 

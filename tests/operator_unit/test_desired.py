@@ -6,13 +6,14 @@ import json
 import random
 
 import pytest
+from cachelink_agent import models as agent_models
 from cachelink_agent.models import is_instance_name
 from cachelink_operator import desired
 from cachelink_operator.models import MAX_CLUSTER_ID, ClusterIdRange, PortRange, Role
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from .helpers import UID, compute, pod, running, spec
+from .helpers import UID, compute, node_info, pod, running, spec
 
 PODS = [
     pod("p0", "node-a", {"app": "p"}),
@@ -135,6 +136,26 @@ def test_a_port_held_by_something_else_moves_the_instance():
     # once it listens on the new port the error is gone: the port is kept, nothing flips back
     settled = compute(spec(), PODS, recorded_ports={name: 26001})
     assert settled.instances[name].port == 26001
+
+
+def test_ports_other_cachelinks_hold_on_the_node_are_avoided_and_our_own_kept():
+    first = compute(spec(), PODS)
+    (node, name) = next((i.node, n) for n, i in first.instances.items() if i.listens)
+    foreign = agent_models.ListenPort(port=26000, instance="someone-else", owner="uid-other")
+    moved = compute(spec(), PODS, nodes={node: node_info(node, held=(foreign,))})
+    assert moved.instances[name].port == 26001
+    # our own instance holding 26001 on the node keeps it; one of ours that is going away does not
+    ours = agent_models.ListenPort(port=26001, instance=name, owner=UID)
+    leaving = agent_models.ListenPort(port=26002, instance="ours-leaving", owner=UID)
+    kept = compute(
+        spec(),
+        PODS,
+        nodes={node: node_info(node, held=(foreign, ours, leaving))},
+        recorded_ports={name: 26001},
+    )
+    assert kept.instances[name].port == 26001
+    fresh = compute(spec(), PODS, nodes={node: node_info(node, held=(foreign, leaving))})
+    assert fresh.instances[name].port == 26001
 
 
 def test_prompt_initiator_makes_decode_listen():

@@ -104,7 +104,11 @@ def test_other_owners_instances_are_left_alone_but_swept_when_orphaned():
     )
     reported["node-a"].append(stranger)
     assert _plan(want, reported).actions == []
-    assert diff.sweep(reported, [UID]) == [diff.DeleteInstance("node-a", "x")]
+    owners: dict[str, list[str]] = {}
+    for inst in reported["node-a"]:
+        owners.setdefault(inst.owner, []).append(inst.name)
+    assert diff.sweep("node-a", owners, [UID]) == [diff.DeleteInstance("node-a", "x")]
+    assert diff.sweep("node-a", owners, [UID, "someone-else"]) == []
 
 
 def test_pod_recreated_with_same_name_reinitialises():

@@ -68,8 +68,10 @@ class FakeAgents:
         self.instances = instances or {}
         self.executed: list[diff.Action] = []
 
-    async def observe(self, nodes: Any, endpoints: Any) -> agents.Observation:
-        return agents.Observation({n: list(self.instances.get(n, [])) for n in nodes}, {}, {})
+    async def observe(self, nodes: Any, endpoints: Any, owner: str) -> agents.Observation:
+        return agents.Observation(
+            {n: [i for i in self.instances.get(n, []) if i.owner == owner] for n in nodes}, {}, {}
+        )
 
     async def execute(self, actions: list[diff.Action], endpoints: Any, timeout: int) -> list[agents.Outcome]:
         self.executed.extend(actions)

@@ -223,9 +223,12 @@ class _CareAgents:
         self.confirmed: dict[str, list[str]] = {}
         self.executed: list[diff.Action] = []
 
-    async def observe(self, nodes: Any, endpoints: Any) -> agents.Observation:
-        self.kube.calls.append("agents")
-        return agents.Observation({n: self.instances.get(n, []) for n in nodes}, {}, {})
+    async def owners(self, endpoint: agents.Endpoint) -> dict[str, list[str]]:
+        self.kube.calls.append(f"agent {endpoint.node}")
+        held: dict[str, list[str]] = {}
+        for inst in self.instances.get(endpoint.node, []):
+            held.setdefault(inst.owner, []).append(inst.name)
+        return held
 
     async def confirm_owners(self, endpoint: agents.Endpoint, owners: list[str]) -> None:
         self.confirmed[endpoint.node] = owners
@@ -253,7 +256,8 @@ def test_caretaker_confirms_live_owners_and_sweeps_orphans_after_listing():
     fake = _CareAgents(live, kube)
     rt = reconcile.Runtime(Config(), kube, fake)  # type: ignore[arg-type]
     asyncio.run(handlers.care(rt))
-    assert kube.calls == ["pods", "agents", "cachelinks"]  # agents first, then the list of live owners
+    # agents first, then the list of live owners
+    assert kube.calls == ["pods", "agent node-a", "agent node-b", "cachelinks"]
     assert fake.confirmed == {"node-a": [UID], "node-b": [UID]}
     assert fake.executed == [diff.DeleteInstance("node-a", "orphan")]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+#: the installed wheel's processes see only the wheel, never a checkout named by PYTHONPATH
+WHEEL_ONLY = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
 
 def test_dockerfile_passes_hadolint():
@@ -38,7 +41,7 @@ def test_install_script_builds_a_working_wheel(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     for entrypoint in ("cachelink-operator", "cachelink-agent", "cachelink"):
         help_text = subprocess.run([str(venv / "bin" / entrypoint), "--help"], capture_output=True, text=True,
-                                   check=True).stdout
+                                   check=True, env=WHEEL_ONLY).stdout
         assert "usage" in help_text.lower()
     smoke = textwrap.dedent("""
         from llm_datadist import LLMDataDist, LLMRole, LLMConfig, CacheDesc, DataType
@@ -54,13 +57,13 @@ def test_install_script_builds_a_working_wheel(tmp_path):
         dd.finalize()
     """)
     out = subprocess.run([str(venv / "bin" / "python"), "-P", "-c", smoke], capture_output=True, text=True,
-                         cwd=tmp_path, check=True).stdout
+                         cwd=tmp_path, check=True, env=WHEEL_ONLY).stdout
     assert out.strip() == "40.0"
     # the wheel carries the chart that `cachelink demo` installs, and finds it outside a checkout
     where = subprocess.run(
         [str(venv / "bin" / "python"), "-P", "-c",
          "from cachelink.localstack.resources import chart_dir; print(chart_dir())"],
-        capture_output=True, text=True, cwd=tmp_path, check=True,
+        capture_output=True, text=True, cwd=tmp_path, check=True, env=WHEEL_ONLY,
     ).stdout.strip()
     assert where.startswith(str(venv)) and (Path(where) / "Chart.yaml").is_file(), where
     assert (Path(where) / "templates" / "agent-daemonset.yaml").is_file()
