@@ -97,6 +97,7 @@ def run_local(data_dir: Path, shape: KvShape, keep: bool) -> int:
                 stack.down(remove_objects=False)  # the cluster stops next; the objects stay for next time
             cluster.log = _quiet
             cluster.down()
+            clean(stack_root)  # the nodes' files and pools too (the next run would drop them first anyway)
             say(f"==> stopped; nothing of the demo runs any more ({time.monotonic() - begun:.0f}s in all)")
 
 

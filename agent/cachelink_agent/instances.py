@@ -71,6 +71,11 @@ class Instance:
     supervisor: asyncio.Task[None] | None = None
     last_status: dict[str, Any] = field(default_factory=dict)
     started_at: float = 0.0
+    #: shared memory its pools reserve (parsed once: the node's listing sums it for every instance)
+    pool_bytes: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        self.pool_bytes = pool_bytes(self.spec.options)
 
 
 def pool_bytes(options: dict[str, str]) -> int:
@@ -394,7 +399,7 @@ class InstanceManager:
     def reserved_pool_bytes(self, exclude: str = "") -> int:
         """Pool bytes the live instances reserve."""
         return sum(
-            pool_bytes(inst.spec.options)
+            inst.pool_bytes
             for name, inst in self.instances.items()
             if name != exclude and not inst.stopping
         )
@@ -749,7 +754,7 @@ class InstanceManager:
             links=[self._link_status(instance, r) for r in sorted(remote_ids)],
             comm_links=[self._comm_status(instance, c) for c in sorted(comm_names)],
             pools=pools,
-            pool_bytes=pool_bytes(instance.spec.options),
+            pool_bytes=instance.pool_bytes,
             caches=int(live.get("caches", 0)),
             attach_socket=str(self.socket_path(instance.name)),
             attach_sessions=int(live.get("attach_sessions", 0)),

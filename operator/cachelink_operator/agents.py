@@ -81,7 +81,7 @@ class Agents:
         self._limit = asyncio.Semaphore(concurrency)
         #: per node, the fetch of its node info in flight, with the node's generation when it started
         self._fetches: dict[str, tuple[int, asyncio.Task[agent_models.NodeInfo]]] = {}
-        #: per node, bumped by every call that may change what the node reports
+        #: per node, bumped by every call that may change what the node reports about itself
         self._generation: dict[str, int] = {}
 
     def client(self, endpoint: Endpoint) -> agent_client.AgentClient:
@@ -200,7 +200,10 @@ class Agents:
         if endpoint is None:
             return Outcome(action, f"no ready agent pod on node {action.node}")
         verb = type(action).__name__
-        self._bump(action.node)
+        # only instances coming and going change what a node reports about itself (ports, pools)
+        changes_node = isinstance(action, diff.PutInstance | diff.DeleteInstance)
+        if changes_node:
+            self._bump(action.node)
         try:
             async with self._limit:
                 made = self.client(endpoint)
@@ -226,7 +229,8 @@ class Agents:
             metrics.AGENT_CALLS.labels(verb, error.error).inc()
             return Outcome(action, str(error), error.status, error.llm_status)
         finally:
-            self._bump(action.node)  # a fetch that overlapped the call may miss its effect: not shared
+            if changes_node:  # a fetch that overlapped the call may miss its effect: not shared
+                self._bump(action.node)
         metrics.AGENT_CALLS.labels(verb, "ok").inc()
         return Outcome(action, result=result)
 
