@@ -76,6 +76,22 @@ class Instance:
 
     def __post_init__(self) -> None:
         self.pool_bytes = pool_bytes(self.spec.options)
+        self._listen_port: tuple[str, models.ListenPort | None] = ("", None)
+
+    def listen_port(self) -> models.ListenPort | None:
+        """The port it holds (the configured one while starting); None when stopping or none."""
+        if self.stopping:
+            return None
+        address = self.listen_address or self.spec.options.get(LISTEN_OPTION, "")
+        if self._listen_port[0] != address:  # made once per address: the node listing asks every instance
+            host, _, port = address.rpartition(":")
+            made = (
+                models.ListenPort(port=int(port), instance=self.name, owner=self.spec.owner)
+                if host and port.isdigit() and int(port) > 0  # 0: any port, none held yet
+                else None
+            )
+            self._listen_port = (address, made)
+        return self._listen_port[1]
 
 
 def pool_bytes(options: dict[str, str]) -> int:
@@ -190,15 +206,17 @@ class InstanceManager:
             if self._saved_changes >= mine:
                 return
             upto = self._changes
-            snapshot = state.AgentState(
-                node_name=self.config.node_name,
-                instances={
-                    name: inst.record.model_copy(deep=True)
-                    for name, inst in self.instances.items()
-                    if not inst.stopping
-                },
+            # encoded here, on the loop, with no await in between: a consistent snapshot without
+            # copying every record first (the records are validated models already)
+            data = self.store.encode(
+                state.AgentState.model_construct(
+                    node_name=self.config.node_name,
+                    instances={
+                        name: inst.record for name, inst in self.instances.items() if not inst.stopping
+                    },
+                )
             )
-            await asyncio.to_thread(self.store.save, snapshot)
+            await asyncio.to_thread(self.store.write, data)
             self._saved_changes = upto
 
     async def _call(
@@ -399,9 +417,7 @@ class InstanceManager:
     def reserved_pool_bytes(self, exclude: str = "") -> int:
         """Pool bytes the live instances reserve."""
         return sum(
-            inst.pool_bytes
-            for name, inst in self.instances.items()
-            if name != exclude and not inst.stopping
+            inst.pool_bytes for name, inst in self.instances.items() if name != exclude and not inst.stopping
         )
 
     async def put_instance(self, name: str, spec: models.InstanceSpec) -> models.PutResult:
@@ -793,12 +809,7 @@ class InstanceManager:
 
     def listen_ports(self) -> list[models.ListenPort]:
         """The ports the live instances listen on (the configured one while starting), by port."""
-        held = []
-        for name, instance in self.instances.items():
-            address = instance.listen_address or instance.spec.options.get(LISTEN_OPTION, "")
-            host, _, port = address.rpartition(":")
-            if not instance.stopping and host and port.isdigit():
-                held.append(models.ListenPort(port=int(port), instance=name, owner=instance.spec.owner))
+        held = [port for instance in self.instances.values() if (port := instance.listen_port()) is not None]
         return sorted(held, key=lambda p: (p.port, p.instance))
 
     def metric_snapshots(self) -> list[dict[str, Any]]:

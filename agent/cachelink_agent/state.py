@@ -139,6 +139,15 @@ class StateStore:
         except (ValidationError, KeyError, TypeError) as error:
             raise StateError(f"{self.path} does not match schema {SCHEMA_VERSION}: {error}") from error
 
+    @staticmethod
+    def encode(state: AgentState) -> bytes:
+        """The file's bytes for ``state``."""
+        return state.model_dump_json(indent=1).encode()
+
     def save(self, state: AgentState) -> None:
         """Write ``state`` atomically."""
-        atomic_write(self.path, state.model_dump_json(indent=1).encode())
+        self.write(self.encode(state))
+
+    def write(self, data: bytes) -> None:
+        """Write bytes made by :meth:`encode` atomically."""
+        atomic_write(self.path, data)

@@ -73,6 +73,8 @@ class Peer:
 
     def close(self) -> None:
         if self.proc.poll() is None:
+            with contextlib.suppress(OSError):  # a test that failed while the peer was stopped
+                os.kill(self.proc.pid, signal.SIGCONT)
             with contextlib.suppress(RuntimeError, BrokenPipeError, OSError):
                 self.run("dd.finalize() if 'dd' in globals() else None")
             assert self.proc.stdin is not None
