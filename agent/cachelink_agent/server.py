@@ -114,14 +114,19 @@ async def _body(request: web.Request, model: type[_M]) -> _M:
         raise ApiError(422, "validation_error", f"invalid request body: {names}", fields=fields) from None
 
 
+def _invalid(loc: str, why: str, message: str, error: str = "validation_error") -> ApiError:
+    """A 422 naming the invalid input (``loc`` as ``path.x``, ``query.x`` or a body field)."""
+    return ApiError(422, error, message, fields=[{"loc": loc, "msg": why}])
+
+
 def _name(request: web.Request) -> str:
     name = request.match_info["name"]
     if not models.is_instance_name(name):
-        raise ApiError(
-            422,
-            "invalid_name",
+        raise _invalid(
+            "path.name",
+            "must be a DNS-1123 label",
             f"instance name {name[:80]!r} is not a DNS-1123 label",
-            fields=[{"loc": "path.name", "msg": "must be a DNS-1123 label"}],
+            "invalid_name",
         )
     return name
 
@@ -129,11 +134,11 @@ def _name(request: web.Request) -> str:
 def _remote(request: web.Request) -> int:
     text = request.match_info["remote_cluster_id"]
     if not text.isdigit() or int(text) > models.MAX_UINT64:
-        raise ApiError(
-            422,
-            "invalid_cluster_id",
+        raise _invalid(
+            "path.remote_cluster_id",
+            "must be a uint64",
             f"remote cluster id {text[:40]!r} is not a uint64",
-            fields=[{"loc": "path.remote_cluster_id", "msg": "must be a uint64"}],
+            "invalid_cluster_id",
         )
     return int(text)
 
@@ -143,11 +148,8 @@ def _comm(request: web.Request) -> str:
 
     text = request.match_info["comm_name"]
     if not re.fullmatch(_COMM_NAME, text):
-        raise ApiError(
-            422,
-            "invalid_comm_name",
-            "comm name must be 1-127 of [A-Za-z0-9._-]",
-            fields=[{"loc": "path.comm_name", "msg": "invalid"}],
+        raise _invalid(
+            "path.comm_name", "invalid", "comm name must be 1-127 of [A-Za-z0-9._-]", "invalid_comm_name"
         )
     return text
 
@@ -155,12 +157,7 @@ def _comm(request: web.Request) -> str:
 def _query_bool(request: web.Request, key: str) -> bool:
     text = request.query.get(key, "false").lower()
     if text not in ("true", "false", "1", "0"):
-        raise ApiError(
-            422,
-            "validation_error",
-            f"query {key} must be true or false",
-            fields=[{"loc": f"query.{key}", "msg": "must be a boolean"}],
-        )
+        raise _invalid(f"query.{key}", "must be a boolean", f"query {key} must be true or false")
     return text in ("true", "1")
 
 
@@ -168,11 +165,10 @@ def _known_query(request: web.Request, *names: str) -> None:
     """Refuse query parameters the route does not take (a typo must not silently widen a listing)."""
     unknown = sorted(set(request.query) - set(names))
     if unknown:
-        raise ApiError(
-            422,
-            "validation_error",
+        raise _invalid(
+            f"query.{unknown[0][:40]}",
+            "unknown parameter",
             f"unknown query parameter {unknown[0][:40]!r}; this route takes: {', '.join(names) or 'none'}",
-            fields=[{"loc": f"query.{unknown[0][:40]}", "msg": "unknown parameter"}],
         )
 
 
@@ -185,11 +181,10 @@ def _query_owners(request: web.Request) -> set[str] | None:
     if len(owners) > models.MAX_OWNERS or any(
         not 1 <= len(owner) <= models.MAX_OWNER_LEN for owner in owners
     ):
-        raise ApiError(
-            422,
-            "validation_error",
+        raise _invalid(
+            "query.owner",
+            "invalid",
             f"query owner: at most {models.MAX_OWNERS} values of 1-{models.MAX_OWNER_LEN} characters",
-            fields=[{"loc": "query.owner", "msg": "invalid"}],
         )
     return set(owners)
 
@@ -197,11 +192,10 @@ def _query_owners(request: web.Request) -> set[str] | None:
 def _query_timeout(request: web.Request) -> int:
     text = request.query.get("timeout_ms", "3000")
     if not text.isdigit() or not 1 <= int(text) <= models.MAX_TIMEOUT_MS:
-        raise ApiError(
-            422,
-            "validation_error",
+        raise _invalid(
+            "query.timeout_ms",
+            "out of range",
             f"query timeout_ms must be in [1, {models.MAX_TIMEOUT_MS}]",
-            fields=[{"loc": "query.timeout_ms", "msg": "out of range"}],
         )
     return int(text)
 
