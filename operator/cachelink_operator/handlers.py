@@ -54,16 +54,16 @@ class Kicks:
         new one when it went away or its spec changed; none for other events (status writes must not
         wake anyone, and a new CacheLink is younger than all others, so it wins no pod from them)."""
         meta = body.get("metadata") or {}
-        ref = desired.cachelink_ref(body)
         if type_ == "DELETED":
             gone = self.seen.pop(uid, None)
-            return [ref] + ([gone[2]] if gone is not None else [])
+            return [desired.cachelink_ref(body)] + ([gone[2]] if gone is not None else [])
         state = (meta.get("generation"), bool(meta.get("deletionTimestamp")))
         old = self.seen.get(uid)
+        if old is not None and old[:2] == state:
+            return []  # a status write (most events): the spec is not parsed again
+        ref = desired.cachelink_ref(body)
         self.seen[uid] = (*state, ref)
-        if old is None or old[:2] == state:
-            return []
-        return [old[2], ref]
+        return [] if old is None else [old[2], ref]
 
 
 def _world(kwargs: Mapping[str, Any], namespace: str) -> reconcile.World:

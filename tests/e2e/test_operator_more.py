@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from cachelink_e2e_operator import OperatorEnv, wait_for
+from cachelink_e2e_operator import deployment as support_deployment
 
 pytestmark = pytest.mark.e2e
 POOL = 4 << 20
@@ -26,6 +27,10 @@ def canonical_crds(operator_env: OperatorEnv) -> None:
     operator_env.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
 
 
+#: rollouts surge one pod at a time and keep the old ones until the new one is up
+ROLLING = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+
+
 def deployment(
     namespace: str,
     name: str,
@@ -33,24 +38,14 @@ def deployment(
     node_selector: dict[str, str] | None = None,
     template_annotations: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    labels = {"app": name}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": labels},
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
-            "template": {
-                "metadata": {"labels": labels, "annotations": template_annotations or {}},
-                "spec": {
-                    "nodeSelector": node_selector or {"cachelink.dev/dev-cluster": "true"},
-                    "containers": [{"name": "server", "image": "example.invalid/llm-server:1"}],
-                },
-            },
-        },
-    }
+    return support_deployment(
+        namespace,
+        name,
+        replicas,
+        node_selector=node_selector,
+        template_annotations=template_annotations,
+        strategy=ROLLING,
+    )
 
 
 def cachelink(namespace: str, name: str, **spec: Any) -> dict[str, Any]:

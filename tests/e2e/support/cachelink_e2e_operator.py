@@ -60,25 +60,35 @@ def _env() -> dict[str, str]:
 
 
 def deployment(
-    namespace: str, name: str, replicas: int, labels: dict[str, str] | None = None
+    namespace: str,
+    name: str,
+    replicas: int,
+    labels: dict[str, str] | None = None,
+    *,
+    node_selector: dict[str, str] | None = None,
+    template_annotations: dict[str, str] | None = None,
+    strategy: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A Deployment of placeholder servers on the simulated nodes (pods KWOK runs without containers)."""
     labels = labels or {"app": name}
+    spec: dict[str, Any] = {
+        "replicas": replicas,
+        "selector": {"matchLabels": labels},
+        "template": {
+            "metadata": {"labels": labels, "annotations": template_annotations or {}},
+            "spec": {
+                "nodeSelector": node_selector or {"cachelink.dev/dev-cluster": "true"},
+                "containers": [{"name": "server", "image": "example.invalid/llm-server:1"}],
+            },
+        },
+    }
+    if strategy is not None:
+        spec["strategy"] = strategy
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "nodeSelector": {"cachelink.dev/dev-cluster": "true"},
-                    "containers": [{"name": "server", "image": "example.invalid/llm-server:1"}],
-                },
-            },
-        },
+        "spec": spec,
     }
 
 
