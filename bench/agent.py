@@ -24,9 +24,11 @@ from pathlib import Path
 import aiohttp
 from cachelink_agent import models
 from cachelink_agent.attach import attach
-from cachelink_agent.client import AgentClient, node_token
+from cachelink_agent.client import AgentClient
+from cachelink_agent.tokens import node_token
 
-from llm_datadist import BlocksCacheKey, CacheDesc, DataType, LLMClusterInfo, LLMRole, ext
+from llm_datadist import BlocksCacheKey, CacheDesc, DataType, LLMClusterInfo, LLMRole
+from llm_datadist.ext import hosting as ext
 
 SECRET = b"bench-secret-0123456789abcdef"
 BLOCK = 256 << 10
@@ -204,7 +206,8 @@ def bandwidth(seconds: float, rounds: int) -> float:
 
 PROMPT_SIDE = """
 import json, sys
-from llm_datadist import BlocksCacheKey, LLMDataDist, LLMRole, ext
+from llm_datadist import BlocksCacheKey, LLMDataDist, LLMRole
+from llm_datadist.ext import hosting as ext
 opts = json.loads(sys.argv[1])
 dd = LLMDataDist(LLMRole.PROMPT, 1)
 dd.init(opts)

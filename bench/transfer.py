@@ -86,7 +86,8 @@ def options(
 
 def prompt_main(conn: Connection, total: int, block: int, tcp: bool, extra: dict[str, str]) -> None:
     """The prompt process: owns the source (pull) / destination (push) blocks cache."""
-    from llm_datadist import BlocksCacheKey, CacheDesc, DataType, LLMDataDist, LLMRole, ext
+    from llm_datadist import BlocksCacheKey, CacheDesc, DataType, LLMDataDist, LLMRole
+    from llm_datadist.ext import hosting as ext
 
     blocks = total // TENSORS // block
     dd = LLMDataDist(LLMRole.PROMPT, PROMPT)
@@ -116,7 +117,8 @@ def median_gbps(seconds: list[float], total: int) -> float:
 
 
 def run_point(total: int, block: int, tcp: bool, runs: int) -> dict[str, Any]:
-    from llm_datadist import BlocksCacheKey, CacheDesc, DataType, LLMClusterInfo, LLMDataDist, LLMRole, ext
+    from llm_datadist import BlocksCacheKey, CacheDesc, DataType, LLMClusterInfo, LLMDataDist, LLMRole
+    from llm_datadist.ext import hosting as ext
 
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()

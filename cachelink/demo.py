@@ -56,8 +56,8 @@ def _prompt_main(conn: Connection, shape: KvShape, force_tcp: bool) -> None:
         DataType,
         LLMDataDist,
         LLMRole,
-        ext,
     )
+    from llm_datadist.ext import hosting as ext  # noqa: PLC0415
 
     datadist = LLMDataDist(LLMRole.PROMPT, PROMPT_CLUSTER)
     datadist.init(_options("127.0.0.1:0", shape, force_tcp))
@@ -93,8 +93,8 @@ def _run_path(label: str, shape: KvShape, force_tcp: bool) -> PathResult:
         LLMDataDist,
         LLMRole,
         LLMStatusCode,
-        ext,
     )
+    from llm_datadist.ext import hosting as ext  # noqa: PLC0415
 
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()

@@ -1,6 +1,11 @@
-"""``LLMConfig``: builds the option dict passed to ``LLMDataDist.init``."""
+"""``LLMConfig``: builds the option dict passed to ``LLMDataDist.init``.
+
+Pure Python: importing it loads neither numpy nor the native core (the operator builds options with it).
+``LLMClusterInfo`` and ``LLMRole``, re-exported here as in the reference, load on first use.
+"""
 
 import json
+from typing import TYPE_CHECKING, Any
 
 from llm_datadist.utils.utils import (
     MAX_UINT32,
@@ -10,9 +15,19 @@ from llm_datadist.utils.utils import (
     check_param,
     check_uint32,
 )
-from llm_datadist.v2.llm_types import LLMClusterInfo, LLMRole, ip_str_to_int
+
+if TYPE_CHECKING:
+    from llm_datadist.v2.llm_types import LLMClusterInfo, LLMRole
 
 __all__ = ["LLMClusterInfo", "LLMConfig", "LLMRole", "LlmConfig"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("LLMClusterInfo", "LLMRole"):
+        from llm_datadist.v2 import llm_types  # noqa: PLC0415 - loads numpy only when asked for
+
+        return getattr(llm_types, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 _NOT_NEGATIVE = "device_id should be greater than or equal to zero."
 
@@ -209,6 +224,8 @@ class LLMConfig:
     @cluster_info.setter
     def cluster_info(self, cluster_info: str) -> None:
         check_isinstance("cluster_info", cluster_info, str)
+        from llm_datadist.v2.llm_types import ip_str_to_int  # noqa: PLC0415 - KV mode only
+
         parsed = json.loads(cluster_info)
         if "listen_ip_info" in parsed:
             for ip_info in parsed["listen_ip_info"]:

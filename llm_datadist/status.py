@@ -1,10 +1,15 @@
-"""Status codes and the exception type of the LLM-DataDist compatible API."""
+"""Status codes and the exception type of the LLM-DataDist compatible API.
+
+``CacheLinkError`` is the one base of the project's own errors (the engine's ``LLMException``, the node
+agent's, the operator's and the development tools'): each carries an ``LLMStatusCode``.
+"""
 
 import logging
 from enum import IntEnum
 from typing import Any, NoReturn
 
 __all__ = [
+    "CacheLinkError",
     "LLMException",
     "LLMStatusCode",
     "Status",
@@ -82,10 +87,10 @@ code_2_status = code_from_int
 """Alias under the reference package's name."""
 
 
-class LLMException(RuntimeError):
-    """Error raised by the API; ``status_code`` tells the failure (``code`` is a CacheLink alias)."""
+class CacheLinkError(Exception):
+    """Base of CacheLink's own errors; ``status_code`` tells the failure as an ``LLMStatusCode``."""
 
-    def __init__(self, *args: object, status_code: LLMStatusCode = LLMStatusCode.LLM_SUCCESS) -> None:
+    def __init__(self, *args: object, status_code: LLMStatusCode = LLMStatusCode.LLM_FAILED) -> None:
         super().__init__(*args)
         self._status_code = status_code
 
@@ -98,6 +103,13 @@ class LLMException(RuntimeError):
     def code(self) -> LLMStatusCode:
         """Alias of ``status_code``."""
         return self._status_code
+
+
+class LLMException(CacheLinkError, RuntimeError):
+    """Error raised by the API; ``status_code`` tells the failure (``code`` is a CacheLink alias)."""
+
+    def __init__(self, *args: object, status_code: LLMStatusCode = LLMStatusCode.LLM_SUCCESS) -> None:
+        super().__init__(*args, status_code=status_code)
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Keep the status code across pickling (multiprocessing); the keyword would be lost otherwise.

@@ -26,10 +26,11 @@ from typing import Any
 import numpy as np
 
 from cachelink_agent import protocol
-from cachelink_agent.attach_server import decode_key, encode_key
+from cachelink_agent.protocol import ErrorKind, decode_key, encode_key
 from llm_datadist import LLMException, LLMStatusCode
 from llm_datadist.data_type import numpy_dtype
-from llm_datadist.ext import desc_from_meta
+from llm_datadist.ext.hosting import desc_from_meta
+from llm_datadist.status import CacheLinkError
 from llm_datadist.v2.cache_manager import describe
 from llm_datadist.v2.llm_types import BlocksCacheKey, Cache, CacheDesc, CacheKey, CacheKeyByIdAndIndex
 
@@ -37,17 +38,18 @@ _log = logging.getLogger("cachelink_agent.attach")
 AnyKey = CacheKey | CacheKeyByIdAndIndex | BlocksCacheKey
 
 
-class AttachError(ConnectionError):
+class AttachError(CacheLinkError, ConnectionError):
     """The attach socket is missing, refused us, or the agent went away."""
 
 
 def _raise(error: dict[str, Any]) -> None:
-    kind, message, status = error.get("kind"), str(error.get("message")), error.get("llm_status")
-    if kind == "PermissionError":
+    kind = ErrorKind.parse(error.get("kind"))
+    message, status = str(error.get("message")), error.get("llm_status")
+    if kind == ErrorKind.PERMISSION:
         raise PermissionError(message)
-    if kind == "TypeError":
+    if kind == ErrorKind.TYPE:
         raise TypeError(message)
-    if kind == "ValueError" and not status:
+    if kind == ErrorKind.VALUE and not status:
         raise ValueError(message)
     if status:
         code = LLMStatusCode.__members__.get(str(status), LLMStatusCode.LLM_FAILED)

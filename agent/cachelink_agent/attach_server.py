@@ -25,14 +25,14 @@ from typing import Any
 
 from cachelink_agent import protocol, state
 from cachelink_agent.errors import EngineError
+from cachelink_agent.protocol import ErrorKind, decode_key, encode_key
 from cachelink_agent.runtime import InstanceRuntime
-from llm_datadist import ext
+from llm_datadist.ext import hosting as ext
 from llm_datadist.v2.cache_manager import describe
-from llm_datadist.v2.llm_types import BlocksCacheKey, Cache, CacheKey, CacheKeyByIdAndIndex
+from llm_datadist.v2.llm_types import Cache
 
 _log = logging.getLogger("cachelink_agent.attach")
 _PEERCRED = struct.Struct("3i")
-INVALID_ID = 2**64 - 1
 
 
 @dataclass
@@ -63,44 +63,6 @@ def _pod_of(pid: int, pod_uids: list[str]) -> str | None:
         if pod in cgroups or pod.replace("-", "_") in cgroups:
             return pod
     return None
-
-
-def encode_key(key: CacheKey | CacheKeyByIdAndIndex | BlocksCacheKey) -> dict[str, Any]:
-    """Wire form of a cache key (the client uses the same)."""
-    if isinstance(key, CacheKey):
-        return {
-            "type": "CacheKey",
-            "cluster_id": key.cluster_id,
-            "req_id": key.req_id,
-            "model_id": key.model_id,
-            "prefix_id": key.prefix_id,
-        }
-    if isinstance(key, CacheKeyByIdAndIndex):
-        return {
-            "type": "CacheKeyByIdAndIndex",
-            "cluster_id": key.cluster_id,
-            "cache_id": key.cache_id,
-            "batch_index": key.batch_index,
-        }
-    return {"type": "BlocksCacheKey", "cluster_id": key.cluster_id, "model_id": key.model_id}
-
-
-def decode_key(data: dict[str, Any]) -> CacheKey | CacheKeyByIdAndIndex | BlocksCacheKey:
-    """Inverse of ``encode_key``."""
-    kind = data.get("type")
-    if kind == "CacheKey":
-        if data["prefix_id"] != INVALID_ID and data["req_id"] == INVALID_ID:
-            return CacheKey(
-                data["cluster_id"], req_id=INVALID_ID, model_id=data["model_id"], prefix_id=data["prefix_id"]
-            )
-        return CacheKey(
-            data["cluster_id"], req_id=data["req_id"], model_id=data["model_id"], prefix_id=data["prefix_id"]
-        )
-    if kind == "CacheKeyByIdAndIndex":
-        return CacheKeyByIdAndIndex(data["cluster_id"], data["cache_id"], data["batch_index"])
-    if kind == "BlocksCacheKey":
-        return BlocksCacheKey(data["cluster_id"], data["model_id"])
-    raise TypeError(f"unknown cache key type {kind!r}")
 
 
 def _range(value: Any) -> range | None:
@@ -269,7 +231,7 @@ class AttachServer:
                         {
                             "ok": False,
                             "error": {
-                                "kind": "PermissionError",
+                                "kind": ErrorKind.PERMISSION,
                                 "llm_status": None,
                                 "message": f"uid {uid} (pid {pid}) may not attach to instance "
                                 f"{self.runtime.config.name}",
@@ -306,11 +268,11 @@ class AttachServer:
                 session = self._hello(args, pid, uid)
                 return {"ok": True, "result": self._hello_result(session)}, session
             if session is None:
-                raise EngineError("RuntimeError", "send hello first", "LLM_PARAM_INVALID")
+                raise EngineError(ErrorKind.RUNTIME, "send hello first", "LLM_PARAM_INVALID")
             with self._lock:
                 if session.session_id not in self._sessions:
                     raise EngineError(
-                        "RuntimeError", f"lease of session {session.session_id} expired", "LLM_FAILED"
+                        ErrorKind.RUNTIME, f"lease of session {session.session_id} expired", "LLM_FAILED"
                     )
                 session.expires_at = time.monotonic() + session.lease_seconds
             if op == "close":
@@ -318,12 +280,12 @@ class AttachServer:
                 return {"ok": True, "result": {}}, None
             handler = getattr(self, f"_op_{op}", None) if isinstance(op, str) and op.isidentifier() else None
             if handler is None:
-                raise EngineError("ValueError", f"unknown attach operation {op!r}", "LLM_PARAM_INVALID")
+                raise EngineError(ErrorKind.VALUE, f"unknown attach operation {op!r}", "LLM_PARAM_INVALID")
             return {"ok": True, "result": handler(session, args)}, session
         except EngineError as error:
             return {"ok": False, "error": error.to_wire()}, session
         except (KeyError, TypeError, ValueError, IndexError) as error:
-            wire = EngineError("ValueError", f"malformed {op} request: {error!r}", "LLM_PARAM_INVALID")
+            wire = EngineError(ErrorKind.VALUE, f"malformed {op} request: {error!r}", "LLM_PARAM_INVALID")
             return {"ok": False, "error": wire.to_wire()}, session
 
     def _hello(self, args: dict[str, Any], pid: int, uid: int) -> Session:
@@ -335,7 +297,7 @@ class AttachServer:
                 session = self._sessions.get(str(resume))
                 if session is None:
                     raise EngineError(
-                        "RuntimeError", f"session {resume} is unknown or its lease expired", "LLM_FAILED"
+                        ErrorKind.RUNTIME, f"session {resume} is unknown or its lease expired", "LLM_FAILED"
                     )
             else:
                 session = Session(secrets.token_hex(8), lease, 0.0)

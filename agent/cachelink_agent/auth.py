@@ -1,6 +1,6 @@
 """Bearer-token check: one Secret for the whole DaemonSet, yet each token is good for one node only.
 
-A node's token is ``<node>:<hex HMAC-SHA256(secret, node)>`` (``client.node_token``). The node name in
+A node's token is ``<node>:<hex HMAC-SHA256(secret, node)>`` (``tokens.node_token``). The node name in
 front lets the agent tell a token minted for another node (403) from a wrong one (401); every
 comparison is constant-time.
 """
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hmac
 
-from cachelink_agent.client import node_token
 from cachelink_agent.errors import ApiError
+from cachelink_agent.tokens import node_token
 
 
 class TokenChecker:

@@ -7,8 +7,6 @@ carrying the HTTP status and the agent's JSON error body. ``base_url`` is ``http
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import ssl
 from types import TracebackType
 from typing import Any, TypeVar
@@ -20,12 +18,6 @@ from pydantic import BaseModel, ValidationError
 from cachelink_agent import models
 
 _M = TypeVar("_M", bound=BaseModel)
-
-
-def node_token(secret: bytes, node_name: str) -> str:
-    """The bearer token of ``node_name``: ``<node>:<hex HMAC-SHA256(secret, node)>``."""
-    digest = hmac.new(secret, node_name.encode(), hashlib.sha256).hexdigest()
-    return f"{node_name}:{digest}"
 
 
 class AgentError(Exception):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cachelink_agent import models
+from llm_datadist.status import CacheLinkError
 
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _SIZE = re.compile(r"^(\d+)\s*([KMGT]i?)?B?$", re.IGNORECASE)
@@ -27,7 +28,7 @@ _UNITS = {
 }
 
 
-class ConfigError(Exception):
+class ConfigError(CacheLinkError):
     """A flag's value is unusable; the message says which flag and why."""
 
 

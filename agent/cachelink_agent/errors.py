@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 from cachelink_agent import models
+from cachelink_agent.protocol import ErrorKind
+from llm_datadist.status import CacheLinkError, LLMStatusCode
 
 
-class ApiError(Exception):
+def status_code_named(name: str | None, default: LLMStatusCode = LLMStatusCode.LLM_FAILED) -> LLMStatusCode:
+    """The ``LLMStatusCode`` called ``name`` (``default`` when unknown or missing)."""
+    return LLMStatusCode.__members__.get(name or "", default)
+
+
+class ApiError(CacheLinkError):
     """A request the agent refuses or could not carry out; becomes an ``ErrorBody`` response."""
 
     def __init__(
@@ -17,7 +24,7 @@ class ApiError(Exception):
         llm_status: str | None = None,
         fields: list[dict[str, str]] | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(message, status_code=status_code_named(llm_status))
         self.status = status
         self.error = error
         self.message = message
@@ -31,32 +38,53 @@ class ApiError(Exception):
         )
 
 
-class EngineError(Exception):
+class EngineError(CacheLinkError):
     """An engine call failed in a runtime (in-process or in a worker); carries what the engine raised."""
 
-    def __init__(self, kind: str, message: str, llm_status: str | None = None) -> None:
-        super().__init__(message)
-        self.kind = kind  # "LLMException" | "TypeError" | "ValueError" | "RuntimeError" | "OSError" ...
+    def __init__(
+        self, kind: ErrorKind, message: str, llm_status: str | None = None, *, option_key: str = ""
+    ) -> None:
+        super().__init__(message, status_code=status_code_named(llm_status))
+        self.kind = kind
         self.message = message
         self.llm_status = llm_status
+        self.option_key = option_key  # the init option at fault, when one is
 
     @property
     def is_invalid_input(self) -> bool:
         """True for what the engine rejects as bad input (the client's fault: 422)."""
-        return self.kind in ("TypeError", "ValueError") or self.llm_status == "LLM_PARAM_INVALID"
+        return self.kind in (ErrorKind.TYPE, ErrorKind.VALUE) or self.llm_status == "LLM_PARAM_INVALID"
 
     def to_wire(self) -> dict[str, str | None]:
-        """JSON form (worker -> agent)."""
-        return {"kind": self.kind, "message": self.message, "llm_status": self.llm_status}
+        """JSON form (worker -> agent, instance -> attached workload)."""
+        wire: dict[str, str | None] = {
+            "kind": self.kind.value,
+            "message": self.message,
+            "llm_status": self.llm_status,
+        }
+        if self.option_key:
+            wire["option_key"] = self.option_key
+        return wire
 
     @classmethod
     def from_wire(cls, data: dict[str, str | None]) -> EngineError:
         """Inverse of ``to_wire``."""
-        return cls(str(data.get("kind")), str(data.get("message")), data.get("llm_status"))
+        return cls(
+            ErrorKind.parse(data.get("kind")),
+            str(data.get("message")),
+            data.get("llm_status"),
+            option_key=str(data.get("option_key") or ""),
+        )
 
     @classmethod
     def from_exception(cls, error: BaseException) -> EngineError:
         """Wrap what an engine call raised."""
         status = getattr(error, "status_code", None)
         name = getattr(status, "name", None)
-        return cls(type(error).__name__, str(error), name if isinstance(name, str) else None)
+        key = getattr(error, "key", "")
+        return cls(
+            ErrorKind.of(error),
+            str(error),
+            name if isinstance(name, str) else None,
+            option_key=key if isinstance(key, str) else "",
+        )

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -24,9 +23,8 @@ from cachelink_agent.config import AgentConfig
 from cachelink_agent.errors import ApiError, EngineError
 from cachelink_agent.metrics import AgentMetrics
 from cachelink_agent.supervisor import Backend, InProcessBackend, WorkerBackend, WorkerGone
-from llm_datadist import LLMDataDist, LLMException
-from llm_datadist import options as engine_options
-from llm_datadist.v2.llm_datadist import options_module_build
+from llm_datadist import LLMException
+from llm_datadist.ext import options as engine_options
 
 _log = logging.getLogger("cachelink_agent.instances")
 #: options the agent sets itself (pool placement, persistence): a request may not
@@ -104,15 +102,8 @@ def pool_bytes(options: dict[str, str]) -> int:
     return total
 
 
-def _invalid_option(message: str, options: dict[str, str]) -> ApiError:
-    named = [key for key in options if key in message] or [
-        key
-        for key in re.findall(r"[A-Za-z]+\.[A-Za-z_.]+", message)
-        if key.startswith(("llm.", "ge.", "cachelink."))
-    ]
-    fields = [{"loc": f"options.{key}", "msg": message} for key in named] or [
-        {"loc": "options", "msg": message}
-    ]
+def _invalid_option(message: str, key: str = "") -> ApiError:
+    fields = [{"loc": f"options.{key}" if key else "options", "msg": message}]
     return ApiError(422, "invalid_options", message, llm_status="LLM_PARAM_INVALID", fields=fields)
 
 
@@ -127,19 +118,19 @@ def validate_options(spec: models.InstanceSpec) -> int:
                 fields=[{"loc": f"options.{key}", "msg": "managed by the agent"}],
             )
     try:
-        probe = LLMDataDist(runtime.ROLES[spec.role], spec.cluster_id)
-        completed = probe._complete_options(dict(spec.options))
-        options_module_build(completed, spec.cluster_id, "Prompt")
+        engine_options.validate_options(spec.options, runtime.ROLE_NAMES[spec.role], spec.cluster_id)
         return pool_bytes(spec.options)
+    except (engine_options.InvalidOption, engine_options.InvalidOptionValue) as error:
+        raise _invalid_option(str(error), error.key) from error
     except (LLMException, TypeError, ValueError) as error:
-        raise _invalid_option(str(error), spec.options) from error
+        raise _invalid_option(str(error)) from error
 
 
-def _engine_failure(error: EngineError, what: str, options: dict[str, str] | None = None) -> ApiError:
+def _engine_failure(error: EngineError, what: str, *, options_call: bool = False) -> ApiError:
     if error.is_invalid_input:
         return (
-            _invalid_option(error.message, options or {})
-            if options is not None
+            _invalid_option(error.message, error.option_key)
+            if options_call
             else ApiError(422, "invalid_request", f"{what}: {error.message}", llm_status=error.llm_status)
         )
     return ApiError(409, "engine_error", f"{what}: {error.message}", llm_status=error.llm_status)
@@ -458,7 +449,7 @@ class InstanceManager:
                 await self._start_backend(instance, adopt=False)
             except EngineError as error:
                 del self.instances[name]
-                raise _engine_failure(error, f"init of {name} failed", spec.options) from error
+                raise _engine_failure(error, f"init of {name} failed", options_call=True) from error
             except (WorkerGone, TimeoutError, OSError) as error:
                 del self.instances[name]
                 raise ApiError(503, "instance_unavailable", f"init of {name} failed: {error}") from error

@@ -1,6 +1,7 @@
-"""Framing shared by the worker RPC and the attach socket: a 4-byte big-endian length, then JSON.
+"""The wire shared by the worker RPC and the attach socket (both of their ends).
 
-Both ends bound what they read (``MAX_FRAME``), so a peer cannot make the other allocate without limit.
+Framing: a 4-byte big-endian length, then JSON; both ends bound what they read (``MAX_FRAME``), so a peer
+cannot make the other allocate without limit. Also the wire forms of cache keys and of errors.
 """
 
 from __future__ import annotations
@@ -9,13 +10,17 @@ import asyncio
 import json
 import socket
 import struct
+from enum import StrEnum
 from typing import Any
+
+from llm_datadist.status import CacheLinkError, LLMException
+from llm_datadist.v2.llm_types import BlocksCacheKey, CacheKey, CacheKeyByIdAndIndex
 
 MAX_FRAME = 8 << 20
 _HEADER = struct.Struct(">I")
 
 
-class ProtocolError(ConnectionError):
+class ProtocolError(CacheLinkError, ConnectionError):
     """The peer sent something that is not a frame of this protocol (or closed mid-frame)."""
 
 
@@ -77,3 +82,80 @@ async def read(reader: asyncio.StreamReader) -> dict[str, Any]:
         return _decode(await reader.readexactly(size))
     except asyncio.IncompleteReadError:
         raise ProtocolError("peer closed the connection mid-frame") from None
+
+
+class ErrorKind(StrEnum):
+    """Which Python exception an engine failure is raised as on the other end (wire values are stable)."""
+
+    LLM = "LLMException"
+    TYPE = "TypeError"
+    VALUE = "ValueError"
+    PERMISSION = "PermissionError"
+    OS = "OSError"
+    RUNTIME = "RuntimeError"
+
+    @classmethod
+    def of(cls, error: BaseException) -> ErrorKind:
+        """The kind ``error`` travels as."""
+        for kind, types in _KIND_TYPES:
+            if isinstance(error, types):
+                return kind
+        return cls.RUNTIME
+
+    @classmethod
+    def parse(cls, value: object) -> ErrorKind:
+        """The kind named on the wire (an unknown name is ``RUNTIME``)."""
+        try:
+            return cls(str(value))
+        except ValueError:
+            return cls.RUNTIME
+
+
+_KIND_TYPES: tuple[tuple[ErrorKind, type[BaseException] | tuple[type[BaseException], ...]], ...] = (
+    (ErrorKind.LLM, LLMException),
+    (ErrorKind.PERMISSION, PermissionError),
+    (ErrorKind.TYPE, TypeError),
+    (ErrorKind.VALUE, ValueError),
+    (ErrorKind.OS, OSError),
+)
+
+
+def encode_key(key: CacheKey | CacheKeyByIdAndIndex | BlocksCacheKey) -> dict[str, Any]:
+    """Wire form of a cache key."""
+    if isinstance(key, CacheKey):
+        return {
+            "type": "CacheKey",
+            "cluster_id": key.cluster_id,
+            "req_id": key.req_id,
+            "model_id": key.model_id,
+            "prefix_id": key.prefix_id,
+        }
+    if isinstance(key, CacheKeyByIdAndIndex):
+        return {
+            "type": "CacheKeyByIdAndIndex",
+            "cluster_id": key.cluster_id,
+            "cache_id": key.cache_id,
+            "batch_index": key.batch_index,
+        }
+    return {"type": "BlocksCacheKey", "cluster_id": key.cluster_id, "model_id": key.model_id}
+
+
+def decode_key(data: dict[str, Any]) -> CacheKey | CacheKeyByIdAndIndex | BlocksCacheKey:
+    """Inverse of ``encode_key``."""
+    kind = data.get("type")
+    if kind == "CacheKey":
+        if data["prefix_id"] != CacheKey.INVALID_ID and data["req_id"] == CacheKey.INVALID_ID:
+            return CacheKey(
+                data["cluster_id"],
+                req_id=CacheKey.INVALID_ID,
+                model_id=data["model_id"],
+                prefix_id=data["prefix_id"],
+            )
+        return CacheKey(
+            data["cluster_id"], req_id=data["req_id"], model_id=data["model_id"], prefix_id=data["prefix_id"]
+        )
+    if kind == "CacheKeyByIdAndIndex":
+        return CacheKeyByIdAndIndex(data["cluster_id"], data["cache_id"], data["batch_index"])
+    if kind == "BlocksCacheKey":
+        return BlocksCacheKey(data["cluster_id"], data["model_id"])
+    raise TypeError(f"unknown cache key type {kind!r}")

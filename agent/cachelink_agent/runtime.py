@@ -11,17 +11,22 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cachelink_agent.errors import EngineError
-from llm_datadist import LLMClusterInfo, LLMDataDist, LLMException, LLMRole, LLMStatusCode, ext
+from cachelink_agent.protocol import ErrorKind
+from llm_datadist import LLMClusterInfo, LLMDataDist, LLMException, LLMRole, LLMStatusCode
+from llm_datadist.ext import hosting as ext
 from llm_datadist.v2.llm_types import Cache, CacheKey
 
 _log = logging.getLogger("cachelink_agent.runtime")
 
 ROLES = {"prompt": LLMRole.PROMPT, "decoder": LLMRole.DECODER, "mix": LLMRole.MIX}
+#: ``llm.Role`` of each role of the API
+ROLE_NAMES = {"prompt": "Prompt", "decoder": "Decoder", "mix": "Mix"}
 #: transfer latency histogram buckets (seconds), shared by runtimes and the metrics endpoint
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 POOL_SUFFIXES = (".device", ".host", ".index")
@@ -129,11 +134,31 @@ def _engine_call(func: Any, *args: Any, **kwargs: Any) -> Any:
         raise EngineError.from_exception(error) from error
 
 
-class InstanceRuntime:
-    """An initialized instance; thread-safe for concurrent status reads, links and transfers."""
+class AttachEndpoint(Protocol):
+    """The instance's attach socket (``attach_server.AttachServer``), as the runtime drives it."""
 
-    def __init__(self, config: RuntimeConfig) -> None:
+    def start(self) -> None:
+        """Listen."""
+
+    def stop(self, release_leases: bool) -> None:
+        """Close; free the sessions' caches when ``release_leases``."""
+
+    def session_count(self) -> int:
+        """Attached sessions now."""
+
+
+class InstanceRuntime:
+    """An initialized instance; thread-safe for concurrent status reads, links and transfers.
+
+    ``attach`` makes the instance's attach endpoint once it is initialized (when the config names a
+    socket); the host process passes ``attach_server.AttachServer``.
+    """
+
+    def __init__(
+        self, config: RuntimeConfig, attach: Callable[[InstanceRuntime], AttachEndpoint] | None = None
+    ) -> None:
         self.config = config
+        self._attach_factory = attach
         self.stats = Stats()
         self._datadist: LLMDataDist | None = None
         self._caches: dict[int, Cache] = {}
@@ -142,7 +167,7 @@ class InstanceRuntime:
         # Links whose last transfer timed out: the engine keeps them "linked" (a stalled peer sends no
         # error), but LLM-DataDist's remedy for a transfer timeout is unlink + link, so report them broken.
         self._suspects: dict[int, str] = {}
-        self._attach: Any = None  # attach_server.AttachServer (imported lazily: it imports this module)
+        self._attach: AttachEndpoint | None = None
 
     # ------------------------------------------------------------------------------ lifecycle
 
@@ -150,7 +175,7 @@ class InstanceRuntime:
     def datadist(self) -> LLMDataDist:
         """The live engine instance."""
         if self._datadist is None:
-            raise EngineError("RuntimeError", "instance is not initialized", "LLM_ENGINE_FINALIZED")
+            raise EngineError(ErrorKind.RUNTIME, "instance is not initialized", "LLM_ENGINE_FINALIZED")
         return self._datadist
 
     def start(self) -> dict[str, Any]:
@@ -167,10 +192,8 @@ class InstanceRuntime:
         with self._caches_lock:
             for cache, _keys in ext.caches(datadist):
                 self._caches[cache.cache_id] = cache
-        if config.attach_socket:
-            from cachelink_agent import attach_server  # noqa: PLC0415 - circular by design
-
-            self._attach = attach_server.AttachServer(self)
+        if config.attach_socket and self._attach_factory is not None:
+            self._attach = self._attach_factory(self)
             self._attach.start()
         return {
             "incarnation": ext.incarnation(datadist),
@@ -203,7 +226,7 @@ class InstanceRuntime:
             info.append_remote_ip_info(ip, int(port))
         except (RuntimeError, ValueError, TypeError) as error:
             raise EngineError(
-                "ValueError", f"bad address {remote_address!r}: {error}", "LLM_PARAM_INVALID"
+                ErrorKind.VALUE, f"bad address {remote_address!r}: {error}", "LLM_PARAM_INVALID"
             ) from error
         status, _ = _engine_call(datadist.link_clusters, [info], timeout_ms)
         if status != LLMStatusCode.LLM_SUCCESS:
@@ -292,7 +315,7 @@ class InstanceRuntime:
             cache = self._caches.get(cache_id)
         if cache is None:
             raise EngineError(
-                "LLMException", f"cache {cache_id} does not exist on this instance", "LLM_KV_CACHE_NOT_EXIST"
+                ErrorKind.LLM, f"cache {cache_id} does not exist on this instance", "LLM_KV_CACHE_NOT_EXIST"
             )
         return cache
 

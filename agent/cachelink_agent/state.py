@@ -23,12 +23,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cachelink_agent import models
+from llm_datadist.status import CacheLinkError
 
 SCHEMA_VERSION = 2
 STATE_FILE = "state.json"
 
 
-class StateError(Exception):
+class StateError(CacheLinkError):
     """The state file cannot be read or is of a version this agent does not know."""
 
 

@@ -16,13 +16,15 @@ import sys
 from typing import Any, Protocol
 
 from cachelink_agent import protocol, worker
+from cachelink_agent.attach_server import AttachServer
 from cachelink_agent.errors import EngineError
 from cachelink_agent.runtime import InstanceRuntime, RuntimeConfig
+from llm_datadist.status import CacheLinkError
 
 _log = logging.getLogger("cachelink_agent.supervisor")
 
 
-class WorkerGone(Exception):
+class WorkerGone(CacheLinkError):
     """The instance's worker process exited (it will be restarted)."""
 
 
@@ -52,7 +54,7 @@ class InProcessBackend:
     @classmethod
     async def start(cls, config: RuntimeConfig, timeout: float) -> tuple[InProcessBackend, dict[str, Any]]:
         """Init the instance in this process."""
-        runtime = InstanceRuntime(dataclasses.replace(config, in_process=True))
+        runtime = InstanceRuntime(dataclasses.replace(config, in_process=True), AttachServer)
         result = await asyncio.wait_for(asyncio.to_thread(runtime.start), timeout)
         return cls(runtime, int(result["pid"])), result
 

@@ -22,7 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from cachelink_agent import logs, protocol
+from cachelink_agent.attach_server import AttachServer
 from cachelink_agent.errors import EngineError
+from cachelink_agent.protocol import ErrorKind
 from cachelink_agent.runtime import InstanceRuntime, RuntimeConfig
 
 _log = logging.getLogger("cachelink_agent.worker")
@@ -35,7 +37,7 @@ OPERATIONS = ("link", "unlink", "comm_link", "comm_unlink", "comm_status", "stat
 def dispatch(runtime: InstanceRuntime, op: str, args: dict[str, Any]) -> Any:
     """Run one operation on a runtime (worker and in-process host alike)."""
     if op not in OPERATIONS:
-        raise EngineError("ValueError", f"unknown operation {op!r}", "LLM_PARAM_INVALID")
+        raise EngineError(ErrorKind.VALUE, f"unknown operation {op!r}", "LLM_PARAM_INVALID")
     if op == "comm_link":
         args = dict(args, cluster_rank_info={int(k): int(v) for k, v in args["cluster_rank_info"].items()})
     return getattr(runtime, op)(**args)
@@ -64,10 +66,10 @@ class _Server:
         request_id, op, args = request.get("id"), str(request.get("op")), request.get("args") or {}
         try:
             if op == "start":
-                self.runtime = InstanceRuntime(RuntimeConfig(**args))
+                self.runtime = InstanceRuntime(RuntimeConfig(**args), AttachServer)
                 result: Any = self.runtime.start()
             elif self.runtime is None:
-                raise EngineError("RuntimeError", "worker not started", "LLM_FAILED")
+                raise EngineError(ErrorKind.RUNTIME, "worker not started", "LLM_FAILED")
             elif op == "stop":
                 self.runtime.stop(finalize=bool(args.get("finalize")))
                 self.reply(request_id, True, {})
@@ -79,7 +81,7 @@ class _Server:
             return
         except (KeyError, TypeError, ValueError) as error:
             self.reply(
-                request_id, False, EngineError("ValueError", repr(error), "LLM_PARAM_INVALID").to_wire()
+                request_id, False, EngineError(ErrorKind.VALUE, repr(error), "LLM_PARAM_INVALID").to_wire()
             )
             return
         self.reply(request_id, True, result)

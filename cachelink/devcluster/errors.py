@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from llm_datadist.status import CacheLinkError
 
-class DevClusterError(RuntimeError):
+
+class DevClusterError(CacheLinkError, RuntimeError):
     """Base class: the development cluster could not be built, started, stopped or reached."""
 
 

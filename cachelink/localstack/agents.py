@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cachelink_agent import models
-from cachelink_agent.client import AgentClient, node_token
+from cachelink_agent.client import AgentClient
+from cachelink_agent.tokens import node_token
 
 from cachelink.localstack.kube import Kube
 from cachelink.localstack.podrun import Node, PodProcess

@@ -10,6 +10,7 @@ from typing import Any
 from cachelink.localstack.agents import AGENT_NAMESPACE, NODE_SELECTOR
 from cachelink.localstack.procs import child_env
 from cachelink.localstack.resources import chart_dir
+from llm_datadist.status import CacheLinkError
 
 RELEASE = "cachelink"
 #: operator flags that make a test or demo react in seconds (the defaults suit a production cluster)
@@ -26,7 +27,7 @@ OPERATOR_FLAGS = [
 AGENT_FLAGS = ["--host-id=$(NODE_NAME)", "--reconcile-interval=1", "--restart-backoff-max=2"]
 
 
-class HelmError(RuntimeError):
+class HelmError(CacheLinkError, RuntimeError):
     """A helm command failed."""
 
 

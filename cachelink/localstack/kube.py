@@ -12,9 +12,10 @@ from typing import Any
 import yaml
 
 from cachelink.localstack.procs import child_env, wait_for
+from llm_datadist.status import CacheLinkError
 
 
-class KubeError(RuntimeError):
+class KubeError(CacheLinkError, RuntimeError):
     """A kubectl call failed."""
 
 

@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from llm_datadist.status import CacheLinkError
+
 _VAR = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 _SUBSCRIPT = re.compile(r"^metadata\.(labels|annotations)\['([^']+)'\]$")
 _QUANTITY = re.compile(r"^([0-9.]+)([a-zA-Z]*)$")
@@ -32,7 +34,7 @@ _SUFFIXES = {
 }
 
 
-class PodSpecError(ValueError):
+class PodSpecError(CacheLinkError, ValueError):
     """The pod asks for something the local runner cannot provide."""
 
 

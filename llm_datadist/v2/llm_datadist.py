@@ -20,8 +20,9 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar
 
-from llm_datadist import _native, pool_sweep, rank_table
-from llm_datadist import options as option_keys
+from llm_datadist import _native
+from llm_datadist.ext import options as option_keys
+from llm_datadist.ext import pool_sweep, rank_table
 from llm_datadist.status import LLMException, LLMStatusCode
 from llm_datadist.utils.utils import (
     check_dict,
@@ -61,7 +62,7 @@ class LLMDataDist:
 
     llm_engine_instance: ClassVar[LLMDataDist | None] = None
     #: CacheLink extension: subclasses that set this are exempt from the one-per-process rule
-    #: (``llm_datadist.ext.HostedDataDist``, used by the node agent to host many instances).
+    #: (``llm_datadist.ext.hosting.HostedDataDist``, used by the node agent to host many instances).
     _multi_instance: ClassVar[bool] = False
 
     def __init__(self, role: LLMRole, cluster_id: int) -> None:
@@ -113,48 +114,7 @@ class LLMDataDist:
         )
 
     def _complete_options(self, options: dict[str, str]) -> dict[str, str]:
-        opts = dict(options)
-        for key, value in opts.items():
-            check_isinstance("options key", key, str)
-            check_isinstance(f"options[{key}]", value, str)
-        if "ge.flowGraphMemMaxSize" in opts:
-            value = opts["ge.flowGraphMemMaxSize"]
-            check_param(value.isdigit(), "ge.flowGraphMemMaxSize must be one all-digit value, got {0}", value)
-        opts["llm.Role"] = _ROLE_NAMES[self._role]
-        if "llm.LocalCommRes" in opts:
-            check_param(
-                opts.setdefault("llm.EnableCacheManager", "1") == "1",
-                "llm.LocalCommRes needs llm.EnableCacheManager to be enabled",
-            )
-            opts.setdefault("llm.EnableRemoteCacheAccessible", "1")
-        if "llm.TransferBackend" in opts:
-            check_param(
-                opts.get("llm.EnableCacheManager") == "1", "llm.TransferBackend needs EnableCacheManager"
-            )
-            check_param(
-                opts.setdefault("llm.EnableRemoteCacheAccessible", "1") == "1",
-                "llm.TransferBackend needs EnableRemoteCacheAccessible",
-            )
-            check_param("llm.listenIpInfo" in opts, "llm.TransferBackend needs listenIpInfo")
-        check_param(
-            opts.get("llm.EnableCacheManager") == "1",
-            "CacheLink runs LLM-DataDist in cache-manager mode only: set enable_cache_manager=True "
-            "or local_comm_res in LLMConfig",
-        )
-        check_param(
-            "ge.exec.deviceId" in opts,
-            "device_id is required: set LLMConfig.device_id (option ge.exec.deviceId)",
-        )
-        device_ids = opts["ge.exec.deviceId"].split(";")
-        check_param(
-            all(part.isdigit() for part in device_ids),
-            "device_id must be non-negative integers, got ge.exec.deviceId={0}",
-            opts["ge.exec.deviceId"],
-        )
-        if "llm.listenIpInfo" in opts:
-            ip, port = _parse_listen(opts)
-            opts["llm.ListenIp"], opts["llm.ListenPort"] = ip, str(port)
-        return opts
+        return option_keys.complete_options(options, _ROLE_NAMES[self._role])
 
     def finalize(self) -> None:
         """Unlink everything, stop the engine and release its pools; a no-op when not initialized."""
@@ -279,7 +239,11 @@ class LLMDataDist:
         listen: tuple[str, int] | None = None
         if switch_options is not None:
             check_dict("switch_options", switch_options, str, str)
-            listen = _parse_listen(switch_options) if "llm.listenIpInfo" in switch_options else ("", 0)
+            listen = (
+                option_keys.parse_listen(switch_options[option_keys.LISTEN_KEY])
+                if option_keys.LISTEN_KEY in switch_options
+                else ("", 0)
+            )
         if engine.links() or engine.clients():
             raise LLMException(
                 "switch_role failed: unlink all clusters first", status_code=LLMStatusCode.LLM_EXIST_LINK
@@ -370,13 +334,39 @@ class LLMDataDist:
         return self._options
 
 
-def _parse_listen(opts: dict[str, str]) -> tuple[str, int]:
-    return option_keys.parse_listen(opts["llm.listenIpInfo"])
-
-
 def options_module_build(opts: dict[str, str], cluster_id: int, role: str) -> _native.EngineConfig:
-    """Build the engine config (kept as a function so tests can inspect it)."""
-    return option_keys.build_engine_config(opts, cluster_id, role)
+    """The core's ``EngineConfig`` for completed options (kept as a function so tests can inspect it)."""
+    settings = option_keys.engine_settings(opts, cluster_id, role)
+    config = _native.EngineConfig()
+    config.cluster_id = settings.cluster_id
+    config.role = settings.role
+    if settings.listen_ip:
+        config.listen_ip = settings.listen_ip
+        config.listen_port = settings.listen_port
+    # pybind11 returns copies of nested structs: assign them back.
+    device, host = config.device_pool, config.host_pool
+    for spec, pool in ((settings.device_pool, device), (settings.host_pool, host)):
+        if spec is not None:
+            pool.size, pool.page_shift = spec.memory_size, spec.page_shift
+    config.device_pool, config.host_pool = device, host
+    for name in (
+        "pool_dir",
+        "pool_name",
+        "persistent_pool",
+        "adopt_pool",
+        "host_id",
+        "force_tcp",
+        "checksum",
+        "sync_timeout_ms",
+        "link_retry_count",
+        "max_connections_per_link",
+        "tcp_stripes",
+        "copy_threads",
+        "link_secret",
+        "key_lease_ms",
+    ):
+        setattr(config, name, getattr(settings, name))
+    return config
 
 
 def _fan_out(func: object, clusters: Sequence[LLMClusterInfo]) -> tuple[LLMStatusCode, list[LLMStatusCode]]:

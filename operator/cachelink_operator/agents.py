@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from cachelink_agent import client as agent_client
 from cachelink_agent import models as agent_models
+from cachelink_agent import tokens
 
 from cachelink_operator import diff, metrics
 
@@ -90,7 +91,7 @@ class Agents:
         if known is not None and known[0] == endpoint.url:
             return known[1]
         made = agent_client.AgentClient(
-            endpoint.url, agent_client.node_token(self._secret, endpoint.node), timeout=self._timeout
+            endpoint.url, tokens.node_token(self._secret, endpoint.node), timeout=self._timeout
         )
         self._clients[endpoint.node] = (endpoint.url, made)
         if known is not None:

@@ -31,7 +31,7 @@ from cachelink_operator.models import (
     Role,
     TopologyMode,
 )
-from llm_datadist import LLMConfig
+from llm_datadist.configs import LLMConfig
 
 #: pod labels that name a pod's revision (Deployment/ReplicaSet, then StatefulSet/DaemonSet)
 REVISION_LABELS = ("pod-template-hash", "controller-revision-hash")

@@ -31,6 +31,7 @@ from cachelink_operator import (
 from cachelink_operator.config import Config
 from cachelink_operator.models import CacheLinkSpec, CacheLinkStatus, InstanceStatus, PolicyRef, Role
 from cachelink_operator.port_claims import PortClaims
+from llm_datadist.status import CacheLinkError
 
 log = logging.getLogger(__name__)
 ANNOTATIONS = (
@@ -82,7 +83,7 @@ class World:
     revisions: desired.Revisions = field(default_factory=desired.Revisions)
 
 
-class StatusConflict(Exception):
+class StatusConflict(CacheLinkError):
     """The API server answered 409 to a status patch: the object changed under us."""
 
 

@@ -21,7 +21,8 @@ from typing import Any, TypeVar
 
 import pytest
 from cachelink_agent import models
-from cachelink_agent.client import AgentClient, node_token
+from cachelink_agent.client import AgentClient
+from cachelink_agent.tokens import node_token
 
 T = TypeVar("T")
 SECRET = b"test-secret-of-the-daemonset-0123456789"

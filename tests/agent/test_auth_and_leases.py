@@ -11,7 +11,8 @@ import time
 import pytest
 from cachelink_agent import models
 from cachelink_agent.attach import AttachError, attach
-from cachelink_agent.client import AgentForbidden, AgentUnauthorized, node_token
+from cachelink_agent.client import AgentForbidden, AgentUnauthorized
+from cachelink_agent.tokens import node_token
 
 from .conftest import PROMPT_IP, SECRET, wait_for
 

@@ -7,10 +7,10 @@ import json
 import pytest
 from cachelink_agent import state
 from cachelink_agent.auth import TokenChecker
-from cachelink_agent.client import node_token
 from cachelink_agent.config import parse_size
 from cachelink_agent.errors import ApiError
 from cachelink_agent.metrics import Accumulator
+from cachelink_agent.tokens import node_token
 
 V1 = {
     "version": 1,

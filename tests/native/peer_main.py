@@ -12,7 +12,10 @@ import traceback
 
 def main() -> None:
     namespace: dict[str, object] = {}
-    exec("import numpy as np\nfrom llm_datadist import *\nimport llm_datadist.ext as ext", namespace)
+    exec(
+        "import numpy as np\nfrom llm_datadist import *\nfrom llm_datadist.ext import hosting as ext",
+        namespace,
+    )
     out = sys.stdout
     for line in sys.stdin:
         request = json.loads(line)

@@ -11,7 +11,7 @@ import pytest
 from native_harness import init_code
 
 import llm_datadist as ld
-import llm_datadist.ext as ext
+from llm_datadist.ext import hosting as ext
 
 Code = ld.LLMStatusCode
 

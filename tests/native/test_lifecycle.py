@@ -16,7 +16,8 @@ import pytest
 from native_harness import init_code
 
 import llm_datadist as ld
-import llm_datadist.ext as ext
+from llm_datadist.ext import hosting as ext
+from llm_datadist.ext import options as option_keys
 
 Code = ld.LLMStatusCode
 
@@ -245,11 +246,12 @@ def test_pools_of_dead_processes_are_swept_at_init(peer_factory, tmp_path):
 
 def test_ext_validate_options_matches_init():
     good = {"ge.exec.deviceId": "0", "llm.EnableCacheManager": "1", "llm.listenIpInfo": "127.0.0.1:0"}
-    completed = ext.validate_options(ld.LLMRole.PROMPT, 1, good)
+    completed = option_keys.validate_options(good, "Prompt", 1)
     assert completed["llm.Role"] == "Prompt" and completed["llm.ListenPort"] == "0"
     with pytest.raises(ld.LLMException) as err:
-        ext.validate_options(ld.LLMRole.PROMPT, 1, {**good, "cachelink.bogus": "1"})
+        option_keys.validate_options({**good, "cachelink.bogus": "1"}, "Prompt", 1)
     assert err.value.status_code == Code.LLM_PARAM_INVALID
+    assert isinstance(err.value, option_keys.InvalidOption) and err.value.key == "cachelink.bogus"
     assert ld.LLMDataDist.llm_engine_instance is None, "validation starts no instance"
 
 

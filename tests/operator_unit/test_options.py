@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llm_datadist import LLMConfig
-from llm_datadist.options import CACHELINK_OPTIONS
+from llm_datadist.ext.options import CACHELINK_OPTIONS
 
 from .helpers import spec
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from llm_datadist import pool_sweep
+from llm_datadist.ext import pool_sweep
 
 
 def _dead_pid() -> int:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cachelink_agent.client import node_token
+from cachelink_agent.tokens import node_token
 
 from cachelink.devcluster import DevCluster
 from cachelink.localstack.agents import AGENT_NAMESPACE, AgentProcess

@@ -1,4 +1,4 @@
-"""CacheLink extensions beyond LLM-DataDist's API, for the node agent and for workloads that attach.
+"""A live instance as the node agent and attached workloads see it, and several instances in one process.
 
 Nothing here is needed by code written against LLM-DataDist; it exposes what the engine knows (links and
 their data path, pool files and cache layout, counters, incarnation) and hosts several instances in
@@ -13,8 +13,8 @@ from typing import ClassVar
 
 from llm_datadist import _native
 from llm_datadist.data_type import DataType
-from llm_datadist.v2.llm_datadist import LLMDataDist, options_module_build
-from llm_datadist.v2.llm_types import BlocksCacheKey, Cache, CacheDesc, CacheKey, LLMRole, Placement
+from llm_datadist.v2.llm_datadist import LLMDataDist
+from llm_datadist.v2.llm_types import BlocksCacheKey, Cache, CacheDesc, CacheKey, Placement
 
 
 class HostedDataDist(LLMDataDist):
@@ -58,17 +58,6 @@ class CacheLayout:
 
 def _engine(datadist: LLMDataDist) -> _native.Engine:
     return datadist._native_engine
-
-
-def validate_options(role: LLMRole, cluster_id: int, options: dict[str, str]) -> dict[str, str]:
-    """Check ``options`` exactly as ``init`` would, without starting anything; returns the completed dict.
-
-    Raises what ``init`` raises for the same input (TypeError, ValueError, ``LLMException``).
-    """
-    datadist = LLMDataDist(role, cluster_id)
-    completed = datadist._complete_options(options)
-    options_module_build(completed, cluster_id, completed["llm.Role"])
-    return completed
 
 
 def blocks_keys(datadist: LLMDataDist) -> dict[int, BlocksCacheKey]:
