@@ -35,6 +35,10 @@ Status Engine::handle_hello(ServerConn* conn, const std::vector<uint8_t>& payloa
     verdict = {Code::kLinkFailed, "malformed authentication nonce"};
   }
   if (!verdict.ok() && secret) counters_.auth_failures += 1;
+  if (secret && verdict.ok()) {
+    Status nonce = auth::random_nonce(&conn->server_nonce);
+    if (!nonce.ok()) verdict = {Code::kLinkFailed, nonce.message()};
+  }
   wire::Writer w;
   w.u32(static_cast<uint32_t>(verdict.code()));
   w.str(verdict.message());
@@ -50,7 +54,6 @@ Status Engine::handle_hello(ServerConn* conn, const std::vector<uint8_t>& payloa
   }
   w.u8(secret ? 1 : 0);
   if (secret && verdict.ok()) {
-    conn->server_nonce = auth::random_nonce();
     w.str(conn->server_nonce);
     w.str(auth::proof(config_.link_secret, auth::kServerLabel, conn->client_nonce, conn->server_nonce,
                       config_.cluster_id));
@@ -97,10 +100,14 @@ Status Engine::open_conn(Link* link, Deadline deadline, std::unique_ptr<Conn>* o
   w.u64(incarnation_);
   w.u64(link->remote_cluster_id);
   const bool secret = !config_.link_secret.empty();
-  const std::string client_nonce = secret ? auth::random_nonce() : "";
+  const std::string where = "cluster " + std::to_string(link->remote_cluster_id) + " at " + link->address();
+  std::string client_nonce;
+  if (secret) {
+    Status nonce = auth::random_nonce(&client_nonce);
+    if (!nonce.ok()) return {Code::kLinkFailed, "handshake with " + where + " failed: " + nonce.message()};
+  }
   w.u8(secret ? 1 : 0);
   w.str(client_nonce);
-  const std::string where = "cluster " + std::to_string(link->remote_cluster_id) + " at " + link->address();
   IoResult io = send_frame(conn->fd.get(), wire::Type::kHello, w.bytes(), {}, deadline);
   if (!io.ok()) return {Code::kLinkFailed, "handshake with " + where + " failed: " + io.message};
   wire::Header header;
