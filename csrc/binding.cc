@@ -3,6 +3,7 @@
 // Every C++ failure is a Status; `throw_if_error` turns a failed one into `_core.CoreError(code, message)`,
 // which llm_datadist/_native.py translates into LLMException with the matching LLMStatusCode.
 // Blocking and bulk calls release the GIL; arguments are converted before it is released.
+#include <pybind11/native_enum.h>
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -86,6 +87,34 @@ PYBIND11_MODULE(_core, m) {
       PyErr_SetObject(core_error.ptr(), args.ptr());
     }
   });
+
+  // The core's status codes and pool kinds, so Python reads them from here instead of copying them
+  // (tests/unit/test_core_constants.py checks that every code maps to an LLMStatusCode).
+  py::native_enum<Code>(m, "Code", "enum.IntEnum", "Status codes of the core (LLMStatusCode values).")
+      .value("SUCCESS", Code::kSuccess)
+      .value("WAIT_PROCESS_TIMEOUT", Code::kWaitProcTimeout)
+      .value("KV_CACHE_NOT_EXIST", Code::kKvCacheNotExist)
+      .value("REPEAT_REQUEST", Code::kRepeatRequest)
+      .value("PARAM_INVALID", Code::kParamInvalid)
+      .value("ENGINE_FINALIZED", Code::kEngineFinalized)
+      .value("NOT_YET_LINK", Code::kNotYetLink)
+      .value("ALREADY_LINK", Code::kAlreadyLink)
+      .value("LINK_FAILED", Code::kLinkFailed)
+      .value("UNLINK_FAILED", Code::kUnlinkFailed)
+      .value("CLUSTER_NUM_EXCEED_LIMIT", Code::kClusterNumExceedLimit)
+      .value("PROCESSING_LINK", Code::kProcessingLink)
+      .value("EXIST_LINK", Code::kExistLink)
+      .value("FEATURE_NOT_ENABLED", Code::kFeatureNotEnabled)
+      .value("TIMEOUT", Code::kTimeout)
+      .value("LINK_BUSY", Code::kLinkBusy)
+      .value("OUT_OF_MEMORY", Code::kOutOfMemory)
+      .value("FAILED", Code::kFailed)
+      .finalize();
+  py::native_enum<PoolKind>(m, "PoolKind", "enum.IntEnum", "Where a cache lives (CacheInfo.pool values).")
+      .value("REGISTERED", PoolKind::kRegistered)
+      .value("DEVICE", PoolKind::kDevice)
+      .value("HOST", PoolKind::kHost)
+      .finalize();
 
   py::class_<PoolConfig>(m, "PoolConfig")
       .def(py::init<>())
@@ -246,7 +275,7 @@ PYBIND11_MODULE(_core, m) {
               py::gil_scoped_release release;
               st = e.link(remote, ip, port, timeout_ms);
             }
-            return py::make_tuple(static_cast<uint32_t>(st.code()), st.message());
+            throw_if_error(st);
           },
           py::arg("remote_cluster_id"), py::arg("ip"), py::arg("port"), py::arg("timeout_ms"))
       .def(
@@ -257,7 +286,7 @@ PYBIND11_MODULE(_core, m) {
               py::gil_scoped_release release;
               st = e.unlink(remote, force);
             }
-            return py::make_tuple(static_cast<uint32_t>(st.code()), st.message());
+            throw_if_error(st);
           },
           py::arg("remote_cluster_id"), py::arg("force"))
       .def("links", &Engine::links)
