@@ -184,7 +184,8 @@ PYBIND11_MODULE(_core, m) {
 
   py::class_<Engine, EnginePtr>(m, "Engine")
       .def(py::init<EngineConfig>(), py::arg("config"))
-      .def("init", [](Engine& e) { throw_if_error(e.init()); }, py::call_guard<py::gil_scoped_release>())
+      .def(
+          "init", [](Engine& e) { throw_if_error(e.init()); }, py::call_guard<py::gil_scoped_release>())
       .def("finalize", &Engine::finalize, py::arg("release_pool"), py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("initialized", &Engine::initialized)
       .def_property_readonly("incarnation", &Engine::incarnation)
@@ -209,8 +210,8 @@ PYBIND11_MODULE(_core, m) {
              const std::string& meta) {
             throw_if_error(e.check_owner());
             CacheInfo info;
-            throw_if_error(e.store().allocate(static_cast<PoolKind>(pool), blocks, num_tensors, tensor_bytes, units,
-                                              meta, &info));
+            throw_if_error(
+                e.store().allocate(static_cast<PoolKind>(pool), blocks, num_tensors, tensor_bytes, units, meta, &info));
             return info;
           },
           py::arg("pool"), py::arg("blocks"), py::arg("num_tensors"), py::arg("tensor_bytes"), py::arg("units"),
@@ -221,8 +222,8 @@ PYBIND11_MODULE(_core, m) {
              const std::vector<uint64_t>& addrs, bool remote_accessible, const std::string& meta) {
             throw_if_error(e.check_owner());
             CacheInfo info;
-            throw_if_error(e.store().register_memory(blocks, num_tensors, tensor_bytes, units, addrs,
-                                                     remote_accessible, meta, &info));
+            throw_if_error(e.store().register_memory(blocks, num_tensors, tensor_bytes, units, addrs, remote_accessible,
+                                                     meta, &info));
             return info;
           },
           py::arg("blocks"), py::arg("num_tensors"), py::arg("tensor_bytes"), py::arg("units"), py::arg("addrs"),
@@ -255,8 +256,8 @@ PYBIND11_MODULE(_core, m) {
       .def(
           "find_cache", [](Engine& e, int64_t id) { return e.store().find(id); }, py::arg("cache_id"))
       .def(
-          "tensor_view", [](Engine& e, int64_t id, uint32_t t) { return tensor_view(e, id, t); },
-          py::arg("cache_id"), py::arg("tensor_index"))
+          "tensor_view", [](Engine& e, int64_t id, uint32_t t) { return tensor_view(e, id, t); }, py::arg("cache_id"),
+          py::arg("tensor_index"))
       .def(
           "pool_usage",
           [](Engine& e, int pool) {
@@ -342,8 +343,8 @@ PYBIND11_MODULE(_core, m) {
             throw_if_error(st);
           },
           py::arg("is_pull"), py::arg("remote_cluster_id"), py::arg("ref_kind"), py::arg("a"), py::arg("b"),
-          py::arg("c"), py::arg("remote_extent"), py::arg("flags"), py::arg("local_cache_id"),
-          py::arg("local_extent"), py::arg("timeout_ms"))
+          py::arg("c"), py::arg("remote_extent"), py::arg("flags"), py::arg("local_cache_id"), py::arg("local_extent"),
+          py::arg("timeout_ms"))
       .def("counters", [](Engine& e) {
         Counters& c = e.counters();
         py::dict d;

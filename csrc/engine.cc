@@ -52,8 +52,7 @@ Status Engine::init() {
   std::string base = config_.pool_dir + "/" + stem;
   std::string index_path = config_.persistent_pool ? base + ".index" : "";
   if (config_.device_pool.size > 0 || config_.host_pool.size > 0) {
-    CL_RETURN_IF_ERROR(
-        store_.open_pools(base, config_.device_pool, config_.host_pool, config_.adopt_pool, index_path));
+    CL_RETURN_IF_ERROR(store_.open_pools(base, config_.device_pool, config_.host_pool, config_.adopt_pool, index_path));
   }
   wake_ = Fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!wake_.valid()) {

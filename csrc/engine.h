@@ -154,8 +154,8 @@ class Engine {
   Status lease(const std::shared_ptr<Link>& link, Deadline deadline, ConnLease* out);
 
   // engine_transfer.cc: pull and push from the caller's side.
-  Status transfer(bool is_pull, uint64_t remote_cluster_id, const wire::TransferRequest& remote,
-                  int64_t local_cache, const wire::Extent& local, int64_t timeout_ms);
+  Status transfer(bool is_pull, uint64_t remote_cluster_id, const wire::TransferRequest& remote, int64_t local_cache,
+                  const wire::Extent& local, int64_t timeout_ms);
   Status transfer_part(bool is_pull, const std::shared_ptr<Link>& link, wire::TransferRequest req,
                        const std::vector<Segment>& local, Deadline deadline);
   Status transfer_tcp(bool is_pull, Link& link, Conn& conn, const wire::TransferRequest& req,

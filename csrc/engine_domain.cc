@@ -39,8 +39,8 @@ void Engine::domain_loop(Domain* domain, std::vector<CommPeer> peers, Deadline d
     for (size_t i = 0; i < peers.size() && !domain->stop; ++i) {
       if (linked[i]) continue;
       Deadline attempt = std::min(deadline, deadline_in_ms(1000));
-      int64_t ms = std::max<int64_t>(
-          1, std::chrono::duration_cast<std::chrono::milliseconds>(attempt - Clock::now()).count());
+      int64_t ms =
+          std::max<int64_t>(1, std::chrono::duration_cast<std::chrono::milliseconds>(attempt - Clock::now()).count());
       Status st = link(peers[i].cluster_id, peers[i].ip, peers[i].port, ms);
       if (st.ok() || st.code() == Code::kAlreadyLink) {
         std::lock_guard<std::mutex> lock(mu_);

@@ -78,7 +78,8 @@ Status Engine::handle_auth(ServerConn* conn, const std::vector<uint8_t>& payload
   Status verdict;
   if (!auth::same(client_proof, expected)) {
     counters_.auth_failures += 1;
-    verdict = {Code::kLinkFailed, "cluster " + std::to_string(config_.cluster_id) + " refused the link: wrong link secret"};
+    verdict = {Code::kLinkFailed,
+               "cluster " + std::to_string(config_.cluster_id) + " refused the link: wrong link secret"};
   }
   IoResult io = send_frame(conn->fd.get(), wire::Type::kAuthResult, status_payload(verdict), {}, deadline_in_ms(30000));
   if (!io.ok()) return {Code::kFailed, io.message};

@@ -105,8 +105,8 @@ Status Engine::lease(const std::shared_ptr<Link>& link, Deadline deadline, ConnL
   std::unique_lock<std::mutex> lock(link->mu);
   for (;;) {
     if (link->broken) {
-      return {Code::kNotYetLink, "link to cluster " + std::to_string(link->remote_cluster_id) +
-                                     " is broken (" + link->last_error + "); unlink and link again"};
+      return {Code::kNotYetLink, "link to cluster " + std::to_string(link->remote_cluster_id) + " is broken (" +
+                                     link->last_error + "); unlink and link again"};
     }
     if (!link->idle.empty()) {
       std::unique_ptr<Conn> conn = std::move(link->idle.back());
@@ -139,8 +139,8 @@ Status Engine::lease(const std::shared_ptr<Link>& link, Deadline deadline, ConnL
         if (st.code() != Code::kNotYetLink) {
           // the peer of a live link is lost while this transfer opens a connection to it: the same
           // outcome as losing it on an open connection (io_failure), so LLM_TIMEOUT, then NOT_YET_LINK
-          st = {Code::kTimeout, "lost cluster " + std::to_string(link->remote_cluster_id) + " at " +
-                                    link->address() + " mid-transfer: " + st.message()};
+          st = {Code::kTimeout, "lost cluster " + std::to_string(link->remote_cluster_id) + " at " + link->address() +
+                                    " mid-transfer: " + st.message()};
         }
         return st;
       }

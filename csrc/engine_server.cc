@@ -72,8 +72,8 @@ void Engine::serve(ServerConn* conn) {
     if (!ready.ok() || stopping_) break;
     wire::Header header;
     Status st;
-    IoResult io = recv_frame(conn->fd.get(), deadline_in_ms(config_.sync_timeout_ms * 10 + 30000), &header,
-                             &payload, &st);
+    IoResult io =
+        recv_frame(conn->fd.get(), deadline_in_ms(config_.sync_timeout_ms * 10 + 30000), &header, &payload, &st);
     if (!io.ok() || !st.ok()) break;  // malformed or hostile frame: drop this connection only
     if (header.type == static_cast<uint16_t>(wire::Type::kGoodbye)) break;
     if (!serve_one(conn, header, payload).ok()) break;

@@ -102,7 +102,8 @@ Status Engine::transfer(bool is_pull, uint64_t remote_cluster_id, const wire::Tr
     std::vector<std::thread> helpers;
     for (size_t i = 1; i < parts.size(); ++i) {
       if (!results[i].ok()) continue;
-      helpers.emplace_back([&, i] { results[i] = transfer_part(is_pull, link, parts[i].first, part_segs[i], deadline); });
+      helpers.emplace_back(
+          [&, i] { results[i] = transfer_part(is_pull, link, parts[i].first, part_segs[i], deadline); });
     }
     if (results[0].ok()) results[0] = transfer_part(is_pull, link, parts[0].first, part_segs[0], deadline);
     for (auto& t : helpers) t.join();
@@ -150,8 +151,8 @@ Status Engine::transfer_tcp(bool is_pull, Link& link, Conn& conn, const wire::Tr
       outgoing.push_back({reinterpret_cast<uint8_t*>(&crc), sizeof(crc)});
     }
   }
-  IoResult io = send_frame(conn.fd.get(), is_pull ? wire::Type::kRead : wire::Type::kWrite, w.bytes(), outgoing,
-                           deadline);
+  IoResult io =
+      send_frame(conn.fd.get(), is_pull ? wire::Type::kRead : wire::Type::kWrite, w.bytes(), outgoing, deadline);
   if (!io.ok()) return io_failure(link, io, timeout_ms);
   wire::Header header;
   std::vector<uint8_t> payload;
