@@ -10,6 +10,8 @@
 
 #include <cstring>
 #include <memory>
+#include <stdexcept>
+#include <string>
 
 #include "engine.h"
 
@@ -18,9 +20,10 @@ namespace py = pybind11;
 namespace cachelink {
 namespace {
 
-struct CoreError {
+/// A failed Status on its way to Python: the translator below raises it as `_core.CoreError(code, message)`.
+struct CoreError : std::runtime_error {
+  CoreError(Code c, const std::string& message) : std::runtime_error(message), code(c) {}
   Code code;
-  std::string message;
 };
 
 void throw_if_error(const Status& st) {
@@ -79,11 +82,12 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "CacheLink native core: pools, caches, links and transfers (private; use llm_datadist).";
 
   static py::exception<CoreError> core_error(m, "CoreError", PyExc_RuntimeError);
+  // NOLINTNEXTLINE(performance-unnecessary-value-param): pybind11's translator type takes it by value
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
     } catch (const CoreError& e) {
-      py::object args = py::make_tuple(static_cast<uint32_t>(e.code), e.message);
+      py::object args = py::make_tuple(static_cast<uint32_t>(e.code), std::string(e.what()));
       PyErr_SetObject(core_error.ptr(), args.ptr());
     }
   });
@@ -297,6 +301,7 @@ PYBIND11_MODULE(_core, m) {
           [](Engine& e, const std::string& name, uint64_t self_id, const std::string& self_ip, uint16_t self_port,
              const std::vector<std::tuple<uint64_t, std::string, uint16_t>>& peers, int64_t total_timeout_ms) {
             std::vector<CommPeer> list;
+            list.reserve(peers.size());
             for (const auto& [id, ip, port] : peers) list.push_back({id, ip, port});
             uint64_t comm_id = 0;
             Status st;

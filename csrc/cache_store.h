@@ -48,8 +48,8 @@ struct CacheGeometry {
   uint64_t unit_bytes() const { return units == 0 ? 0 : tensor_bytes / units; }
 };
 
-/// Validates `extent` against the geometry and appends its segments (contiguous ones merged).
-Status segments_for(const CacheGeometry& cache, const wire::Extent& extent, std::vector<Segment>* segs);
+/// Validates extent `e` against the geometry `r` and appends its segments (contiguous ones merged).
+Status segments_for(const CacheGeometry& r, const wire::Extent& e, std::vector<Segment>* segs);
 
 /// A peer-visible cache as a same-host peer sees it: pool index and pool-relative tensor offsets.
 struct SharedLayout {
