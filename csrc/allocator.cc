@@ -82,12 +82,8 @@ bool Allocator::reserve(uint64_t offset, uint64_t size) {
   return true;
 }
 
-uint64_t Allocator::largest_free() const {
-  return free_by_size_.empty() ? 0 : free_by_size_.rbegin()->first;
-}
+uint64_t Allocator::largest_free() const { return free_by_size_.empty() ? 0 : free_by_size_.rbegin()->first; }
 
-std::vector<std::pair<uint64_t, uint64_t>> Allocator::allocations() const {
-  return {live_.begin(), live_.end()};
-}
+std::vector<std::pair<uint64_t, uint64_t>> Allocator::allocations() const { return {live_.begin(), live_.end()}; }
 
 }  // namespace cachelink

@@ -41,7 +41,7 @@ class Allocator {
   uint64_t used_ = 0;
   std::map<uint64_t, uint64_t> free_by_offset_;
   std::set<std::pair<uint64_t, uint64_t>> free_by_size_;  // (size, offset)
-  std::map<uint64_t, uint64_t> live_;                      // offset -> size
+  std::map<uint64_t, uint64_t> live_;                     // offset -> size
 };
 
 }  // namespace cachelink

@@ -1,20 +1,25 @@
 #include "auth.h"
 
 #include <openssl/crypto.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 
-#include <stdexcept>
+#include <utility>
 
 namespace cachelink::auth {
 
-std::string random_nonce() {
+Status random_nonce(std::string* out) {
   std::string nonce(kNonceBytes, '\0');
   if (RAND_bytes(reinterpret_cast<unsigned char*>(nonce.data()), static_cast<int>(nonce.size())) != 1) {
-    throw std::runtime_error("RAND_bytes failed");
+    char reason[256] = "unknown error";
+    const unsigned long error = ERR_get_error();
+    if (error != 0) ERR_error_string_n(error, reason, sizeof(reason));
+    return {Code::kFailed, std::string("no random bytes for an authentication nonce (RAND_bytes: ") + reason + ")"};
   }
-  return nonce;
+  *out = std::move(nonce);
+  return Status::Ok();
 }
 
 std::string proof(const std::string& secret, const char* label, const std::string& first, const std::string& second,

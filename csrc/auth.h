@@ -5,12 +5,15 @@
 #include <cstdint>
 #include <string>
 
+#include "status.h"
+
 namespace cachelink::auth {
 
 constexpr size_t kNonceBytes = 16;
 
-/// Cryptographically random bytes (OpenSSL RAND_bytes).
-std::string random_nonce();
+/// kNonceBytes cryptographically random bytes (OpenSSL RAND_bytes) into `out`; kFailed when the generator
+/// has none to give (never throws, like the rest of the core).
+Status random_nonce(std::string* out);
 /// HMAC-SHA256(secret, label | first | second | cluster_id).
 std::string proof(const std::string& secret, const char* label, const std::string& first, const std::string& second,
                   uint64_t cluster_id);

@@ -3,12 +3,15 @@
 // Every C++ failure is a Status; `throw_if_error` turns a failed one into `_core.CoreError(code, message)`,
 // which llm_datadist/_native.py translates into LLMException with the matching LLMStatusCode.
 // Blocking and bulk calls release the GIL; arguments are converted before it is released.
+#include <pybind11/native_enum.h>
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <cstring>
 #include <memory>
+#include <stdexcept>
+#include <string>
 
 #include "engine.h"
 
@@ -17,9 +20,10 @@ namespace py = pybind11;
 namespace cachelink {
 namespace {
 
-struct CoreError {
+/// A failed Status on its way to Python: the translator below raises it as `_core.CoreError(code, message)`.
+struct CoreError : std::runtime_error {
+  CoreError(Code c, const std::string& message) : std::runtime_error(message), code(c) {}
   Code code;
-  std::string message;
 };
 
 void throw_if_error(const Status& st) {
@@ -78,14 +82,43 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "CacheLink native core: pools, caches, links and transfers (private; use llm_datadist).";
 
   static py::exception<CoreError> core_error(m, "CoreError", PyExc_RuntimeError);
+  // NOLINTNEXTLINE(performance-unnecessary-value-param): pybind11's translator type takes it by value
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
     } catch (const CoreError& e) {
-      py::object args = py::make_tuple(static_cast<uint32_t>(e.code), e.message);
+      py::object args = py::make_tuple(static_cast<uint32_t>(e.code), std::string(e.what()));
       PyErr_SetObject(core_error.ptr(), args.ptr());
     }
   });
+
+  // The core's status codes and pool kinds, so Python reads them from here instead of copying them
+  // (tests/unit/test_core_constants.py checks that every code maps to an LLMStatusCode).
+  py::native_enum<Code>(m, "Code", "enum.IntEnum", "Status codes of the core (LLMStatusCode values).")
+      .value("SUCCESS", Code::kSuccess)
+      .value("WAIT_PROCESS_TIMEOUT", Code::kWaitProcTimeout)
+      .value("KV_CACHE_NOT_EXIST", Code::kKvCacheNotExist)
+      .value("REPEAT_REQUEST", Code::kRepeatRequest)
+      .value("PARAM_INVALID", Code::kParamInvalid)
+      .value("ENGINE_FINALIZED", Code::kEngineFinalized)
+      .value("NOT_YET_LINK", Code::kNotYetLink)
+      .value("ALREADY_LINK", Code::kAlreadyLink)
+      .value("LINK_FAILED", Code::kLinkFailed)
+      .value("UNLINK_FAILED", Code::kUnlinkFailed)
+      .value("CLUSTER_NUM_EXCEED_LIMIT", Code::kClusterNumExceedLimit)
+      .value("PROCESSING_LINK", Code::kProcessingLink)
+      .value("EXIST_LINK", Code::kExistLink)
+      .value("FEATURE_NOT_ENABLED", Code::kFeatureNotEnabled)
+      .value("TIMEOUT", Code::kTimeout)
+      .value("LINK_BUSY", Code::kLinkBusy)
+      .value("OUT_OF_MEMORY", Code::kOutOfMemory)
+      .value("FAILED", Code::kFailed)
+      .finalize();
+  py::native_enum<PoolKind>(m, "PoolKind", "enum.IntEnum", "Where a cache lives (CacheInfo.pool values).")
+      .value("REGISTERED", PoolKind::kRegistered)
+      .value("DEVICE", PoolKind::kDevice)
+      .value("HOST", PoolKind::kHost)
+      .finalize();
 
   py::class_<PoolConfig>(m, "PoolConfig")
       .def(py::init<>())
@@ -155,7 +188,8 @@ PYBIND11_MODULE(_core, m) {
 
   py::class_<Engine, EnginePtr>(m, "Engine")
       .def(py::init<EngineConfig>(), py::arg("config"))
-      .def("init", [](Engine& e) { throw_if_error(e.init()); }, py::call_guard<py::gil_scoped_release>())
+      .def(
+          "init", [](Engine& e) { throw_if_error(e.init()); }, py::call_guard<py::gil_scoped_release>())
       .def("finalize", &Engine::finalize, py::arg("release_pool"), py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("initialized", &Engine::initialized)
       .def_property_readonly("incarnation", &Engine::incarnation)
@@ -180,8 +214,8 @@ PYBIND11_MODULE(_core, m) {
              const std::string& meta) {
             throw_if_error(e.check_owner());
             CacheInfo info;
-            throw_if_error(e.store().allocate(static_cast<PoolKind>(pool), blocks, num_tensors, tensor_bytes, units,
-                                              meta, &info));
+            throw_if_error(
+                e.store().allocate(static_cast<PoolKind>(pool), blocks, num_tensors, tensor_bytes, units, meta, &info));
             return info;
           },
           py::arg("pool"), py::arg("blocks"), py::arg("num_tensors"), py::arg("tensor_bytes"), py::arg("units"),
@@ -192,8 +226,8 @@ PYBIND11_MODULE(_core, m) {
              const std::vector<uint64_t>& addrs, bool remote_accessible, const std::string& meta) {
             throw_if_error(e.check_owner());
             CacheInfo info;
-            throw_if_error(e.store().register_memory(blocks, num_tensors, tensor_bytes, units, addrs,
-                                                     remote_accessible, meta, &info));
+            throw_if_error(e.store().register_memory(blocks, num_tensors, tensor_bytes, units, addrs, remote_accessible,
+                                                     meta, &info));
             return info;
           },
           py::arg("blocks"), py::arg("num_tensors"), py::arg("tensor_bytes"), py::arg("units"), py::arg("addrs"),
@@ -226,8 +260,8 @@ PYBIND11_MODULE(_core, m) {
       .def(
           "find_cache", [](Engine& e, int64_t id) { return e.store().find(id); }, py::arg("cache_id"))
       .def(
-          "tensor_view", [](Engine& e, int64_t id, uint32_t t) { return tensor_view(e, id, t); },
-          py::arg("cache_id"), py::arg("tensor_index"))
+          "tensor_view", [](Engine& e, int64_t id, uint32_t t) { return tensor_view(e, id, t); }, py::arg("cache_id"),
+          py::arg("tensor_index"))
       .def(
           "pool_usage",
           [](Engine& e, int pool) {
@@ -246,7 +280,7 @@ PYBIND11_MODULE(_core, m) {
               py::gil_scoped_release release;
               st = e.link(remote, ip, port, timeout_ms);
             }
-            return py::make_tuple(static_cast<uint32_t>(st.code()), st.message());
+            throw_if_error(st);
           },
           py::arg("remote_cluster_id"), py::arg("ip"), py::arg("port"), py::arg("timeout_ms"))
       .def(
@@ -257,7 +291,7 @@ PYBIND11_MODULE(_core, m) {
               py::gil_scoped_release release;
               st = e.unlink(remote, force);
             }
-            return py::make_tuple(static_cast<uint32_t>(st.code()), st.message());
+            throw_if_error(st);
           },
           py::arg("remote_cluster_id"), py::arg("force"))
       .def("links", &Engine::links)
@@ -267,6 +301,7 @@ PYBIND11_MODULE(_core, m) {
           [](Engine& e, const std::string& name, uint64_t self_id, const std::string& self_ip, uint16_t self_port,
              const std::vector<std::tuple<uint64_t, std::string, uint16_t>>& peers, int64_t total_timeout_ms) {
             std::vector<CommPeer> list;
+            list.reserve(peers.size());
             for (const auto& [id, ip, port] : peers) list.push_back({id, ip, port});
             uint64_t comm_id = 0;
             Status st;
@@ -313,8 +348,8 @@ PYBIND11_MODULE(_core, m) {
             throw_if_error(st);
           },
           py::arg("is_pull"), py::arg("remote_cluster_id"), py::arg("ref_kind"), py::arg("a"), py::arg("b"),
-          py::arg("c"), py::arg("remote_extent"), py::arg("flags"), py::arg("local_cache_id"),
-          py::arg("local_extent"), py::arg("timeout_ms"))
+          py::arg("c"), py::arg("remote_extent"), py::arg("flags"), py::arg("local_cache_id"), py::arg("local_extent"),
+          py::arg("timeout_ms"))
       .def("counters", [](Engine& e) {
         Counters& c = e.counters();
         py::dict d;

@@ -64,7 +64,7 @@ struct CacheStore::Record {
   bool id_ref = true;
   int pins = 0;
   std::map<uint64_t, std::pair<SlotKey, std::vector<bool>>> slot_keys;  // slot -> key, tensors pulled
-  std::map<uint64_t, std::chrono::steady_clock::time_point> leases;      // slot -> key lease deadline
+  std::map<uint64_t, std::chrono::steady_clock::time_point> leases;     // slot -> key lease deadline
   std::optional<uint64_t> blocks_model;
 
   uint64_t unit_bytes() const { return units == 0 ? 0 : tensor_bytes / units; }
@@ -200,8 +200,8 @@ const CacheStore::Record* CacheStore::find_locked(int64_t id) const {
   return it == records_.end() ? nullptr : it->second.get();
 }
 
-Status CacheStore::allocate(PoolKind pool, bool blocks, uint32_t num_tensors, uint64_t tensor_bytes,
-                            uint64_t units, const std::string& meta, CacheInfo* out) {
+Status CacheStore::allocate(PoolKind pool, bool blocks, uint32_t num_tensors, uint64_t tensor_bytes, uint64_t units,
+                            const std::string& meta, CacheInfo* out) {
   std::lock_guard<std::mutex> lock(mu_);
   Pool& p = pools_[pool == PoolKind::kHost ? 1 : 0];
   if (!p.allocator) {
@@ -238,12 +238,12 @@ Status CacheStore::allocate(PoolKind pool, bool blocks, uint32_t num_tensors, ui
 }
 
 Status CacheStore::register_memory(bool blocks, uint32_t num_tensors, uint64_t tensor_bytes, uint64_t units,
-                                   const std::vector<uint64_t>& addrs, bool remote_accessible,
-                                   const std::string& meta, CacheInfo* out) {
+                                   const std::vector<uint64_t>& addrs, bool remote_accessible, const std::string& meta,
+                                   CacheInfo* out) {
   std::lock_guard<std::mutex> lock(mu_);
   if (addrs.size() != num_tensors) {
-    return {Code::kParamInvalid, "got " + std::to_string(addrs.size()) + " addresses for " +
-                                     std::to_string(num_tensors) + " tensors"};
+    return {Code::kParamInvalid,
+            "got " + std::to_string(addrs.size()) + " addresses for " + std::to_string(num_tensors) + " tensors"};
   }
   auto rec = std::make_unique<Record>();
   rec->id = next_id_++;
@@ -272,8 +272,8 @@ Status CacheStore::bind_slot_key(int64_t id, uint64_t slot, const SlotKey& key, 
   if (slot >= r->units) return {Code::kParamInvalid, "batch slot " + std::to_string(slot) + " out of range"};
   auto k = key_of(key);
   if (slot_keys_.count(k) != 0 || r->slot_keys.count(slot) != 0) {
-    return {Code::kParamInvalid, "cache key (req_id=" + std::to_string(key.req_id) + ", model_id=" +
-                                     std::to_string(key.model_id) + ") is already bound to a cache"};
+    return {Code::kParamInvalid, "cache key (req_id=" + std::to_string(key.req_id) +
+                                     ", model_id=" + std::to_string(key.model_id) + ") is already bound to a cache"};
   }
   slot_keys_[k] = {id, slot};
   r->slot_keys[slot] = {key, std::vector<bool>(r->num_tensors, false)};
@@ -317,8 +317,8 @@ Status CacheStore::bind_blocks_key(int64_t id, uint64_t model_id) {
   Record* r = find_locked(id);
   if (r == nullptr) return {Code::kKvCacheNotExist, "cache " + std::to_string(id) + " does not exist"};
   if (blocks_keys_.count(model_id) != 0) {
-    return {Code::kParamInvalid, "blocks cache key with model_id=" + std::to_string(model_id) +
-                                     " is already bound to a cache"};
+    return {Code::kParamInvalid,
+            "blocks cache key with model_id=" + std::to_string(model_id) + " is already bound to a cache"};
   }
   blocks_keys_[model_id] = id;
   r->blocks_model = model_id;
@@ -424,8 +424,8 @@ Status segments_for(const CacheGeometry& r, const wire::Extent& e, std::vector<S
     if (e.offset >= unit) return {Code::kParamInvalid, "offset " + std::to_string(e.offset) + " out of range"};
     uint64_t len = e.length == wire::kWholeSlot ? unit - e.offset : e.length;
     if (len == 0 || len > unit - e.offset) {
-      return {Code::kParamInvalid, "size " + std::to_string(len) + " exceeds the batch slot of " +
-                                       std::to_string(unit) + " bytes"};
+      return {Code::kParamInvalid,
+              "size " + std::to_string(len) + " exceeds the batch slot of " + std::to_string(unit) + " bytes"};
     }
     for (uint32_t t = e.tensor_start; t < e.tensor_start + e.tensor_count; ++t) {
       append_segment(segs, r.addrs[t] + e.slot * unit + e.offset, len);
@@ -440,8 +440,8 @@ Status segments_for(const CacheGeometry& r, const wire::Extent& e, std::vector<S
   }
   for (uint64_t b : e.blocks) {
     if (b >= r.units) {
-      return {Code::kParamInvalid, "block index " + std::to_string(b) + " out of range: cache " +
-                                       std::to_string(r.id) + " has " + std::to_string(r.units) + " blocks"};
+      return {Code::kParamInvalid, "block index " + std::to_string(b) + " out of range: cache " + std::to_string(r.id) +
+                                       " has " + std::to_string(r.units) + " blocks"};
     }
   }
   segs->reserve(static_cast<size_t>(e.tensor_count) * e.blocks.size());

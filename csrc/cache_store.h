@@ -48,12 +48,12 @@ struct CacheGeometry {
   uint64_t unit_bytes() const { return units == 0 ? 0 : tensor_bytes / units; }
 };
 
-/// Validates `extent` against the geometry and appends its segments (contiguous ones merged).
-Status segments_for(const CacheGeometry& cache, const wire::Extent& extent, std::vector<Segment>* segs);
+/// Validates extent `e` against the geometry `r` and appends its segments (contiguous ones merged).
+Status segments_for(const CacheGeometry& r, const wire::Extent& e, std::vector<Segment>* segs);
 
 /// A peer-visible cache as a same-host peer sees it: pool index and pool-relative tensor offsets.
 struct SharedLayout {
-  int32_t pool = -1;  // -1: not in a shared pool (caller memory)
+  int32_t pool = -1;       // -1: not in a shared pool (caller memory)
   CacheGeometry geometry;  // addrs hold pool-relative offsets here
   wire::Extent extent;     // the extent with the slot the reference resolved to
 };
@@ -182,7 +182,7 @@ class CacheStore {
   Pool pools_[2];
   std::map<int64_t, std::unique_ptr<Record>> records_;
   std::map<std::tuple<bool, uint64_t, uint64_t>, std::pair<int64_t, uint64_t>> slot_keys_;  // -> (id, slot)
-  std::map<uint64_t, int64_t> blocks_keys_;                                                   // model -> id
+  std::map<uint64_t, int64_t> blocks_keys_;                                                 // model -> id
   int64_t next_id_ = 1;
   std::string index_path_;
 };

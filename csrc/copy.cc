@@ -89,8 +89,7 @@ void copy_range(const std::vector<Segment>& dst, const std::vector<Segment>& src
 
 }  // namespace
 
-void copy_segments(const std::vector<Segment>& dst, const std::vector<Segment>& src, uint64_t total,
-                   unsigned threads) {
+void copy_segments(const std::vector<Segment>& dst, const std::vector<Segment>& src, uint64_t total, unsigned threads) {
   // Large batches are split by bytes across threads: on two cores a second copier raises bandwidth,
   // below kParallelCopyMin the thread start costs more than it saves.
   threads = std::max(1u, threads);

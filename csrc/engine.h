@@ -3,6 +3,8 @@
 // Threads: an instance starts none before init(). It then runs one accept thread per listener and one
 // thread per accepted connection, each blocked in poll() while idle (no busy polling). Client-side
 // transfers run on the caller's thread with the GIL released. finalize() wakes and joins every thread.
+//
+// Implementation: engine*.cc, one source file per job; engine_internal.h maps them and holds the inner types.
 #pragma once
 
 #include <atomic>
@@ -123,6 +125,7 @@ class Engine {
               const wire::Extent& local, int64_t timeout_ms);
 
  private:
+  // Inner types, defined in engine_internal.h (which also maps each job to its source file).
   struct Conn;
   struct Link;
   struct Listener;
@@ -130,25 +133,29 @@ class Engine {
   struct ServerConn;
   class ConnLease;
 
+  // engine.cc: lifecycle.
+  void lease_loop();
+
+  // engine_server.cc: listeners, accepted connections and the dispatch of their frames.
   Status start_listener(const std::string& ip, uint16_t port, Listener** out);
   void accept_loop(Listener* listener);
   void serve(ServerConn* conn);
   Status serve_one(ServerConn* conn, const wire::Header& header, const std::vector<uint8_t>& payload);
-  Status handle_hello(ServerConn* conn, const std::vector<uint8_t>& payload);
-  Status handle_read(ServerConn* conn, const std::vector<uint8_t>& payload);
-  Status handle_write(ServerConn* conn, const std::vector<uint8_t>& payload);
-  Status handle_resolve(ServerConn* conn, const std::vector<uint8_t>& payload);
-  Status handle_release(ServerConn* conn, const std::vector<uint8_t>& payload);
-  Status handle_auth(ServerConn* conn, const std::vector<uint8_t>& payload);
-  void lease_loop();
   void reap_server_conns(bool all);
 
+  // engine_handshake.cc: HELLO and AUTH, the server's handlers and the client's connection opener.
+  Status handle_hello(ServerConn* conn, const std::vector<uint8_t>& payload);
+  Status handle_auth(ServerConn* conn, const std::vector<uint8_t>& payload);
   Status open_conn(Link* link, Deadline deadline, std::unique_ptr<Conn>* out, uint64_t* incarnation,
                    std::vector<std::pair<std::string, uint64_t>>* pools);
+
+  // engine_link.cc: the link table and each link's connection pool.
   Status get_link(uint64_t remote_cluster_id, std::shared_ptr<Link>* out) const;
   Status lease(const std::shared_ptr<Link>& link, Deadline deadline, ConnLease* out);
-  Status transfer(bool is_pull, uint64_t remote_cluster_id, const wire::TransferRequest& remote,
-                  int64_t local_cache, const wire::Extent& local, int64_t timeout_ms);
+
+  // engine_transfer.cc: pull and push from the caller's side.
+  Status transfer(bool is_pull, uint64_t remote_cluster_id, const wire::TransferRequest& remote, int64_t local_cache,
+                  const wire::Extent& local, int64_t timeout_ms);
   Status transfer_part(bool is_pull, const std::shared_ptr<Link>& link, wire::TransferRequest req,
                        const std::vector<Segment>& local, Deadline deadline);
   Status transfer_tcp(bool is_pull, Link& link, Conn& conn, const wire::TransferRequest& req,
@@ -156,6 +163,14 @@ class Engine {
   Status transfer_shm(bool is_pull, Link& link, Conn& conn, const wire::TransferRequest& req,
                       const std::vector<Segment>& local, Deadline deadline, bool* fallback);
   Status io_failure(Link& link, const IoResult& io, int64_t timeout_ms);
+
+  // engine_transfer_serve.cc: the serving side of transfers.
+  Status handle_read(ServerConn* conn, const std::vector<uint8_t>& payload);
+  Status handle_write(ServerConn* conn, const std::vector<uint8_t>& payload);
+  Status handle_resolve(ServerConn* conn, const std::vector<uint8_t>& payload);
+  Status handle_release(ServerConn* conn, const std::vector<uint8_t>& payload);
+
+  // engine_domain.cc: communication domains.
   void domain_loop(Domain* domain, std::vector<CommPeer> peers, Deadline deadline);
 
   EngineConfig config_;

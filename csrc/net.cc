@@ -8,9 +8,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <climits>
 #include <algorithm>
 #include <cerrno>
+#include <climits>
 #include <cstring>
 
 namespace cachelink {
@@ -101,8 +101,7 @@ Status listen_tcp(const std::string& ip, uint16_t port, Fd* out, uint16_t* bound
   ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
   sockaddr_in addr = make_addr(ip_be, port);
   if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    return {Code::kParamInvalid,
-            "cannot listen on " + ip + ":" + std::to_string(port) + ": " + std::strerror(errno)};
+    return {Code::kParamInvalid, "cannot listen on " + ip + ":" + std::to_string(port) + ": " + std::strerror(errno)};
   }
   if (::listen(fd.get(), 128) != 0) {
     return {Code::kFailed, "listen() on " + ip + ":" + std::to_string(port) + ": " + std::strerror(errno)};

@@ -56,8 +56,8 @@ Status SharedMapping::create(const std::string& path, uint64_t size, std::shared
   int rc = ::posix_fallocate(fd.get(), 0, static_cast<off_t>(size));
   if (rc != 0 && rc != EOPNOTSUPP && rc != EINVAL) {
     ::unlink(path.c_str());
-    return {Code::kOutOfMemory, "cannot reserve " + std::to_string(size) + " bytes for pool file " + path +
-                                    ": " + std::strerror(rc)};
+    return {Code::kOutOfMemory,
+            "cannot reserve " + std::to_string(size) + " bytes for pool file " + path + ": " + std::strerror(rc)};
   }
   uint8_t* data = nullptr;
   Status st = map_fd(fd.get(), path, size, &data);
@@ -74,12 +74,12 @@ Status SharedMapping::open(const std::string& path, uint64_t expected_size, std:
   if (fd.get() < 0) {
     return {Code::kKvCacheNotExist, "cannot open pool file " + path + ": " + errno_text()};
   }
-  struct stat info {};
+  struct stat info{};
   if (::fstat(fd.get(), &info) != 0) return {Code::kFailed, "cannot stat " + path + ": " + errno_text()};
   auto size = static_cast<uint64_t>(info.st_size);
   if (expected_size != 0 && size != expected_size) {
-    return {Code::kParamInvalid, "pool file " + path + " has " + std::to_string(size) + " bytes, expected " +
-                                     std::to_string(expected_size)};
+    return {Code::kParamInvalid,
+            "pool file " + path + " has " + std::to_string(size) + " bytes, expected " + std::to_string(expected_size)};
   }
   if (size == 0) return {Code::kParamInvalid, "pool file " + path + " is empty"};
   uint8_t* data = nullptr;

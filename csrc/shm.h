@@ -28,8 +28,7 @@ class SharedMapping {
   void unlink_file() const;
 
  private:
-  SharedMapping(std::string path, uint8_t* data, uint64_t size)
-      : path_(std::move(path)), data_(data), size_(size) {}
+  SharedMapping(std::string path, uint8_t* data, uint64_t size) : path_(std::move(path)), data_(data), size_(size) {}
   std::string path_;
   uint8_t* data_;
   uint64_t size_;

@@ -45,10 +45,10 @@ class [[nodiscard]] Status {
   std::string message_;
 };
 
-#define CL_RETURN_IF_ERROR(expr)          \
-  do {                                    \
-    ::cachelink::Status _st = (expr);     \
-    if (!_st.ok()) return _st;            \
+#define CL_RETURN_IF_ERROR(expr)      \
+  do {                                \
+    ::cachelink::Status _st = (expr); \
+    if (!_st.ok()) return _st;        \
   } while (0)
 
 }  // namespace cachelink

@@ -4,11 +4,45 @@ CacheLink native core: pools, caches, links and transfers (private; use llm_data
 
 from __future__ import annotations
 import collections.abc
+import enum
 import numpy
 import typing
 
 class CoreError(RuntimeError):
     pass
+
+class Code(enum.IntEnum):
+    """
+    Status codes of the core (LLMStatusCode values).
+    """
+
+    ALREADY_LINK = 1343270920
+    CLUSTER_NUM_EXCEED_LIMIT = 1343270924
+    ENGINE_FINALIZED = 1343270918
+    EXIST_LINK = 1343270936
+    FAILED = 4294967295
+    FEATURE_NOT_ENABLED = 1343270937
+    KV_CACHE_NOT_EXIST = 1343270914
+    LINK_BUSY = 1343270939
+    LINK_FAILED = 1343270921
+    NOT_YET_LINK = 1343270919
+    OUT_OF_MEMORY = 1343270940
+    PARAM_INVALID = 1343270917
+    PROCESSING_LINK = 1343270925
+    REPEAT_REQUEST = 1343270915
+    SUCCESS = 0
+    TIMEOUT = 1343270938
+    UNLINK_FAILED = 1343270922
+    WAIT_PROCESS_TIMEOUT = 1343270913
+
+class PoolKind(enum.IntEnum):
+    """
+    Where a cache lives (CacheInfo.pool values).
+    """
+
+    DEVICE = 0
+    HOST = 1
+    REGISTERED = -1
 
 class PoolConfig:
     def __init__(self) -> None: ...
@@ -193,7 +227,7 @@ class Engine:
         ip: str,
         port: typing.SupportsInt | typing.SupportsIndex,
         timeout_ms: typing.SupportsInt | typing.SupportsIndex,
-    ) -> tuple[int, str]: ...
+    ) -> None: ...
     def links(self) -> list[LinkInfo]: ...
     def list_caches(self) -> list[CacheInfo]: ...
     def pool_base(self, pool: typing.SupportsInt | typing.SupportsIndex) -> int: ...
@@ -236,9 +270,7 @@ class Engine:
         local_extent: Extent,
         timeout_ms: typing.SupportsInt | typing.SupportsIndex,
     ) -> None: ...
-    def unlink(
-        self, remote_cluster_id: typing.SupportsInt | typing.SupportsIndex, force: bool
-    ) -> tuple[int, str]: ...
+    def unlink(self, remote_cluster_id: typing.SupportsInt | typing.SupportsIndex, force: bool) -> None: ...
     @property
     def host_id(self) -> str: ...
     @property

@@ -18,14 +18,16 @@ Extent = _core.Extent
 CacheInfo = _core.CacheInfo
 LinkInfo = _core.LinkInfo
 CoreError = _core.CoreError
+Code = _core.Code
+PoolKind = _core.PoolKind
 copy_units = _core.copy_units
 WHOLE_SLOT: int = _core.WHOLE_SLOT
 FLAG_RELEASE_KEY: int = _core.FLAG_RELEASE_KEY
 FLAG_ALLOW_SHORT: int = _core.FLAG_ALLOW_SHORT
 
-#: ``Cache`` pool index in the core (``PoolKind``)
-POOL_DEVICE = 0
-POOL_HOST = 1
+#: ``Cache`` pool index in the core (``PoolKind``), as the plain ints ``CacheInfo.pool`` holds
+POOL_DEVICE: int = int(_core.PoolKind.DEVICE)
+POOL_HOST: int = int(_core.PoolKind.HOST)
 
 
 def to_exception(func_name: str, error: _core.CoreError) -> LLMException:

@@ -197,11 +197,14 @@ class LLMDataDist:
                 return LLMStatusCode.LLM_PARAM_INVALID
             ip, port = cluster.remote_ip_info_list[0]
             assert cluster.remote_cluster_id is not None  # checked by _check_clusters
-            code, message = engine.link(cluster.remote_cluster_id, ip_int_to_str(ip), port, timeout)
-            status = _native.status_of(code)
-            if status != LLMStatusCode.LLM_SUCCESS:
+            try:
+                engine.link(cluster.remote_cluster_id, ip_int_to_str(ip), port, timeout)
+            except _native.CoreError as error:
+                code, message = error.args
+                status = _native.status_of(code)
                 _log.error("link to cluster %d failed: %s (%s)", cluster.remote_cluster_id, status, message)
-            return status
+                return status
+            return LLMStatusCode.LLM_SUCCESS
 
         return _fan_out(link_one, checked)
 
@@ -218,11 +221,14 @@ class LLMDataDist:
 
         def unlink_one(cluster: LLMClusterInfo) -> LLMStatusCode:
             assert cluster.remote_cluster_id is not None  # checked by _check_clusters
-            code, message = engine.unlink(cluster.remote_cluster_id, force)
-            status = _native.status_of(code)
-            if status != LLMStatusCode.LLM_SUCCESS:
+            try:
+                engine.unlink(cluster.remote_cluster_id, force)
+            except _native.CoreError as error:
+                code, message = error.args
+                status = _native.status_of(code)
                 _log.error("unlink of cluster %d failed: %s (%s)", cluster.remote_cluster_id, status, message)
-            return status
+                return status
+            return LLMStatusCode.LLM_SUCCESS
 
         return _fan_out(unlink_one, checked)
 

@@ -28,9 +28,9 @@ TEST(Allocator, BestFitAndCoalescing) {
   std::vector<uint64_t> offs;
   for (int i = 0; i < 8; ++i) offs.push_back(*a.allocate(8 * 4096));
   EXPECT_FALSE(a.allocate(1)) << "pool is full";
-  a.release(offs[1]);                 // hole of 8 pages at page 8
-  a.release(offs[4]);                 // hole at page 32 ...
-  a.release(offs[5]);                 // ... coalesced with page 40: 16 pages
+  a.release(offs[1]);  // hole of 8 pages at page 8
+  a.release(offs[4]);  // hole at page 32 ...
+  a.release(offs[5]);  // ... coalesced with page 40: 16 pages
   EXPECT_EQ(a.largest_free(), 16u * 4096);
   EXPECT_EQ(*a.allocate(8 * 4096), offs[1]) << "best fit takes the exact hole";
   EXPECT_EQ(*a.allocate(16 * 4096), offs[4]) << "coalesced neighbours form one range";
