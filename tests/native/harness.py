@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +64,26 @@ class Peer:
             raise PeerError(reply)
         return reply["result"]
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
+        """Freeze the peer, and return only once every thread of it is stopped.
+
+        ``kill`` only queues SIGSTOP: a thread that is running finishes what it is doing first, so without
+        the wait a request sent right after could still be answered.
+        """
         os.kill(self.proc.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + timeout
+        while not self._all_threads_stopped():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"peer {self.proc.pid} did not stop within {timeout} s")
+            time.sleep(0.005)
+
+    def _all_threads_stopped(self) -> bool:
+        tasks = Path(f"/proc/{self.proc.pid}/task")
+        states = []
+        for task in tasks.iterdir():
+            with contextlib.suppress(OSError):
+                states.append((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
+        return bool(states) and all(state in ("T", "t") for state in states)
 
     def kill(self) -> None:
         self.proc.kill()
