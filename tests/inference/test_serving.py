@@ -1,0 +1,116 @@
+"""Disaggregated serving: router -> prefill server -> decode server, over real sockets and processes."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from inference_common import MAX_TOKENS, PROMPTS, server_args, stream_tokens
+from inference_common import call as http_call
+
+pytestmark = [pytest.mark.inference, pytest.mark.slow]
+HOLD_TIMEOUT_S = 3
+
+
+@pytest.fixture(scope="module")
+def servers(procs) -> dict[str, Any]:
+    prefill = procs(server_args("prefill", 201, hold_timeout=HOLD_TIMEOUT_S))
+    healthy = procs(server_args("decode", 202))
+    dying = procs(server_args("decode", 203), extra_env={"CACHELINK_INFERENCE_DIE_IN_PULL": "1"})
+    router = procs(["router", "--prefill", prefill.url, "--decode", healthy.url])
+    router_dying = procs(["router", "--prefill", prefill.url, "--decode", dying.url, "--decode", healthy.url])
+    return {
+        "prefill": prefill,
+        "decode": healthy,
+        "dying": dying,
+        "router": router,
+        "router_dying": router_dying,
+    }
+
+
+def complete(url: str, prompt: str, stream: bool) -> list[int]:
+    status, body = http_call(
+        f"{url}/v1/completions", {"prompt": prompt, "max_tokens": MAX_TOKENS, "stream": stream}
+    )
+    assert status == 200, body
+    return stream_tokens(body) if stream else body["choices"][0]["token_ids"]
+
+
+def test_concurrent_requests_each_equal_their_single_process_run(servers, reference):
+    jobs = [(name, stream) for name in PROMPTS for stream in (True, False)]
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        results = list(pool.map(lambda job: complete(servers["router"].url, PROMPTS[job[0]], job[1]), jobs))
+    for (name, _), tokens in zip(jobs, results, strict=True):
+        assert tokens == reference[name]["token_ids"], name
+
+
+def test_streamed_text_and_first_chunk_report(servers, reference):
+    status, events = http_call(
+        f"{servers['router'].url}/v1/completions",
+        {"prompt": PROMPTS["long"], "max_tokens": MAX_TOKENS, "stream": True},
+    )
+    assert status == 200
+    assert "".join(e["choices"][0]["text"] for e in events) == reference["long"]["text"]
+    info = events[0]["cachelink"]
+    assert info["kv_digest"] == info["prompt_kv_digest"] and info["data_path"] == "shm"
+
+
+@pytest.mark.parametrize(
+    ("target", "body", "raw", "status"),
+    [
+        ("router", None, b"not json", 400),
+        ("router", {"prompt": "", "max_tokens": 4}, None, 400),
+        ("prefill", {"prompt": 3}, None, 400),
+        ("prefill", {"prompt": "hi", "max_tokens": 0}, None, 400),
+        ("prefill", {"prompt": [2, 10**9]}, None, 400),
+        ("prefill", {"prompt": "hi", "stream": "yes"}, None, 400),
+        ("decode", {"prompt": "hi"}, None, 400),
+        ("decode", {"prompt": "hi", "kv_transfer_params": {"request_id": "x"}}, None, 400),
+        ("prefill", {"prompt": "x " * 5000}, None, 413),
+    ],
+)
+def test_bad_input_is_a_4xx_with_a_json_body(servers, target, body, raw, status):
+    got, payload = http_call(f"{servers[target].url}/v1/completions", body, raw=raw)
+    assert got == status
+    assert isinstance(payload["error"]["message"], str) and payload["error"]["type"]
+
+
+def test_finished_for_an_unknown_request_is_404(servers):
+    status, payload = http_call(f"{servers['prefill'].url}/v1/kv/finished", {"request_id": "nobody"})
+    assert status == 404 and "error" in payload
+
+
+def _held(servers) -> dict[str, Any]:
+    return http_call(f"{servers['prefill'].url}/v1/kv/status")[1]
+
+
+def test_decode_dying_mid_pull(servers, reference):
+    status, payload = http_call(
+        f"{servers['router_dying'].url}/v1/completions", {"prompt": PROMPTS["long"], "max_tokens": MAX_TOKENS}
+    )
+    assert status == 502 and payload["error"]["type"] == "upstream_error"
+    servers["dying"].proc.wait(timeout=60)
+    assert not servers["dying"].alive()
+    state = _held(servers)  # the router released the request's blocks on the prompt side
+    assert state["held_requests"] == [] and state["free_blocks"] == state["num_blocks"]
+    # the prompt server and the router keep serving (the next request goes to the healthy decode server)
+    assert complete(servers["router_dying"].url, PROMPTS["long"], False) == reference["long"]["token_ids"]
+    assert complete(servers["router"].url, PROMPTS["short"], True) == reference["short"]["token_ids"]
+
+
+def test_prompt_blocks_freed_when_decode_never_comes(servers):
+    status, pre = http_call(
+        f"{servers['prefill'].url}/v1/completions", {"prompt": PROMPTS["other"], "max_tokens": 4}
+    )
+    assert status == 200
+    rid = pre["kv_transfer_params"]["request_id"]
+    before = _held(servers)
+    assert rid in before["held_requests"]
+    deadline = time.monotonic() + HOLD_TIMEOUT_S + 60  # a bound on waiting, not a timing assertion
+    while rid in (state := _held(servers))["held_requests"]:
+        assert time.monotonic() < deadline, state
+        time.sleep(0.2)
+    assert state["freed_by_timeout"] >= before["freed_by_timeout"] + 1
+    assert state["free_blocks"] == state["num_blocks"]
