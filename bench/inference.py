@@ -2,8 +2,8 @@
 decode) vs one process, for several prompt lengths; KV bytes moved, the pull's share of TTFT and the pull's
 GB/s next to bench/transfer.py's figure for the same block size (64 tokens x 256 floats = 64 KiB per tensor).
 
-    python bench/inference.py --out bench/results/inference.json
-    python bench/inference.py --lengths 16 256 --tokens 8 --out /tmp/quick.json
+    python -P bench/inference.py --out bench/results/inference.json
+    python -P bench/inference.py --lengths 16 256 --tokens 8 --out /tmp/quick.json
 
 Needs the inference extra (./dev setup). Every process uses one BLAS thread. Not run in CI.
 """
@@ -149,6 +149,7 @@ def main() -> None:
     child = subprocess.run(
         [
             sys.executable,
+            "-P",
             __file__,
             "--single-child",
             "--lengths",

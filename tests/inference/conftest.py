@@ -72,9 +72,10 @@ class Proc:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if self.proc.stdout is not None:
+        if self.proc.stdout is not None and not self.proc.stdout.closed:
             self.proc.stdout.close()
-        self._log_file.close()
+        if not self._log_file.closed:
+            self._log_file.close()
 
 
 @pytest.fixture(scope="session")

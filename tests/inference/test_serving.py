@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -15,19 +16,21 @@ HOLD_TIMEOUT_S = 3
 
 
 @pytest.fixture(scope="module")
-def servers(procs) -> dict[str, Any]:
+def servers(procs) -> Iterator[dict[str, Any]]:
     prefill = procs(server_args("prefill", 201, hold_timeout=HOLD_TIMEOUT_S))
     healthy = procs(server_args("decode", 202))
     dying = procs(server_args("decode", 203), extra_env={"CACHELINK_INFERENCE_DIE_IN_PULL": "1"})
     router = procs(["router", "--prefill", prefill.url, "--decode", healthy.url])
     router_dying = procs(["router", "--prefill", prefill.url, "--decode", dying.url, "--decode", healthy.url])
-    return {
+    yield {
         "prefill": prefill,
         "decode": healthy,
         "dying": dying,
         "router": router,
         "router_dying": router_dying,
     }
+    for proc in (router_dying, router, dying, healthy, prefill):
+        proc.close()
 
 
 def complete(url: str, prompt: str, stream: bool) -> list[int]:

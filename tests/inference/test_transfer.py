@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,7 +24,7 @@ _ids = iter(range(10, 100, 2))
 
 
 @pytest.fixture(scope="module", params=CONFIGS, ids=["-".join(c) for c in CONFIGS])
-def pair(request, procs) -> dict[str, Any]:
+def pair(request, procs) -> Iterator[dict[str, Any]]:
     kind, link_mode, path = request.param
     opts = {
         "registered": kind == "registered",
@@ -34,7 +35,9 @@ def pair(request, procs) -> dict[str, Any]:
     cid = next(_ids)
     prefill = procs(server_args("prefill", cid, **opts))
     decode = procs(server_args("decode", cid + 1, **opts))
-    return {"prefill": prefill, "decode": decode, "path": path}
+    yield {"prefill": prefill, "decode": decode, "path": path}
+    decode.close()  # one pair at a time: the next configuration's servers start after these stopped
+    prefill.close()
 
 
 def split_run(pair, prompt: str, *, tamper=None) -> tuple[dict[str, Any], dict[str, Any]]:
