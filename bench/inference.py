@@ -143,6 +143,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "bench/results/inference.json"))
     parser.add_argument("--single-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    load_before = os.getloadavg()
     if args.single_child:
         single_child(args.lengths, args.tokens, args.repeats)
         return
@@ -220,6 +221,9 @@ def main() -> None:
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
             "python": platform.python_version(),
+            "loadavg_1_5_15_before": load_before,
+            "loadavg_1_5_15_after": os.getloadavg(),
+            "note": "a 2-core machine shared with other sessions' builds and tests: latencies vary by tens of %",
         },
         "method": (
             f"Gemma 3 270M Q4_K_M (float32 weights and KV), block size {BLOCK_SIZE} tokens (64 KiB per "

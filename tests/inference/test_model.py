@@ -93,7 +93,7 @@ def test_greedy_continuation_soft_cross_check(model, ref):
     from cachelink_inference.kvcache import NumpyKV
 
     gemma, tok = model
-    n = 12
+    n = 8
     for case in ref["greedy"]:
         engine = Engine(gemma, NumpyKV(gemma.cfg.n_layers, 8, 16, gemma.cfg.kv_dim))
         ours = list(engine.generate(case["prompt_ids"], n))
