@@ -171,12 +171,17 @@ class SchedulerConnector:
         *,
         kv_digest: str = "",
         first_token: int = -1,
+        hold_timeout_s: float | None = None,
     ) -> tuple[bool, dict[str, Any] | None]:
-        """Keep the blocks until "finished" (or the hold timeout) and return the transfer parameters."""
+        """Keep the blocks until "finished" or the hold timeout (this request's, at most the connector's)
+        and return the transfer parameters."""
         if self.role != "prompt":
             return False, None
+        hold = self.hold_timeout_s if hold_timeout_s is None else min(hold_timeout_s, self.hold_timeout_s)
         with self._lock:
-            self._held[request_id] = (list(block_ids), self._clock() + self.hold_timeout_s)
+            if request_id in self._held:
+                raise ValueError(f"request {request_id} already holds blocks")
+            self._held[request_id] = (list(block_ids), self._clock() + hold)
         params = KVTransferParams(
             request_id=request_id,
             remote_cluster_id=self.cluster_id,

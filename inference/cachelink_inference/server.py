@@ -3,8 +3,9 @@
 OpenAI-style ``POST /v1/completions`` (``prompt``, ``max_tokens``, ``stream``). The prefill server runs the
 prompt, keeps its blocks and answers with ``kv_transfer_params``; the decode server pulls those blocks through
 CacheLink, tells the prefill server "finished" (``POST /v1/kv/finished``) and streams the tokens; the router
-chains the two. Prompt blocks are freed on "finished" or after ``hold_timeout_s``. Bad input is a 4xx with a
-JSON body ``{"error": {"message", "type"}}``. Every wait is bounded by a configurable timeout.
+chains the two. Prompt blocks are freed on "finished" or after the request's hold timeout
+(``kv_transfer_params.hold_timeout_s`` of the prefill request, at most the server's). Bad input is a 4xx
+with a JSON body ``{"error": {"message", "type"}}``. Every wait is bounded by a configurable timeout.
 """
 
 from __future__ import annotations
@@ -230,6 +231,20 @@ def _completion_chunk(rid: str, text: str, token_ids: list[int], finish: str | N
 # ---------------------------------------------------------------- prefill
 
 
+def _hold_timeout(raw: Any) -> float | None:
+    """``kv_transfer_params.hold_timeout_s`` of a prefill request (capped by ``--hold-timeout``)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise BadRequest("kv_transfer_params must be an object")
+    value = raw.get("hold_timeout_s")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise BadRequest("kv_transfer_params.hold_timeout_s must be a positive number")
+    return float(value)
+
+
 class PrefillServer:
     def __init__(self, cfg: ServerConfig, node: Node) -> None:
         self.cfg, self.node = cfg, node
@@ -271,9 +286,7 @@ class PrefillServer:
             while True:
                 await asyncio.sleep(0.1)
                 for rid, blocks in self.scheduler.expired().items():
-                    log.warning(
-                        "request %s: no 'finished' within %.1f s, blocks freed", rid, self.cfg.hold_timeout_s
-                    )
+                    log.warning("request %s: no 'finished' within its hold timeout, blocks freed", rid)
                     self.node.engine.allocator.free(blocks)
                     self.worker.mark_sent(rid)
                     self.freed_by_timeout += 1
@@ -288,11 +301,14 @@ class PrefillServer:
         body = await read_json(request)
         comp = parse_completion(body, self.node.tokenizer, self.node.max_prompt)
         engine = self.node.engine
+        rid = body.get("request_id") or uuid.uuid4().hex
+        hold = _hold_timeout(body.get("kv_transfer_params"))
+        if not isinstance(rid, str) or rid in self.scheduler.held:
+            raise BadRequest("request_id must be a string not in use", 409 if isinstance(rid, str) else 400)
         try:
             blocks = engine.allocator.allocate(blocks_needed(len(comp.prompt_ids), engine.block_size))
         except OutOfBlocks as full:
             return error_response(str(full), 503, "overloaded")
-        rid = str(body.get("request_id") or uuid.uuid4().hex)
         seq = Sequence(comp.prompt_ids, blocks)
         try:
             started = time.perf_counter()
@@ -304,9 +320,13 @@ class PrefillServer:
         except BaseException:
             engine.allocator.free(blocks)
             raise
-        _, params = self.scheduler.request_finished(
-            rid, blocks, len(comp.prompt_ids), kv_digest=digest, first_token=first
-        )
+        try:
+            _, params = self.scheduler.request_finished(
+                rid, blocks, len(comp.prompt_ids), kv_digest=digest, first_token=first, hold_timeout_s=hold
+            )
+        except ValueError as taken:  # the same id arrived twice at once
+            engine.allocator.free(blocks)
+            raise BadRequest(str(taken), 409) from None
         reply = _completion_chunk(rid, self.node.tokenizer.decode([first]), [first], "length")
         reply["kv_transfer_params"] = params
         reply["prompt_token_ids"] = comp.prompt_ids

@@ -97,3 +97,16 @@ def test_block_allocator():
     alloc.free(got)
     assert alloc.free_count == 4
     assert blocks_needed(16, 16) == 1 and blocks_needed(17, 16) == 2 and blocks_needed(0, 16) == 1
+
+
+def test_prompt_hold_per_request_is_capped_and_ids_are_unique():
+    now = [0.0]
+    sched = SchedulerConnector("prompt", cluster_id=1, hold_timeout_s=5, clock=lambda: now[0])
+    sched.request_finished("short", [1], 4, hold_timeout_s=1)
+    sched.request_finished("long", [2], 4, hold_timeout_s=60)  # capped at the connector's 5 s
+    with pytest.raises(ValueError, match="already holds"):
+        sched.request_finished("short", [3], 4)
+    now[0] = 1
+    assert sched.expired() == {"short": [1]}
+    now[0] = 5
+    assert sched.expired() == {"long": [2]}

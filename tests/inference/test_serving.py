@@ -72,6 +72,8 @@ def test_streamed_text_and_first_chunk_report(servers, reference):
         ("decode", {"prompt": "hi"}, None, 400),
         ("decode", {"prompt": "hi", "kv_transfer_params": {"request_id": "x"}}, None, 400),
         ("prefill", {"prompt": "x " * 5000}, None, 413),
+        ("prefill", {"prompt": "hi", "kv_transfer_params": {"hold_timeout_s": -1}}, None, 400),
+        ("prefill", {"prompt": "hi", "request_id": 7}, None, 400),
     ],
 )
 def test_bad_input_is_a_4xx_with_a_json_body(servers, target, body, raw, status):
@@ -103,10 +105,12 @@ def test_decode_dying_mid_pull(servers, reference):
     assert complete(servers["router"].url, PROMPTS["short"], True) == reference["short"]["token_ids"]
 
 
-def test_prompt_blocks_freed_when_decode_never_comes(servers):
-    status, pre = http_call(
-        f"{servers['prefill'].url}/v1/completions", {"prompt": PROMPTS["other"], "max_tokens": 4}
-    )
+@pytest.mark.parametrize("hold", [None, 1.0], ids=["server-hold", "request-hold"])
+def test_prompt_blocks_freed_when_decode_never_comes(servers, hold):
+    body = {"prompt": PROMPTS["other"], "max_tokens": 4}
+    if hold is not None:
+        body["kv_transfer_params"] = {"do_remote_decode": True, "hold_timeout_s": hold}
+    status, pre = http_call(f"{servers['prefill'].url}/v1/completions", body)
     assert status == 200
     rid = pre["kv_transfer_params"]["request_id"]
     before = _held(servers)
@@ -116,4 +120,14 @@ def test_prompt_blocks_freed_when_decode_never_comes(servers):
         assert time.monotonic() < deadline, state
         time.sleep(0.2)
     assert state["freed_by_timeout"] >= before["freed_by_timeout"] + 1
+    assert state["free_blocks"] == state["num_blocks"]
+
+
+def test_a_request_id_in_use_is_a_409(servers):
+    url = f"{servers['prefill'].url}/v1/completions"
+    assert http_call(url, {"prompt": "hi", "request_id": "dup"})[0] == 200
+    status, payload = http_call(url, {"prompt": "hi", "request_id": "dup"})
+    assert status == 409 and "error" in payload
+    assert http_call(f"{servers['prefill'].url}/v1/kv/finished", {"request_id": "dup"})[0] == 200
+    state = _held(servers)
     assert state["free_blocks"] == state["num_blocks"]
