@@ -36,6 +36,8 @@ import llm_datadist as ld
 
 LINK_CLUSTERS = "clusters"
 LINK_RANK_TABLE = "rank_table"
+LINK_EXTERNAL = "external"  # links are made by someone else (on Kubernetes: the operator); only pulls here
+_RELINK_CODES = (ld.LLMStatusCode.LLM_TIMEOUT, ld.LLMStatusCode.LLM_NOT_YET_LINK)
 
 
 class TransferError(RuntimeError):
@@ -251,10 +253,14 @@ class WorkerConnector:
         device_port: int = 0,
         link_timeout_s: float = 10.0,
         request_link: Callable[[KVTransferParams, str, dict[int, int], str], None] | None = None,
+        cache_manager: Any = None,
     ) -> None:
-        if link_mode not in (LINK_CLUSTERS, LINK_RANK_TABLE):
-            raise ValueError(f"link_mode must be {LINK_CLUSTERS!r} or {LINK_RANK_TABLE!r}")
+        if link_mode not in (LINK_CLUSTERS, LINK_RANK_TABLE, LINK_EXTERNAL):
+            raise ValueError(f"link_mode must be {LINK_CLUSTERS!r}, {LINK_RANK_TABLE!r} or {LINK_EXTERNAL!r}")
+        if datadist is None and (cache_manager is None or link_mode != LINK_EXTERNAL):
+            raise ValueError("without an LLMDataDist, pass a cache_manager and link_mode='external'")
         self.dd = datadist
+        self.cm = cache_manager if cache_manager is not None else datadist.cache_manager
         self.cluster_id = cluster_id
         self.link_mode = link_mode
         self.local_host = local_host
@@ -262,7 +268,8 @@ class WorkerConnector:
         self.link_timeout_s = link_timeout_s
         self.request_link = request_link
         self.cache: Any = None
-        self._links: dict[int, Any] = {}  # remote cluster id -> LLMClusterInfo or comm id
+        # remote cluster id -> (the address it was linked at, LLMClusterInfo or comm id)
+        self._links: dict[int, tuple[tuple[str, int, int], Any]] = {}
         self._lock = threading.Lock()
         self._done_recving: set[str] = set()
         self._done_sending: set[str] = set()
@@ -274,9 +281,24 @@ class WorkerConnector:
         self.cache = kv.cache
 
     def _link(self, params: KVTransferParams) -> None:
-        remote = params.remote_cluster_id
-        if remote in self._links:
+        """Link to the request's prompt cluster unless linked at that address (a restarted peer that moved
+        to another port is unlinked and linked again)."""
+        if self.link_mode == LINK_EXTERNAL:
             return
+        remote = params.remote_cluster_id
+        address = (params.remote_host, params.remote_port, params.remote_device_port)
+        with self._lock:
+            known = self._links.get(remote)
+        if known is not None:
+            if known[0] == address:
+                return
+            self._drop_link(remote)
+        link = self._make_link(params)
+        with self._lock:
+            self._links[remote] = (address, link)
+
+    def _make_link(self, params: KVTransferParams) -> Any:
+        remote = params.remote_cluster_id
         if self.link_mode == LINK_CLUSTERS:
             info = ld.LLMClusterInfo()
             info.remote_cluster_id = remote
@@ -287,8 +309,7 @@ class WorkerConnector:
                 raise TransferError(
                     f"link_clusters to {params.remote_host}:{params.remote_port} failed: {per}"
                 )
-            self._links[remote] = info
-            return
+            return info
         comm_name = f"cachelink-{remote}-{self.cluster_id}"
         ranks = {remote: 0, self.cluster_id: 1}
         table = rank_table(
@@ -299,28 +320,32 @@ class WorkerConnector:
         )
         if self.request_link is not None:  # the prompt side must call link at the same time
             self.request_link(params, comm_name, ranks, table)
-        comm_id = self.dd.link(comm_name, ranks, table)
+        try:
+            comm_id = self.dd.link(comm_name, ranks, table)
+        except ld.LLMException as error:
+            raise TransferError(f"link {comm_name} failed: {error}") from error
         wait_registered(self.dd, comm_id, self.link_timeout_s)
-        self._links[remote] = comm_id
+        return comm_id
 
     def start_load_kv(self, meta: ConnectorMetadata) -> None:
         """Link where needed and pull every request's blocks (blocking; run it off the event loop)."""
         for load in meta.loads:
-            with self._lock:
+            for attempt in (1, 2):
                 self._link(load.params)
-            try:
-                self.dd.cache_manager.pull_blocks(
-                    ld.BlocksCacheKey(load.params.remote_cluster_id, 0),
-                    self.cache,
-                    load.params.remote_block_ids,
-                    load.local_block_ids,
-                )
-            except ld.LLMException as error:
-                if error.status_code in (ld.LLMStatusCode.LLM_TIMEOUT, ld.LLMStatusCode.LLM_NOT_YET_LINK):
-                    self._drop_link(
-                        load.params.remote_cluster_id
-                    )  # documented recovery: unlink, relink later
-                raise TransferError(f"pull_blocks for {load.request_id} failed: {error}") from error
+                try:
+                    self.cm.pull_blocks(
+                        ld.BlocksCacheKey(load.params.remote_cluster_id, 0),
+                        self.cache,
+                        load.params.remote_block_ids,
+                        load.local_block_ids,
+                    )
+                    break
+                except ld.LLMException as error:
+                    relink = error.status_code in _RELINK_CODES and self.link_mode != LINK_EXTERNAL
+                    if relink:  # LLM-DataDist's documented recovery: unlink, link again, retry once
+                        self._drop_link(load.params.remote_cluster_id)
+                    if not relink or attempt == 2:
+                        raise TransferError(f"pull_blocks for {load.request_id} failed: {error}") from error
             self.bytes_pulled += len(load.local_block_ids) * int(self.kv.block_bytes)
             with self._lock:
                 self._done_recving.add(load.request_id)
@@ -348,9 +373,10 @@ class WorkerConnector:
 
     def _drop_link(self, remote: int) -> None:
         with self._lock:
-            link = self._links.pop(remote, None)
-        if link is None:
+            known = self._links.pop(remote, None)
+        if known is None:
             return
+        link = known[1]
         try:
             if self.link_mode == LINK_CLUSTERS:
                 self.dd.unlink_clusters([link], timeout=int(self.link_timeout_s * 1000), force=True)

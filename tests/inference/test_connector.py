@@ -110,3 +110,33 @@ def test_prompt_hold_per_request_is_capped_and_ids_are_unique():
     assert sched.expired() == {"short": [1]}
     now[0] = 5
     assert sched.expired() == {"long": [2]}
+
+
+class _FakeCacheManager:
+    def __init__(self) -> None:
+        self.pulls: list[tuple[int, list[int], list[int]]] = []
+
+    def pull_blocks(self, key, cache, src, dst):
+        self.pulls.append((key.cluster_id, list(src), list(dst)))
+
+
+class _FakeKV:
+    cache = object()
+    block_bytes = 100
+
+
+def test_external_links_only_pull():
+    """On Kubernetes the operator links: the worker side is given a cache manager and never links."""
+    from cachelink_inference.connector import LINK_EXTERNAL, WorkerConnector
+
+    cm = _FakeCacheManager()
+    worker = WorkerConnector(None, cluster_id=2, link_mode=LINK_EXTERNAL, cache_manager=cm)
+    worker.register_kv_caches(_FakeKV())
+    sched = SchedulerConnector("decode", cluster_id=2)
+    sched.get_num_new_matched_tokens("r1", 0, KVTransferParams.from_dict(PARAMS))
+    sched.update_state_after_alloc("r1", [9, 8, 7], 20)
+    worker.start_load_kv(sched.build_connector_meta())
+    assert cm.pulls == [(1, [7, 3], [9, 8])]
+    assert worker.get_finished() == (set(), {"r1"}) and worker.bytes_pulled == 200
+    with pytest.raises(ValueError, match="cache_manager"):
+        WorkerConnector(None, cluster_id=2)

@@ -131,3 +131,31 @@ def test_a_request_id_in_use_is_a_409(servers):
     assert http_call(f"{servers['prefill'].url}/v1/kv/finished", {"request_id": "dup"})[0] == 200
     state = _held(servers)
     assert state["free_blocks"] == state["num_blocks"]
+
+
+def test_decode_relinks_to_a_restarted_prefill_server(procs, reference):
+    """A prompt server that restarts (same cluster id, new port) is linked again on the next request."""
+    prefill = procs(server_args("prefill", 301))
+    decode = procs(server_args("decode", 302))
+
+    def split() -> list[int]:
+        status, pre = http_call(
+            f"{prefill.url}/v1/completions", {"prompt": PROMPTS["short"], "max_tokens": 4}
+        )
+        assert status == 200, pre
+        body = {
+            "prompt": PROMPTS["short"],
+            "max_tokens": MAX_TOKENS,
+            "kv_transfer_params": pre["kv_transfer_params"],
+        }
+        status, dec = http_call(f"{decode.url}/v1/completions", body)
+        assert status == 200, dec
+        return dec["choices"][0]["token_ids"]
+
+    assert split() == reference["short"]["token_ids"]
+    prefill.proc.kill()
+    prefill.close()
+    prefill = procs(server_args("prefill", 301))
+    assert split() == reference["short"]["token_ids"]
+    decode.close()
+    prefill.close()
