@@ -187,6 +187,23 @@ class Node:
         self.transfers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="transfer")
         self.max_prompt = cfg.num_blocks * cfg.block_size // 2
 
+    def worker(
+        self, request_link: Callable[[KVTransferParams, str, dict[int, int], str], None] | None = None
+    ) -> WorkerConnector:
+        """The worker side of the connector over this node's instance and KV cache."""
+        cfg = self.cfg
+        worker = WorkerConnector(
+            self.dd,
+            cluster_id=cfg.cluster_id,
+            link_mode=cfg.link_mode,
+            local_host=cfg.host,
+            device_port=cfg.kv_port,
+            link_timeout_s=cfg.link_timeout_s,
+            request_link=request_link,
+        )
+        worker.register_kv_caches(self.kv)
+        return worker
+
     async def run(self, pool: ThreadPoolExecutor, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
@@ -258,15 +275,7 @@ class PrefillServer:
             notify_url=self.notify_url,
             hold_timeout_s=cfg.hold_timeout_s,
         )
-        self.worker = WorkerConnector(
-            node.dd,
-            cluster_id=cfg.cluster_id,
-            link_mode=cfg.link_mode,
-            local_host=cfg.host,
-            device_port=cfg.kv_port,
-            link_timeout_s=cfg.link_timeout_s,
-        )
-        self.worker.register_kv_caches(node.kv)
+        self.worker = node.worker()
         self.freed_by_timeout = 0
         self.freed_by_finished = 0
         self._comms: list[int] = []
@@ -392,16 +401,7 @@ class DecodeServer:
     def __init__(self, cfg: ServerConfig, node: Node) -> None:
         self.cfg, self.node = cfg, node
         self.scheduler = SchedulerConnector("decode", cluster_id=cfg.cluster_id)
-        self.worker = WorkerConnector(
-            node.dd,
-            cluster_id=cfg.cluster_id,
-            link_mode=cfg.link_mode,
-            local_host=cfg.host,
-            device_port=cfg.kv_port,
-            link_timeout_s=cfg.link_timeout_s,
-            request_link=self._request_link,
-        )
-        self.worker.register_kv_caches(node.kv)
+        self.worker = node.worker(self._request_link)
         self.session: ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.pull_s_total = 0.0
