@@ -278,6 +278,7 @@ class PrefillServer:
         self.worker = node.worker()
         self.freed_by_timeout = 0
         self.freed_by_finished = 0
+        self.requests_sent = 0
         self._comms: list[int] = []
 
     def app(self) -> web.Application:
@@ -299,6 +300,10 @@ class PrefillServer:
                     self.node.engine.allocator.free(blocks)
                     self.worker.mark_sent(rid)
                     self.freed_by_timeout += 1
+                # vLLM's scheduler frees a request's blocks when get_finished reports it sent; this server
+                # freed them already (above, or on "finished"), so it only drains the report
+                done_sending, _ = self.worker.get_finished()
+                self.requests_sent += len(done_sending)
 
         task = asyncio.create_task(loop())
         yield
@@ -385,6 +390,7 @@ class PrefillServer:
             held_requests=sorted(self.scheduler.held),
             freed_by_timeout=self.freed_by_timeout,
             freed_by_finished=self.freed_by_finished,
+            requests_sent=self.requests_sent,
         )
         return web.json_response(out)
 
