@@ -279,7 +279,8 @@ class PrefillServer:
         self.freed_by_timeout = 0
         self.freed_by_finished = 0
         self.requests_sent = 0
-        self._comms: list[int] = []
+        self._comms: dict[str, int] = {}  # communication domain name -> comm id (rank-table mode)
+        self._comms_lock = threading.Lock()
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[errors_middleware])
@@ -370,19 +371,29 @@ class PrefillServer:
         except (KeyError, TypeError, ValueError):
             raise BadRequest("comm_name, cluster_rank_info and rank_table are required") from None
 
-        def join() -> int:
-            comm_id = int(self.node.dd.link(comm_name, ranks, table))
-            wait_registered(self.node.dd, comm_id, self.cfg.link_timeout_s)
-            return comm_id
+        def join() -> None:
+            with self._comms_lock:
+                old = self._comms.pop(comm_name, None)
+            if old is not None:  # the decode side relinks (it restarted, or its pull timed out)
+                with contextlib.suppress(ld.LLMException):
+                    self.node.dd.unlink(old)
+            try:
+                comm_id = int(self.node.dd.link(comm_name, ranks, table))
+            except ld.LLMException as error:
+                log.warning("link %s failed: %s", comm_name, error)
+                return
+            try:
+                wait_registered(self.node.dd, comm_id, self.cfg.link_timeout_s)
+            except TransferError as error:
+                log.warning("link %s failed: %s", comm_name, error)
+                with contextlib.suppress(ld.LLMException):
+                    self.node.dd.unlink(comm_id)
+                return
+            with self._comms_lock:
+                self._comms[comm_name] = comm_id
 
-        asyncio.get_running_loop().run_in_executor(self.node.transfers, join).add_done_callback(self._joined)
+        asyncio.get_running_loop().run_in_executor(self.node.transfers, join)
         return web.json_response({"accepted": True}, status=202)
-
-    def _joined(self, future: asyncio.Future[int]) -> None:
-        if future.exception() is None:
-            self._comms.append(future.result())
-        else:
-            log.warning("link failed: %s", future.exception())
 
     async def status(self, _request: web.Request) -> web.Response:
         out = self.node.status()
@@ -395,8 +406,8 @@ class PrefillServer:
         return web.json_response(out)
 
     def close(self) -> None:
-        for comm in self._comms:
-            with contextlib.suppress(Exception):
+        for comm in self._comms.values():
+            with contextlib.suppress(ld.LLMException):
                 self.node.dd.unlink(comm)
 
 
