@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
 
 import llm_datadist as ld
@@ -41,7 +42,7 @@ from cachelink_inference.connector import (
     wait_registered,
 )
 from cachelink_inference.engine import Engine, OutOfBlocks, Sequence, blocks_needed, kv_digest
-from cachelink_inference.kvcache import CacheLinkKV
+from cachelink_inference.kvcache import KV_DTYPE, CacheLinkKV
 from cachelink_inference.model import Gemma3
 from cachelink_inference.tokenizer import Tokenizer
 from llm_datadist import ext
@@ -149,13 +150,12 @@ class Node:
     """What both servers share: the model, the LLMDataDist instance, the KV cache and one compute thread."""
 
     def __init__(self, cfg: ServerConfig) -> None:
-
         self.cfg = cfg
         files = weights.load(cfg.cache_dir)
         self.model = Gemma3(files)
         self.tokenizer = Tokenizer(files.metadata)
         mc = self.model.cfg
-        block_bytes = cfg.block_size * mc.kv_dim * 4
+        block_bytes = cfg.block_size * mc.kv_dim * np.dtype(KV_DTYPE).itemsize
         pool = 2 * mc.n_layers * cfg.num_blocks * block_bytes + (8 << 20)
         role = ld.LLMRole.PROMPT if cfg.role == "prefill" else ld.LLMRole.DECODER
         self.dd = ld.LLMDataDist(role, cfg.cluster_id)
@@ -230,7 +230,7 @@ class Node:
 def _data_path(dd: Any) -> str:
     try:
         paths = sorted({link.data_path for link in ext.links(dd)})
-    except (ImportError, AttributeError, RuntimeError):
+    except RuntimeError:  # finalized
         return "unknown"
     return ",".join(paths) or "none"
 
