@@ -16,6 +16,7 @@ PACKAGES = {  # import name -> source folder
     "cachelink": ROOT / "cachelink",
     "cachelink_agent": ROOT / "agent" / "cachelink_agent",
     "cachelink_operator": ROOT / "operator" / "cachelink_operator",
+    "cachelink_inference": ROOT / "inference" / "cachelink_inference",
 }
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
@@ -31,6 +32,11 @@ PLANTED = {
         "cachelink_agent/_planted.py",
         "import cachelink_operator.models",
         "cachelink_operator",
+    ),
+    "inference-is-a-user": (
+        "cachelink_inference/_planted.py",
+        "import cachelink_agent.client",
+        "cachelink_agent",
     ),
     "operator-uses-client": ("cachelink_operator/_planted.py", "import numpy", "numpy"),
     "attach-client": (
