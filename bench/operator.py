@@ -54,6 +54,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cachelink_operator import timestamps
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 from kubernetes import watch as k8s_watch
@@ -141,7 +142,7 @@ def _percentile(values: list[float], q: float) -> float:
 
 def _ts(text: str) -> float:
     """An RFC 3339 timestamp as seconds since the epoch."""
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    return timestamps.epoch_seconds(text)
 
 
 def _r(value: float, digits: int = 2) -> float:

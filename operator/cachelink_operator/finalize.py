@@ -9,13 +9,12 @@ CacheLink.
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
-from cachelink_operator import diff, events, policy, reconcile
+from cachelink_operator import diff, events, policy, reconcile, timestamps
 from cachelink_operator.models import CacheLinkSpec, CacheLinkStatus
 
 
@@ -46,7 +45,7 @@ async def finalize(rt: reconcile.Runtime, body: Mapping[str, Any], world: reconc
         events.normal(body, events.FINALIZED, f"{len(actions)} instances finalized")
         return
     requested = meta.get("deletionTimestamp")
-    waited = _age(requested) if requested else 0.0
+    waited = timestamps.age_seconds(requested) if requested else 0.0
     problems = sorted(
         {*(f"{o.action.node}: {o.error}" for o in failed), *(f"{n}: {seen.unreachable[n]}" for n in pending)}
     )
@@ -60,8 +59,3 @@ async def finalize(rt: reconcile.Runtime, body: Mapping[str, Any], world: reconc
     raise kopf.TemporaryError(
         f"waiting for agents: {'; '.join(problems)}", delay=min(10.0, max(1.0, limit_s - waited))
     )
-
-
-def _age(timestamp: str) -> float:
-    at = datetime.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
-    return (datetime.datetime.now(datetime.UTC) - at).total_seconds()

@@ -8,7 +8,6 @@ before the next pass (short while work is pending, the resync interval once conv
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +26,7 @@ from cachelink_operator import (
     policy,
     policy_status,
     status,
+    timestamps,
 )
 from cachelink_operator.config import Config
 from cachelink_operator.models import CacheLinkSpec, CacheLinkStatus, InstanceStatus, PolicyRef, Role
@@ -530,5 +530,4 @@ def _observe_metrics(rt: Runtime, meta: Mapping[str, Any], new: CacheLinkStatus)
         rt.linked_once.add(uid)
         created = meta.get("creationTimestamp")
         if created:
-            started = time.mktime(time.strptime(created, "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
-            metrics.TIME_TO_LINKED.observe(max(0.0, time.time() - started))
+            metrics.TIME_TO_LINKED.observe(max(0.0, timestamps.age_seconds(created)))
