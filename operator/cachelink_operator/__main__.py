@@ -21,7 +21,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from prometheus_client import start_http_server
 
-from cachelink_operator import agents, handlers, kube, leader, policy_status, reconcile
+from cachelink_operator import agents, handlers, kube, leader, logs, policy_status, reconcile
 from cachelink_operator.config import Config
 from cachelink_operator.no_diffbase import NoDiffBase
 
@@ -240,14 +240,7 @@ async def run(cfg: Config, args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point."""
     cfg, args = parse(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        stream=sys.stdout,
-        format='{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","message":"%(message)s"}'
-        if args.log_format == "json"
-        else "%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("urllib3").setLevel(logging.INFO)
+    logs.setup(args.log_format, args.verbose)
     return asyncio.run(run(cfg, args))
 
 
