@@ -10,3 +10,9 @@ install(
   DIRECTORY "${CMAKE_CURRENT_LIST_DIR}/../charts/cachelink/"
   DESTINATION cachelink/localstack/chart
 )
+# ... and the CRDs of crds/ (the one source), which `cachelink demo --kubeconfig` applies when missing.
+install(
+  DIRECTORY "${CMAKE_CURRENT_LIST_DIR}/../crds/"
+  DESTINATION cachelink/localstack/data/crds
+  FILES_MATCHING PATTERN "*.yaml"
+)

@@ -1,9 +1,8 @@
-"""Files shipped with the package: the demo's samples, copies of the CRDs, and the Helm chart.
+"""Files shipped with the package: the demo's samples, the CRDs, and the Helm chart.
 
-The CRDs in ``data/crds`` are copies (``python -m cachelink.localstack.sync`` refreshes them; a test
-compares them with ``crds/``); the chart is installed as ``cachelink/localstack/chart`` by the wheel
-build. In a checkout, ``crds/`` and ``charts/cachelink`` themselves are used, so what is being edited is
-what runs.
+The wheel build installs ``crds/`` (the one source) as ``data/crds`` and the chart as
+``cachelink/localstack/chart`` (``hack/install.cmake``); nothing is copied by hand. In a checkout,
+``crds/`` and ``charts/cachelink`` themselves are used, so what is being edited is what runs.
 """
 
 from __future__ import annotations

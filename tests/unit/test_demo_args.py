@@ -59,7 +59,7 @@ def test_flags() -> None:
 def test_shipped_crds_are_the_repository_crds() -> None:
     for name in CRD_FILES:
         assert (DATA_DIR / "crds" / name).read_text() == (ROOT / "crds" / name).read_text(), (
-            f"{name} drifted: run python -m cachelink.localstack.sync"
+            f"the installed {name} is not the one of crds/: reinstall the package"
         )
 
 
