@@ -14,126 +14,18 @@ import logging
 import os
 import time
 from collections.abc import Collection
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cachelink_agent import models, runtime, state
+from cachelink_agent import models, option_checks, runtime, state, status_view
 from cachelink_agent.config import AgentConfig
 from cachelink_agent.errors import ApiError, EngineError
 from cachelink_agent.metrics import AgentMetrics
+from cachelink_agent.records import Instance, LinkAttempt
 from cachelink_agent.supervisor import Backend, InProcessBackend, WorkerBackend, WorkerGone
-from llm_datadist import LLMException
-from llm_datadist.ext import options as engine_options
 
 _log = logging.getLogger("cachelink_agent.instances")
-#: options the agent sets itself (pool placement, persistence): a request may not
-RESERVED_OPTIONS = (
-    "cachelink.pool_dir",
-    "cachelink.pool_name",
-    "cachelink.persistent_pool",
-    "cachelink.adopt_pool",
-)
 _HEALTHY_AFTER_S = 60.0
-#: the engine option naming an instance's listen address (``ip:port``)
-LISTEN_OPTION = "llm.listenIpInfo"
-
-
-@dataclass
-class LinkAttempt:
-    """The last attempt at a link (kept for status even when it failed)."""
-
-    status: str
-    error: str = ""
-    address: str = ""
-
-
-@dataclass
-class Instance:
-    """A live instance: its record in the state file and its backend."""
-
-    name: str
-    record: state.InstanceRecord
-    spec: models.InstanceSpec
-    state: models.InstanceState = "starting"
-    backend: Backend | None = None
-    incarnation: int = 0
-    listen_address: str = ""
-    pid: int = 0
-    restarts: int = 0
-    last_error: str = ""
-    attempts: dict[int, LinkAttempt] = field(default_factory=dict)
-    comm_attempts: dict[str, LinkAttempt] = field(default_factory=dict)
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    stopping: bool = False
-    supervisor: asyncio.Task[None] | None = None
-    last_status: dict[str, Any] = field(default_factory=dict)
-    started_at: float = 0.0
-    #: shared memory its pools reserve (parsed once: the node's listing sums it for every instance)
-    pool_bytes: int = field(init=False, default=0)
-
-    def __post_init__(self) -> None:
-        self.pool_bytes = pool_bytes(self.spec.options)
-        self._listen_port: tuple[str, models.ListenPort | None] = ("", None)
-
-    def listen_port(self) -> models.ListenPort | None:
-        """The port it holds (the configured one while starting); None when stopping or none."""
-        if self.stopping:
-            return None
-        address = self.listen_address or self.spec.options.get(LISTEN_OPTION, "")
-        if self._listen_port[0] != address:  # made once per address: the node listing asks every instance
-            host, _, port = address.rpartition(":")
-            made = (
-                models.ListenPort(port=int(port), instance=self.name, owner=self.spec.owner)
-                if host and port.isdigit() and int(port) > 0  # 0: any port, none held yet
-                else None
-            )
-            self._listen_port = (address, made)
-        return self._listen_port[1]
-
-
-def pool_bytes(options: dict[str, str]) -> int:
-    """Shared memory an instance's options reserve (device + host pool)."""
-    total = 0
-    for key in ("llm.MemPoolConfig", "llm.HostMemPoolConfig"):
-        text = options.get(key, "")
-        if text:
-            total += engine_options.parse_pool_config(key, text).memory_size
-    return total
-
-
-def _invalid_option(message: str, key: str = "") -> ApiError:
-    fields = [{"loc": f"options.{key}" if key else "options", "msg": message}]
-    return ApiError(422, "invalid_options", message, llm_status="LLM_PARAM_INVALID", fields=fields)
-
-
-def validate_options(spec: models.InstanceSpec) -> int:
-    """Check the options as ``init`` will (without initializing); returns the pool bytes they reserve."""
-    for key in RESERVED_OPTIONS:
-        if key in spec.options:
-            raise ApiError(
-                422,
-                "invalid_options",
-                f"option {key} is managed by the agent and may not be set",
-                fields=[{"loc": f"options.{key}", "msg": "managed by the agent"}],
-            )
-    try:
-        engine_options.validate_options(spec.options, runtime.ROLE_NAMES[spec.role], spec.cluster_id)
-        return pool_bytes(spec.options)
-    except (engine_options.InvalidOption, engine_options.InvalidOptionValue) as error:
-        raise _invalid_option(str(error), error.key) from error
-    except (LLMException, TypeError, ValueError) as error:
-        raise _invalid_option(str(error)) from error
-
-
-def _engine_failure(error: EngineError, what: str, *, options_call: bool = False) -> ApiError:
-    if error.is_invalid_input:
-        return (
-            _invalid_option(error.message, error.option_key)
-            if options_call
-            else ApiError(422, "invalid_request", f"{what}: {error.message}", llm_status=error.llm_status)
-        )
-    return ApiError(409, "engine_error", f"{what}: {error.message}", llm_status=error.llm_status)
 
 
 class InstanceManager:
@@ -413,7 +305,7 @@ class InstanceManager:
 
     async def put_instance(self, name: str, spec: models.InstanceSpec) -> models.PutResult:
         """Create, confirm (same spec) or replace (``spec.replace``) an instance."""
-        needed = validate_options(spec)
+        needed = option_checks.validate_options(spec)
         existing = self.instances.get(name)
         action: models.Action = "created"
         if existing is not None and not existing.stopping:
@@ -449,7 +341,9 @@ class InstanceManager:
                 await self._start_backend(instance, adopt=False)
             except EngineError as error:
                 del self.instances[name]
-                raise _engine_failure(error, f"init of {name} failed", options_call=True) from error
+                raise option_checks.engine_failure(
+                    error, f"init of {name} failed", options_call=True
+                ) from error
             except (WorkerGone, TimeoutError, OSError) as error:
                 del self.instances[name]
                 raise ApiError(503, "instance_unavailable", f"init of {name} failed: {error}") from error
@@ -557,7 +451,7 @@ class InstanceManager:
             instance.attempts[remote_id] = LinkAttempt(
                 error.llm_status or "LLM_FAILED", error.message, spec.remote_address
             )
-            raise _engine_failure(error, f"link {instance.name} -> {remote_id}") from error
+            raise option_checks.engine_failure(error, f"link {instance.name} -> {remote_id}") from error
         finally:
             with contextlib.suppress(ApiError):
                 await self._refresh(instance)
@@ -587,7 +481,7 @@ class InstanceManager:
             )
             if live and instance.record.links.get(key) == spec:
                 return models.PutResult(
-                    name=name, action="unchanged", link=self._link_status(instance, remote_id)
+                    name=name, action="unchanged", link=status_view.link_status(instance, remote_id)
                 )
             action = await self._link(instance, remote_id, spec)
             instance.record.links[key] = spec
@@ -595,7 +489,7 @@ class InstanceManager:
             return models.PutResult(
                 name=name,
                 action=action,
-                link=self._link_status(instance, remote_id),
+                link=status_view.link_status(instance, remote_id),
             )
 
     async def delete_link(
@@ -639,7 +533,7 @@ class InstanceManager:
             )
         except EngineError as error:
             instance.comm_attempts[comm_name] = LinkAttempt(error.llm_status or "LLM_FAILED", error.message)
-            raise _engine_failure(error, f"comm link {comm_name} of {instance.name}") from error
+            raise option_checks.engine_failure(error, f"comm link {comm_name} of {instance.name}") from error
         instance.comm_attempts[comm_name] = LinkAttempt("LLM_SUCCESS")
         return comm_id
 
@@ -658,7 +552,7 @@ class InstanceManager:
             joined = comm_name in status.get("comm_links", {})
             if joined and instance.record.comm_links.get(comm_name) == spec:
                 return models.PutResult(
-                    name=name, action="unchanged", comm_link=self._comm_status(instance, comm_name)
+                    name=name, action="unchanged", comm_link=status_view.comm_status(instance, comm_name)
                 )
             if joined:
                 await self._call(instance, "comm_unlink", {"comm_name": comm_name})
@@ -669,7 +563,7 @@ class InstanceManager:
             return models.PutResult(
                 name=name,
                 action="relinked" if joined else "linked",
-                comm_link=self._comm_status(instance, comm_name),
+                comm_link=status_view.comm_status(instance, comm_name),
             )
 
     async def delete_comm_link(self, name: str, comm_name: str) -> models.DeleteResult:
@@ -687,90 +581,8 @@ class InstanceManager:
 
     # --------------------------------------------------------------------------------- status
 
-    def _link_status(self, instance: Instance, remote_id: int) -> models.LinkStatus:
-        engine = next(
-            (
-                link
-                for link in instance.last_status.get("links", [])
-                if link["remote_cluster_id"] == remote_id and not link["comm_id"]
-            ),
-            None,
-        )
-        desired = instance.record.links.get(str(remote_id))
-        attempt = instance.attempts.get(remote_id)
-        link_state: models.LinkState
-        if engine is not None:
-            link_state = "linked" if engine["state"] == "linked" else "broken"
-        else:
-            link_state = "broken" if desired is not None else "failed"
-        address = (
-            engine["address"]
-            if engine
-            else (desired.remote_address if desired else attempt.address if attempt else "")
-        )
-        return models.LinkStatus(
-            remote_cluster_id=remote_id,
-            address=address,
-            state=link_state,
-            data_path=engine["data_path"] if engine and engine["data_path"] in ("tcp", "shm") else "",
-            last_status=attempt.status if attempt else "",
-            last_error=(
-                engine["last_error"] if engine and engine["last_error"] else attempt.error if attempt else ""
-            ),
-            peer_incarnation=engine["peer_incarnation"] if engine else 0,
-        )
-
-    def _comm_status(self, instance: Instance, comm_name: str) -> models.CommLinkStatus:
-        live = instance.last_status.get("comm_links", {}).get(comm_name)
-        attempt = instance.comm_attempts.get(comm_name)
-        comm_state: models.CommState = "pending"
-        if live and live["state"] in ("OK", "PREPARING", "FAILED"):
-            comm_state = live["state"]
-        elif attempt and attempt.status != "LLM_SUCCESS":
-            comm_state = "FAILED"
-        return models.CommLinkStatus(
-            comm_name=comm_name,
-            comm_id=live["comm_id"] if live else 0,
-            state=comm_state,
-            last_status=attempt.status if attempt else "",
-            last_error=attempt.error if attempt else "",
-        )
-
     def _status_of(self, instance: Instance) -> models.InstanceStatus:
-        live = instance.last_status if instance.state == "running" else {}
-        remote_ids = (
-            {int(r) for r in instance.record.links}
-            | set(instance.attempts)
-            | {link["remote_cluster_id"] for link in live.get("links", []) if not link["comm_id"]}
-        )
-        comm_names = (
-            set(instance.record.comm_links) | set(instance.comm_attempts) | set(live.get("comm_links", {}))
-        )
-        pools = [models.PoolStatus(**pool) for pool in live.get("pools", [])]
-        return models.InstanceStatus(
-            name=instance.name,
-            role=instance.spec.role,
-            cluster_id=instance.spec.cluster_id,
-            owner=instance.spec.owner,
-            mode=self.config.mode,
-            state="finalizing" if instance.stopping else instance.state,
-            incarnation=instance.incarnation,
-            listen_address=instance.listen_address,
-            pid=instance.pid,
-            restarts=instance.restarts,
-            links=[self._link_status(instance, r) for r in sorted(remote_ids)],
-            comm_links=[self._comm_status(instance, c) for c in sorted(comm_names)],
-            pools=pools,
-            pool_bytes=instance.pool_bytes,
-            caches=int(live.get("caches", 0)),
-            attach_socket=str(self.socket_path(instance.name)),
-            attach_sessions=int(live.get("attach_sessions", 0)),
-            counters=dict(live.get("counters", {})),
-            owner_confirmed_at=instance.record.owner_confirmed_at,
-            last_error=instance.last_error,
-            options=models.redact_options(dict(instance.spec.options)),
-            options_sha256=models.options_digest(dict(instance.spec.options)),
-        )
+        return status_view.instance_status(instance, self.config.mode, str(self.socket_path(instance.name)))
 
     async def status(self, name: str) -> models.InstanceStatus:
         """An instance's status, refreshed from the engine when it is running."""

@@ -74,6 +74,20 @@ def test_contracts_cover_every_planted_case():
     assert ids == set(PLANTED)
 
 
+def test_the_operator_contract_names_every_agent_module_but_the_client_side():
+    """A new agent module is forbidden to the operator unless it is added to the client side on purpose."""
+    import tomllib
+
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    (operator,) = [c for c in contracts if c["id"] == "operator-uses-client"]
+    forbidden = {m for m in operator["forbidden_modules"] if m.startswith("cachelink_agent.")}
+    modules = {f"cachelink_agent.{p.stem}" for p in PACKAGES["cachelink_agent"].glob("*.py")} - {
+        "cachelink_agent.__init__"
+    }
+    client_side = {"cachelink_agent.client", "cachelink_agent.models", "cachelink_agent.tokens"}
+    assert modules - client_side == forbidden
+
+
 def test_the_tree_keeps_every_contract(tmp_path):
     _copy_sources(tmp_path)
     result = _lint(tmp_path)
