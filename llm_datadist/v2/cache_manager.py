@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger("LLM_DATADIST")
 
-INVALID_ID = 2**64 - 1
+
 MAX_REGISTERED_ADDRS = 240
 _REF_SLOT_KEY, _REF_ID_AND_INDEX, _REF_BLOCKS_KEY, _REF_ADDRESS = 1, 2, 3, 4
 _PULL_KWARGS = ("src_layer_range", "dst_layer_range", "tensor_num_per_layer")
@@ -528,8 +528,8 @@ class CacheManager:
     @staticmethod
     def _key_ref(key: CacheKey | CacheKeyByIdAndIndex) -> tuple[tuple[int, int, int, int], int]:
         if isinstance(key, CacheKey):
-            has_req = key.req_id != INVALID_ID
-            has_prefix = key.prefix_id != INVALID_ID
+            has_req = key.req_id != CacheKey.INVALID_ID
+            has_prefix = key.prefix_id != CacheKey.INVALID_ID
             check_param(
                 has_req != has_prefix, "exactly one of req_id and prefix_id must be set in the cache key"
             )

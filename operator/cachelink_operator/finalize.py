@@ -36,7 +36,7 @@ async def finalize(rt: reconcile.Runtime, body: Mapping[str, Any], world: reconc
         for inst in instances
         if inst.owner == meta["uid"]
     ]
-    outcomes = await rt.agents.execute(actions, world.endpoints, 3000)
+    outcomes = await rt.agents.execute(actions, world.endpoints, policy.LINK_TIMEOUT_MS)
     failed = [o for o in outcomes if not o.ok]
     pending = {i.node for i in previous.instances if i.node in seen.unreachable}
     if not failed and not pending:

@@ -21,7 +21,7 @@ from typing import Any
 import kopf
 from cachelink_agent import client as agent_client
 
-from cachelink_operator import agents, desired, diff, finalize, reconcile
+from cachelink_operator import agents, desired, diff, finalize, policy, reconcile
 from cachelink_operator.config import Config
 from cachelink_operator.models import GROUP, VERSION, CacheLinkPolicySpec, PolicyRef
 
@@ -253,4 +253,4 @@ async def care(rt: reconcile.Runtime) -> None:
         orphans = diff.sweep(node, owners, live)
         if orphans:
             kopf_logger.info("sweeping %d instances of deleted CacheLinks on %s", len(orphans), node)
-            await rt.agents.execute(orphans, endpoints, 3000)
+            await rt.agents.execute(orphans, endpoints, policy.LINK_TIMEOUT_MS)

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from cachelink_operator import models
 from cachelink_operator.models import LinkStyle, Options, PolicyRef, PortRange, Role
 
+#: the link-call timeout and in-flight bound when neither the CacheLink nor a policy sets one
+LINK_TIMEOUT_MS = 3000
+MAX_LINK_SETUPS_IN_FLIGHT = 4
 #: documented defaults, applied after the CacheLink and its policies
 BUILTIN_DEFAULTS = Options(
     device_id=0,
@@ -27,9 +30,9 @@ BUILTIN_DEFAULTS = Options(
     mem_utilization=0.95,
     link_style=LinkStyle.CLIENT_SERVER,
     link_initiator=Role.DECODE,
-    link_timeout_ms=3000,
+    link_timeout_ms=LINK_TIMEOUT_MS,
     max_clusters_per_link_call=16,
-    max_link_setups_in_flight=4,
+    max_link_setups_in_flight=MAX_LINK_SETUPS_IN_FLIGHT,
     link_authentication=True,
     finalize_timeout_seconds=300,
     cluster_id_range=models.ClusterIdRange(min=1, max=models.MAX_CLUSTER_ID),

@@ -22,7 +22,7 @@ from kubernetes.client.exceptions import ApiException
 
 from cachelink_operator import policy
 from cachelink_operator.models import MAX_LISTED_VIOLATIONS, CacheLinkPolicyStatus
-from cachelink_operator.status import condition, now
+from cachelink_operator.status import condition, merge_patch, now
 
 log = logging.getLogger(__name__)
 VALID = "Valid"
@@ -171,14 +171,6 @@ def compute(
     return new, problems
 
 
-def _with_removals(new: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
-    patch = dict(new)
-    for key in old:
-        if key not in new:
-            patch[key] = None
-    return patch
-
-
 async def sync_one(kube: PolicyKube, board: Board, view: PolicyView, retries: int = 3) -> bool:
     """Write one policy's status if it changed; returns whether it wrote.
 
@@ -192,7 +184,7 @@ async def sync_one(kube: PolicyKube, board: Board, view: PolicyView, retries: in
         if new_dump == old_dump:
             return False
         try:
-            await kube.patch_policy_status(view.name, _with_removals(new_dump, old_dump))
+            await kube.patch_policy_status(view.name, merge_patch(new_dump, old_dump))
         except ApiException as error:
             if error.status != 409 or attempt == retries:
                 raise

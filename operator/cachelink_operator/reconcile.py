@@ -59,6 +59,11 @@ class Runtime:
     #: listen ports handed out, so CacheLinks reconciled together never pick the same one
     port_claims: PortClaims = field(default_factory=PortClaims)
 
+    def retry_delay(self, uid: str) -> float:
+        """The backoff before a CacheLink's next attempt: doubling with its failures, capped."""
+        doublings = min(self.failures.get(uid, 0), 10)
+        return min(self.config.retry_delay_s * float(2**doublings), self.config.max_retry_delay_s)
+
     def forget(self, uid: str) -> None:
         """Drop what is remembered about a CacheLink (its daemon stopped)."""
         self.failures.pop(uid, None)
@@ -208,8 +213,8 @@ async def reconcile_once(rt: Runtime, body: Mapping[str, Any], world: World, ful
         uid,
         seen.instances,
         world.endpoints,
-        link_timeout_ms=merged.link_timeout_ms or 3000,
-        max_in_flight=merged.max_link_setups_in_flight or 4,
+        link_timeout_ms=merged.link_timeout_ms or policy.LINK_TIMEOUT_MS,
+        max_in_flight=merged.max_link_setups_in_flight or policy.MAX_LINK_SETUPS_IN_FLIGHT,
         recorded_pod_uids={i.name: i.pod_uid for i in previous.instances if i.pod_uid},
     )
     await _annotate(rt, namespace, name, want, planned)
@@ -316,8 +321,7 @@ def _next_delay(rt: Runtime, uid: str, converged: bool, failed: bool) -> float:
         metrics.RECONCILES.labels("converged" if converged else "progress").inc()
     if converged and not failed:
         return rt.config.resync_interval_s
-    backoff = rt.config.retry_delay_s * float(2 ** min(rt.failures.get(uid, 0), 10))
-    return min(backoff, rt.config.max_retry_delay_s)
+    return rt.retry_delay(uid)
 
 
 async def _publish_rank_table(
@@ -375,7 +379,7 @@ async def _write_status(
     if new_dump == old_dump:
         return False
     try:
-        await rt.kube.patch_status(meta["namespace"], meta["name"], _with_removals(new_dump, old_dump))
+        await rt.kube.patch_status(meta["namespace"], meta["name"], status.merge_patch(new_dump, old_dump))
     except ApiException as error:
         if error.status == 409:
             raise StatusConflict(str(error.reason)) from error
@@ -389,16 +393,7 @@ def failed(rt: Runtime, uid: str, error: Exception) -> float:
     log.warning("reconcile of CacheLink %s failed: %s: %s", uid, type(error).__name__, error)
     metrics.RECONCILE_ERRORS.labels(type(error).__name__).inc()
     rt.failures[uid] = rt.failures.get(uid, 0) + 1
-    return min(rt.config.retry_delay_s * float(2 ** min(rt.failures[uid], 10)), rt.config.max_retry_delay_s)
-
-
-def _with_removals(new: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
-    """A merge patch must set fields the new status dropped to null, or they linger."""
-    patch = dict(new)
-    for key in old:
-        if key not in new:
-            patch[key] = None
-    return patch
+    return rt.retry_delay(uid)
 
 
 async def _reject(
@@ -440,7 +435,7 @@ async def _give_way(
         for inst in instances
         if inst.owner == uid
     ]
-    outcomes = await rt.agents.execute(actions, world.endpoints, 3000)
+    outcomes = await rt.agents.execute(actions, world.endpoints, policy.LINK_TIMEOUT_MS)
     released = all(o.ok for o in outcomes) and not (
         seen.unreachable.keys() & {i.node for i in previous.instances}
     )
@@ -457,7 +452,7 @@ async def _give_way(
     if released:
         return rt.config.resync_interval_s
     rt.failures[uid] = rt.failures.get(uid, 0) + 1
-    return min(rt.config.retry_delay_s * float(2 ** min(rt.failures[uid], 10)), rt.config.max_retry_delay_s)
+    return rt.retry_delay(uid)
 
 
 async def unannotate(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from cachelink_operator import agents, desired, diff
 from cachelink_operator.models import (
@@ -25,6 +26,15 @@ from cachelink_operator.models import (
 from cachelink_operator.policy import Violation
 
 READY, INITIALIZED, LINKED, POLICY_COMPLIANT = "Ready", "Initialized", "Linked", "PolicyCompliant"
+
+
+def merge_patch(new: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
+    """A JSON merge patch from ``old`` to ``new``: fields ``new`` dropped are set to null, or they linger."""
+    patch = dict(new)
+    for key in old:
+        if key not in new:
+            patch[key] = None
+    return patch
 
 
 def now() -> str:
