@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import secrets
 import socket
@@ -82,6 +83,8 @@ class AttachServer:
         self.allowed_uids = set(config.attach_uids or default_uids)
         self.default_lease = config.lease_seconds
         self.max_lease = config.max_lease_seconds
+        self._refusing = ""  # why new sessions are refused (the instance is quarantined), or ""
+        self._save_lock = threading.Lock()  # lease-file writes in the order their snapshots were taken
         self.lease_file = config.lease_file
         self._sessions: dict[str, Session] = {}
         self._lock = threading.RLock()
@@ -151,6 +154,9 @@ class AttachServer:
         now = time.monotonic()
         for sid, entry in data.get("sessions", {}).items():
             lease = float(entry.get("lease_seconds", self.default_lease))
+            if not math.isfinite(lease):
+                lease = self.default_lease
+            lease = min(max(lease, 1.0), self.max_lease)
             # The workload could not renew while we were down: it gets one full lease from now.
             self._sessions[sid] = Session(
                 sid, lease, now + lease, {int(c) for c in entry.get("cache_ids", [])}
@@ -161,15 +167,16 @@ class AttachServer:
     def _save_leases(self) -> None:
         if not self.lease_file:
             return
-        with self._lock:
-            data = {
-                "version": 1,
-                "sessions": {
-                    s.session_id: {"lease_seconds": s.lease_seconds, "cache_ids": sorted(s.cache_ids)}
-                    for s in self._sessions.values()
-                },
-            }
-        state.atomic_write(Path(self.lease_file), json.dumps(data).encode())
+        with self._save_lock:  # a later snapshot is never overwritten by an earlier one
+            with self._lock:
+                data = {
+                    "version": 1,
+                    "sessions": {
+                        s.session_id: {"lease_seconds": s.lease_seconds, "cache_ids": sorted(s.cache_ids)}
+                        for s in self._sessions.values()
+                    },
+                }
+            state.atomic_write(Path(self.lease_file), json.dumps(data).encode())
 
     def _reap_loop(self) -> None:
         while not self._stopping.wait(min(1.0, self.default_lease / 4)):
@@ -288,10 +295,22 @@ class AttachServer:
             wire = EngineError(ErrorKind.VALUE, f"malformed {op} request: {error!r}", "LLM_PARAM_INVALID")
             return {"ok": False, "error": wire.to_wire()}, session
 
+    def refuse_new_sessions(self, reason: str) -> None:
+        """Refuse new sessions with ``reason`` ("" admits them again); resumed ones keep working."""
+        self._refusing = reason
+
     def _hello(self, args: dict[str, Any], pid: int, uid: int) -> Session:
         lease = float(args.get("lease_seconds") or self.default_lease)
+        if not math.isfinite(lease):
+            raise EngineError(
+                ErrorKind.VALUE, f"lease_seconds must be a finite number of seconds, got {lease}"
+            )
         lease = min(max(lease, 1.0), self.max_lease)
         resume = args.get("session_id")
+        if not resume and self._refusing:
+            raise EngineError(
+                ErrorKind.PERMISSION, f"new attach sessions are refused: {self._refusing}", None
+            )
         with self._lock:
             if resume:
                 session = self._sessions.get(str(resume))

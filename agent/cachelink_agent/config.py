@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import socket
@@ -50,6 +51,7 @@ class AgentConfig:
     in_process: bool
     max_pool_bytes: int
     owner_ttl: float
+    owner_finalize_ttl: float
     lease_seconds: float
     max_lease_seconds: float
     max_body_bytes: int
@@ -84,8 +86,8 @@ def parse_size(text: str) -> int:
 
 def _positive(text: str) -> float:
     value = float(text)
-    if not value > 0:
-        raise ValueError("must be > 0")
+    if not 0 < value < math.inf:
+        raise ValueError("must be a finite number > 0")
     return value
 
 
@@ -128,7 +130,17 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="shared-memory budget of all pools (e.g. 8Gi; default: the size of --pool-dir)",
     )
-    add("--owner-ttl", default="900", help="seconds an instance lives without its owner being reconfirmed")
+    add(
+        "--owner-ttl",
+        default="900",
+        help="seconds without its owner being reconfirmed before an instance is quarantined "
+        "(no new links or attach sessions)",
+    )
+    add(
+        "--owner-finalize-ttl",
+        default="3600",
+        help="seconds without its owner being reconfirmed before a quarantined instance is finalized",
+    )
     add("--lease-seconds", default="30", help="default lease of an attach session")
     add("--max-lease-seconds", default="600", help="longest lease a workload may ask for")
     add("--max-body-bytes", default="1048576", help="largest request body accepted")
@@ -191,6 +203,10 @@ def from_args(argv: list[str] | None = None) -> AgentConfig:
     for flag, value in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
         if value and not os.access(value, os.R_OK):
             raise ConfigError(f"{flag} {value}: not readable")
+    owner_ttl = _number("--owner-ttl", args.owner_ttl)
+    owner_finalize_ttl = _number("--owner-finalize-ttl", args.owner_finalize_ttl)
+    if owner_finalize_ttl < owner_ttl:
+        raise ConfigError("--owner-finalize-ttl must be at least --owner-ttl (quarantine comes first)")
     pool_dir = _dir("--pool-dir", args.pool_dir, 0o755)
     if args.max_pool_bytes:
         try:
@@ -215,7 +231,8 @@ def from_args(argv: list[str] | None = None) -> AgentConfig:
         tls_key=args.tls_key,
         in_process=args.in_process,
         max_pool_bytes=max_pool,
-        owner_ttl=_number("--owner-ttl", args.owner_ttl),
+        owner_ttl=owner_ttl,
+        owner_finalize_ttl=owner_finalize_ttl,
         lease_seconds=_number("--lease-seconds", args.lease_seconds),
         max_lease_seconds=_number("--max-lease-seconds", args.max_lease_seconds),
         max_body_bytes=max_body,

@@ -140,6 +140,8 @@ class InstanceManager:
         instance.started_at = time.monotonic()
         if instance.listen_address:
             instance.record.bound_listen = instance.listen_address
+        if instance.quarantine:  # a restarted worker refuses new sessions too
+            await self._set_quarantine(instance, instance.quarantine)
 
     def _gone(self, instance: Instance) -> bool:
         """Deleted or shutting down (a method, so type narrowing does not survive awaits)."""
@@ -258,17 +260,31 @@ class InstanceManager:
     async def _reconcile(self, instance: Instance) -> None:
         if instance.stopping:
             return
-        if time.time() - instance.record.owner_confirmed_at > self.config.owner_ttl:
+        silent = time.monotonic() - instance.confirmed_at
+        if silent > self.config.owner_finalize_ttl:
             _log.warning(
                 "owner %s of instance %s not confirmed for %.0f s: finalizing it",
                 instance.spec.owner,
                 instance.name,
-                self.config.owner_ttl,
+                silent,
             )
             self.metrics.owner_expired.inc()
             with contextlib.suppress(ApiError):
                 await self.delete_instance(instance.name)
             return
+        if silent > self.config.owner_ttl and not instance.quarantine:
+            _log.warning(
+                "owner %s of instance %s not confirmed for %.0f s: quarantined (no new links or attach "
+                "sessions) until it is, finalized after %.0f s",
+                instance.spec.owner,
+                instance.name,
+                silent,
+                self.config.owner_finalize_ttl,
+            )
+            self.metrics.owner_quarantined.inc()
+            await self._set_quarantine(instance, f"owner {instance.spec.owner} was not reconfirmed")
+        if instance.quarantine:
+            return  # no relinking either: links are for a live owner
         if instance.state != "running":
             return
         status = await self._refresh(instance)
@@ -282,6 +298,17 @@ class InstanceManager:
                     if remote_id in instance.record.links and not instance.stopping:
                         with contextlib.suppress(ApiError):
                             await self._link(instance, int(remote_id), spec)
+
+    async def _set_quarantine(self, instance: Instance, reason: str) -> None:
+        """Refuse (``reason``) or admit again ("") new links and attach sessions of ``instance``."""
+        instance.quarantine = reason
+        if instance.state == "running":
+            with contextlib.suppress(ApiError):
+                await self._call(instance, "set_quarantine", {"reason": reason})
+
+    def _confirmed(self, instance: Instance) -> None:
+        instance.confirmed_at = time.monotonic()
+        instance.record.owner_confirmed_at = time.time()
 
     async def _refresh(self, instance: Instance) -> dict[str, Any]:
         status: dict[str, Any] = await self._call(instance, "status", {})
@@ -311,7 +338,9 @@ class InstanceManager:
         if existing is not None and not existing.stopping:
             async with existing.lock:
                 if existing.spec.desired() == spec.desired():
-                    existing.record.owner_confirmed_at = time.time()
+                    self._confirmed(existing)
+                    if existing.quarantine:
+                        await self._set_quarantine(existing, "")
                     await self._save()
                     return models.PutResult(name=name, action="unchanged", instance=await self.status(name))
                 if not spec.replace:
@@ -404,11 +433,13 @@ class InstanceManager:
 
     async def confirm_owners(self, owners: list[str]) -> models.OwnerConfirmResult:
         """Reset the TTL of every instance owned by one of ``owners``."""
-        wanted, now = set(owners), time.time()
+        wanted = set(owners)
         confirmed = []
-        for name, instance in self.instances.items():
+        for name, instance in list(self.instances.items()):
             if instance.spec.owner in wanted and not instance.stopping:
-                instance.record.owner_confirmed_at = now
+                self._confirmed(instance)
+                if instance.quarantine:
+                    await self._set_quarantine(instance, "")
                 confirmed.append(name)
         if confirmed:
             await self._save()
@@ -469,9 +500,16 @@ class InstanceManager:
         instance.attempts[remote_id] = LinkAttempt(code, "", spec.remote_address)
         return action
 
+    def _refuse_if_quarantined(self, instance: Instance) -> None:
+        if instance.quarantine:
+            raise ApiError(
+                409, "quarantined", f"instance {instance.name} is quarantined: {instance.quarantine}"
+            )
+
     async def put_link(self, name: str, remote_id: int, spec: models.LinkSpec) -> models.PutResult:
         """Link idempotently: a live link with the same spec is left alone."""
         instance = self._get(name)
+        self._refuse_if_quarantined(instance)
         async with instance.lock:
             key = str(remote_id)
             status = await self._refresh(instance)
@@ -540,6 +578,7 @@ class InstanceManager:
     async def put_comm_link(self, name: str, comm_name: str, spec: models.CommLinkSpec) -> models.PutResult:
         """Join a communication domain (idempotent while joined with the same spec)."""
         instance = self._get(name)
+        self._refuse_if_quarantined(instance)
         async with instance.lock:
             if instance.spec.cluster_id not in spec.cluster_rank_info:
                 raise ApiError(

@@ -116,6 +116,11 @@ class AgentMetrics:
             "Instances finalized because their owner was not reconfirmed in time",
             registry=self.registry,
         )
+        self.owner_quarantined = Counter(
+            "cachelink_agent_owner_quarantined",
+            "Instances quarantined because their owner was not reconfirmed in time",
+            registry=self.registry,
+        )
         self.link_failures = Counter(
             "cachelink_agent_link_failures",
             "Failed link attempts by LLMStatusCode",

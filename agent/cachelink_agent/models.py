@@ -179,6 +179,11 @@ class InstanceStatus(_Model):
     attach_sessions: int = 0
     counters: dict[str, int] = Field(default_factory=dict)
     owner_confirmed_at: float = 0.0
+    quarantined: bool = Field(
+        default=False,
+        description="its owner was not reconfirmed within --owner-ttl: new links and attach sessions are "
+        "refused until it is, and it is finalized after --owner-finalize-ttl",
+    )
     last_error: str = ""
     options: dict[str, str] = Field(
         default_factory=dict, description="the instance's options, secrets (REDACTED_OPTIONS) redacted"

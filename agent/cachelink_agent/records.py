@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,11 @@ class Instance:
     listen_address: str = ""
     pid: int = 0
     restarts: int = 0
+    #: monotonic time of the last owner confirmation (creation, restore and every confirmation reset it:
+    #: a restarted agent gives the owner a full TTL, and a wall-clock jump changes nothing)
+    confirmed_at: float = field(default_factory=time.monotonic)
+    #: why new links and attach sessions are refused ("" when they are not): the owner went silent
+    quarantine: str = ""
     last_error: str = ""
     attempts: dict[int, LinkAttempt] = field(default_factory=dict)
     comm_attempts: dict[str, LinkAttempt] = field(default_factory=dict)

@@ -146,6 +146,9 @@ class AttachEndpoint(Protocol):
     def session_count(self) -> int:
         """Attached sessions now."""
 
+    def refuse_new_sessions(self, reason: str) -> None:
+        """Refuse new sessions with ``reason`` ("" admits them again); attached ones keep working."""
+
 
 class InstanceRuntime:
     """An initialized instance; thread-safe for concurrent status reads, links and transfers.
@@ -168,6 +171,7 @@ class InstanceRuntime:
         # error), but LLM-DataDist's remedy for a transfer timeout is unlink + link, so report them broken.
         self._suspects: dict[int, str] = {}
         self._attach: AttachEndpoint | None = None
+        self._quarantine = ""
 
     # ------------------------------------------------------------------------------ lifecycle
 
@@ -194,6 +198,7 @@ class InstanceRuntime:
                 self._caches[cache.cache_id] = cache
         if config.attach_socket and self._attach_factory is not None:
             self._attach = self._attach_factory(self)
+            self._attach.refuse_new_sessions(self._quarantine)
             self._attach.start()
         return {
             "incarnation": ext.incarnation(datadist),
@@ -211,6 +216,12 @@ class InstanceRuntime:
         if datadist is not None and finalize:
             _engine_call(datadist.finalize)
             remove_pool_files(self.config.pool_dir, pool_stem(self.config.node_name, self.config.name))
+
+    def set_quarantine(self, reason: str) -> None:
+        """Refuse new attach sessions while ``reason`` is set (its owner went silent); "" lifts it."""
+        self._quarantine = reason
+        if self._attach is not None:
+            self._attach.refuse_new_sessions(reason)
 
     # ---------------------------------------------------------------------------------- links
 

@@ -88,6 +88,7 @@ def instance_status(instance: Instance, mode: models.Mode, attach_socket: str) -
         attach_sessions=int(live.get("attach_sessions", 0)),
         counters=dict(live.get("counters", {})),
         owner_confirmed_at=instance.record.owner_confirmed_at,
+        quarantined=bool(instance.quarantine),
         last_error=instance.last_error,
         options=models.redact_options(dict(instance.spec.options)),
         options_sha256=models.options_digest(dict(instance.spec.options)),

@@ -11,7 +11,7 @@ import time
 import pytest
 from cachelink_agent import models
 from cachelink_agent.attach import AttachError, attach
-from cachelink_agent.client import AgentForbidden, AgentUnauthorized
+from cachelink_agent.client import AgentConflict, AgentForbidden, AgentUnauthorized
 from cachelink_agent.tokens import node_token
 
 from .conftest import PROMPT_IP, SECRET, wait_for
@@ -93,17 +93,54 @@ def test_caches_of_a_killed_workload_are_freed_after_its_lease(agents) -> None:
 
 
 @pytest.mark.slow
-def test_instance_of_an_unconfirmed_owner_is_finalized(agents) -> None:
-    agent = agents("node-a", PROMPT_IP, "--in-process", "--owner-ttl", "2", "--reconcile-interval", "0.2")
+@pytest.mark.parametrize("mode", ["in-process", "worker"])
+def test_instance_of_a_silent_owner_is_quarantined_then_finalized(agents, mode) -> None:
+    # the live owner is confirmed every few tenths of a second: 3 s leaves room for a loaded machine
+    flags = ["--owner-ttl", "3", "--owner-finalize-ttl", "8", "--reconcile-interval", "0.2"]
+    agent = agents("node-a", PROMPT_IP, *(["--in-process"] if mode == "in-process" else []), *flags)
     agent.put_instance("orphan", 1, owner="gone-uid")
     agent.put_instance("kept", 2, owner="live-uid")
-    deadline = time.monotonic() + 4
-    while time.monotonic() < deadline:
+    agent.put_instance("revived", 3, owner="late-uid")
+
+    def confirm_live() -> None:
         assert agent.call(lambda c: c.confirm_owner("live-uid")).confirmed == ["kept"]
+
+    def quarantined(name: str) -> bool:
+        confirm_live()
+        return agent.call(lambda c: c.get_instance(name)).quarantined
+
+    wait_for(lambda: quarantined("orphan") and quarantined("revived"), 20, "both silent owners quarantined")
+    assert not agent.call(lambda c: c.get_instance("kept")).quarantined
+    # quarantined: no new links, no new attach sessions; the instance and its pool are still there
+    link = models.LinkSpec(remote_address="127.0.0.1:1")
+    with pytest.raises(AgentConflict, match="quarantined"):
+        agent.call(lambda c: c.put_link("orphan", 9, link))
+    with pytest.raises(PermissionError, match="refused"):
+        attach(agent.run_dir, "orphan")
+    metrics = agent.call(lambda c: c.metrics())
+    assert "cachelink_agent_owner_quarantined_total 2.0" in metrics
+    # its owner is back: admitted again
+    assert agent.call(lambda c: c.confirm_owner("late-uid")).confirmed == ["revived"]
+    assert not agent.call(lambda c: c.get_instance("revived")).quarantined
+    with attach(agent.run_dir, "revived") as manager:
+        assert manager is not None
+    # still silent after --owner-finalize-ttl: finalized, its pool freed
+    deadline = time.monotonic() + 30
+    while "orphan" in {i.name for i in agent.call(lambda c: c.get_instances())}:
+        assert time.monotonic() < deadline, "the orphan was never finalized"
+        confirm_live()
+        agent.call(lambda c: c.confirm_owner("late-uid"))
         time.sleep(0.3)
-    assert [i.name for i in agent.call(lambda c: c.get_instances())] == ["kept"]
-    assert sorted(p.name for p in agent.pool_dir.iterdir()) == [
-        "cachelink-node-a-kept.device",
-        "cachelink-node-a-kept.index",
-    ]
+    names = sorted(p.name for p in agent.pool_dir.iterdir())
+    assert not any("orphan" in n for n in names) and any("kept" in n for n in names)
     assert "cachelink_agent_owner_expired_total 1.0" in agent.call(lambda c: c.metrics())
+
+
+def test_a_lease_that_is_not_a_finite_number_is_refused(agents) -> None:
+    agent = agents("node-a", PROMPT_IP, "--in-process")
+    agent.put_instance("leased", 1)
+    for lease in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="finite"):
+            attach(agent.run_dir, "leased", lease_seconds=lease)
+    with attach(agent.run_dir, "leased", lease_seconds=5) as manager:
+        assert manager.lease_seconds == 5

@@ -107,6 +107,9 @@ def test_malformed_oversized_and_traversal(agent) -> None:
         (["--node-name", "Bad_Name"], "DNS-1123"),
         (["--max-pool-bytes", "lots"], "--max-pool-bytes"),
         (["--owner-ttl", "-1"], "--owner-ttl must be a positive number"),
+        (["--owner-ttl", "nan"], "--owner-ttl must be a positive number"),
+        (["--lease-seconds", "inf"], "--lease-seconds must be a positive number"),
+        (["--owner-ttl", "600", "--owner-finalize-ttl", "60"], "--owner-finalize-ttl must be at least"),
         (["--tls-cert", "/etc/hostname"], "--tls-cert and --tls-key go together"),
     ],
 )

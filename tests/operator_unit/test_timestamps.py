@@ -7,7 +7,6 @@ import os
 import time
 
 import pytest
-
 from cachelink_operator import timestamps
 
 
@@ -51,9 +50,8 @@ def test_a_timestamp_without_zone_is_refused():
 def test_time_to_linked_metric_is_not_off_by_the_dst_hour(zone, name):
     from types import SimpleNamespace
 
-    from prometheus_client import REGISTRY
-
     from cachelink_operator import reconcile
+    from prometheus_client import REGISTRY
 
     zone(name)
     metric = "cachelink_operator_time_to_linked_seconds_sum"
