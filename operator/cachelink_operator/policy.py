@@ -174,7 +174,13 @@ def _check_limits(
     if limits.allowed_link_styles is not None and merged.link_style not in limits.allowed_link_styles:
         fail("allowedLinkStyles", f"link style {merged.link_style} is not allowed here")
     if limits.require_link_authentication and not merged.link_authentication:
-        fail("requireLinkAuthentication", "link authentication must stay enabled")
+        fail(
+            "requireLinkAuthentication",
+            "link authentication must stay enabled (a CacheLinkPolicy with requireLinkAuthentication: false "
+            "can allow turning it off)"
+            if name == BUILTIN_POLICY
+            else "link authentication must stay enabled",
+        )
     timeouts = limits.required_timeouts
     if timeouts is not None:
         for role, options in sorted(sides.items()):
@@ -210,8 +216,14 @@ def _check_limits(
 def evaluate(
     ordered: Sequence[PolicyRef], merged: Options, sides: Mapping[Role, Options], usage: Usage
 ) -> list[Violation]:
-    """Every violated limit, built-in ones first, then per policy in merge order."""
-    found = _check_limits(BUILTIN_POLICY, BUILTIN_LIMITS, merged, sides, usage)
+    """Every violated limit, built-in ones first, then per policy in merge order.
+
+    Link authentication is required by the built-in limits unless a selecting policy decides
+    (``requireLinkAuthentication``; ``false`` allows turning it off): a tenant alone cannot turn it off.
+    """
+    decided = any(p.spec.limits.require_link_authentication is not None for p in ordered)
+    builtin = BUILTIN_LIMITS.model_copy(update={"require_link_authentication": not decided})
+    found = _check_limits(BUILTIN_POLICY, builtin, merged, sides, usage)
     for policy in ordered:
         found.extend(_check_limits(policy.name, policy.spec.limits, merged, sides, usage))
     if port_range(ordered) is None:

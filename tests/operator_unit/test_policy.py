@@ -91,6 +91,14 @@ def test_each_limit_violated_once(limits, spec_extra, rule):
     assert _violations([pol("strict", limits=limits)], **spec_extra) == [rule]
 
 
+def test_link_authentication_is_required_unless_a_policy_allows_turning_it_off():
+    unauthenticated = {"options": {"linkAuthentication": False}}
+    assert _violations([], **unauthenticated) == ["requireLinkAuthentication"]
+    assert _violations([pol("silent", limits={})], **unauthenticated) == ["requireLinkAuthentication"]
+    assert _violations([pol("lenient", limits={"requireLinkAuthentication": False})], **unauthenticated) == []
+    assert _violations([], options={"linkAuthentication": True}) == []
+
+
 def test_compliant_cachelink_has_no_violation():
     generous = pol(
         "generous",
