@@ -17,6 +17,8 @@ from cachelink_agent.errors import ApiError
 from cachelink_agent.instances import InstanceManager
 
 _log = logging.getLogger("cachelink_agent.server")
+#: the methods request metrics name; any other (a caller may send anything) is counted as "other"
+_METRIC_METHODS = frozenset({"GET", "PUT", "POST", "DELETE", "HEAD", "OPTIONS", "PATCH"})
 _M = TypeVar("_M", bound=BaseModel)
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _PUBLIC = frozenset({"/healthz", "/readyz"})
@@ -92,7 +94,8 @@ def _count(registry: metrics.AgentMetrics) -> Any:
             status = error.status
             raise
         finally:
-            registry.requests.labels(request.method, name, str(status)).inc()
+            method = request.method if request.method in _METRIC_METHODS else "other"
+            registry.requests.labels(method, name, str(status)).inc()
 
     return middleware
 

@@ -171,3 +171,14 @@ def test_models_reject_what_the_api_rejects() -> None:
     assert models.is_instance_name("prefill-0") and not models.is_instance_name("../x")
     with pytest.raises(ValueError, match="cluster id"):
         models.CommLinkSpec(cluster_rank_info={"x": 0, "2": 1}, rank_table="{}")
+
+
+def test_request_metrics_label_only_known_methods(agent) -> None:
+    """A caller inventing methods must not grow the metric's series without bound."""
+    invented = ("TRACE", "PROPFIND", "PURGE", "MKCOL", "LOCK")
+    for method in invented:
+        status, _ = agent.http(method, "/v1/instances")
+        assert status == 405
+    metrics = agent.call(lambda c: c.metrics())
+    assert not any(f'method="{method}"' in metrics for method in invented)
+    assert 'method="other"' in metrics
