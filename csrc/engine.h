@@ -42,10 +42,15 @@ struct EngineConfig {
   int64_t sync_timeout_ms = 1000;
   int64_t link_retry_count = 1;
   int64_t max_connections_per_link = 8;
-  int64_t tcp_stripes = 2;   // connections one large TCP transfer is split across
-  int64_t copy_threads = 2;  // threads of one large same-host copy
-  std::string link_secret;   // non-empty: peers must prove it (HMAC challenge-response)
-  int64_t key_lease_ms = 0;  // > 0: a CacheKey not pulled within this time is released
+  int64_t tcp_stripes = 2;       // connections one large TCP transfer is split across
+  int64_t copy_threads = 2;      // threads of one large same-host copy
+  std::string link_secret;       // non-empty: peers must prove it, and every frame after AUTH is authenticated
+  bool link_encryption = false;  // with a secret: encrypt frames and bytes (AES-256-GCM), not only authenticate
+  int64_t max_server_connections = 1024;    // accepted connections open at once, all peers together
+  int64_t max_connections_per_source = 64;  // accepted connections open at once from one source address
+  int64_t handshake_timeout_ms = 10000;     // an accepted connection must finish HELLO and AUTH within this
+  int64_t idle_timeout_ms = 600000;         // an authenticated connection idle this long is closed (0: never)
+  int64_t key_lease_ms = 0;                 // > 0: a CacheKey not pulled within this time is released
 };
 
 struct LinkInfo {
@@ -73,6 +78,8 @@ struct Counters {
   std::atomic<uint64_t> transfer_errors{0};
   std::atomic<uint64_t> leases_expired{0};
   std::atomic<uint64_t> auth_failures{0};
+  std::atomic<uint64_t> tampered_frames{0};      // authenticated frames that failed to open (both ends)
+  std::atomic<uint64_t> connections_refused{0};  // accepted connections closed at once by the connection caps
 };
 
 class Engine {
@@ -146,6 +153,7 @@ class Engine {
   // engine_handshake.cc: HELLO and AUTH, the server's handlers and the client's connection opener.
   Status handle_hello(ServerConn* conn, const std::vector<uint8_t>& payload);
   Status handle_auth(ServerConn* conn, const std::vector<uint8_t>& payload);
+  Status refuse_auth(ServerConn* conn, const std::string& why);
   Status open_conn(Link* link, Deadline deadline, std::unique_ptr<Conn>* out, uint64_t* incarnation,
                    std::vector<std::pair<std::string, uint64_t>>* pools);
 

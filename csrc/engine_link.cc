@@ -35,7 +35,8 @@ Status Engine::link(uint64_t remote_cluster_id, const std::string& ip, uint16_t 
     bool mapped_any = false;
     for (const auto& [path, size] : pools) {
       std::shared_ptr<SharedMapping> mapping;
-      if (!path.empty() && SharedMapping::open(path, size, &mapping).ok()) mapped_any = true;
+      // `path` is a file name the peer advertised: only inside our own pool folder, with every check.
+      if (!path.empty() && SharedMapping::open_peer(config_.pool_dir, path, size, &mapping).ok()) mapped_any = true;
       link->peer_pools.push_back(std::move(mapping));
     }
     link->same_host = mapped_any;
@@ -64,7 +65,7 @@ Status Engine::unlink(uint64_t remote_cluster_id, bool force) {
   std::lock_guard<std::mutex> lock(link->mu);
   link->broken = true;
   for (auto& c : link->idle) {
-    (void)send_frame(c->fd.get(), wire::Type::kGoodbye, {}, {}, deadline_in_ms(100));
+    (void)send_frame(c->fd.get(), c->ch, wire::Type::kGoodbye, {}, {}, deadline_in_ms(100));
   }
   link->idle.clear();
   link->cv.notify_all();

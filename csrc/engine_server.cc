@@ -1,3 +1,5 @@
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
 
@@ -26,7 +28,9 @@ void Engine::accept_loop(Listener* listener) {
   while (!stopping_) {
     IoResult ready = wait_readable(listener->fd.get(), wake_.get());
     if (!ready.ok() || stopping_) return;
-    int fd = ::accept4(listener->fd.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    sockaddr_in peer{};
+    socklen_t peer_len = sizeof(peer);
+    int fd = ::accept4(listener->fd.get(), reinterpret_cast<sockaddr*>(&peer), &peer_len, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       if (errno == EAGAIN || errno == EINTR || errno == ECONNABORTED) continue;
       if (errno == EMFILE || errno == ENFILE) {
@@ -35,13 +39,25 @@ void Engine::accept_loop(Listener* listener) {
       }
       return;
     }
-    tune_socket(fd);
-    auto conn = std::make_unique<ServerConn>();
-    conn->fd = Fd(fd);
-    ServerConn* raw = conn.get();
+    Fd accepted(fd);
+    char text[INET_ADDRSTRLEN] = "?";
+    ::inet_ntop(AF_INET, &peer.sin_addr, text, sizeof(text));
     reap_server_conns(false);
     std::lock_guard<std::mutex> lock(mu_);
     if (stopping_) return;
+    // Caps, checked before a thread or a byte of buffer is spent on the connection: closed at once when full.
+    int64_t from_source = 0;
+    for (const auto& c : server_conns_) from_source += c->source == text ? 1 : 0;
+    if (static_cast<int64_t>(server_conns_.size()) >= config_.max_server_connections ||
+        from_source >= config_.max_connections_per_source) {
+      counters_.connections_refused += 1;
+      continue;  // `accepted` closes here
+    }
+    tune_socket(fd);
+    auto conn = std::make_unique<ServerConn>();
+    conn->fd = std::move(accepted);
+    conn->source = text;
+    ServerConn* raw = conn.get();
     conn->thread = std::thread([this, raw] { serve(raw); });
     server_conns_.push_back(std::move(conn));
   }
@@ -67,13 +83,30 @@ void Engine::reap_server_conns(bool all) {
 
 void Engine::serve(ServerConn* conn) {
   std::vector<uint8_t> payload;
+  // Until AUTH, the whole handshake has one deadline; after it, a connection may idle up to idle_timeout_ms.
+  const Deadline handshake_deadline = deadline_in_ms(config_.handshake_timeout_ms);
   while (!stopping_) {
-    IoResult ready = wait_readable(conn->fd.get(), wake_.get());
-    if (!ready.ok() || stopping_) break;
+    const bool authenticated = conn->authenticated;
+    int64_t wait_ms = -1;
+    if (!authenticated) {
+      wait_ms = std::max<int64_t>(
+          0, std::chrono::duration_cast<std::chrono::milliseconds>(handshake_deadline - Clock::now()).count());
+    } else if (config_.idle_timeout_ms > 0) {
+      wait_ms = config_.idle_timeout_ms;
+    }
+    IoResult ready = wait_readable(conn->fd.get(), wake_.get(), wait_ms);
+    if (!ready.ok() || stopping_) break;  // woken, closed, or past the handshake deadline / idle timeout
     wire::Header header;
     Status st;
-    IoResult io =
-        recv_frame(conn->fd.get(), deadline_in_ms(config_.sync_timeout_ms * 10 + 30000), &header, &payload, &st);
+    const Deadline deadline = authenticated ? deadline_in_ms(config_.sync_timeout_ms * 10 + 30000) : handshake_deadline;
+    IoResult io = recv_frame(conn->fd.get(), conn->ch, authenticated ? wire::kMaxPayload : kMaxHandshakePayload,
+                             deadline, &header, &payload, &st);
+    if (io.error == IoError::kTampered) {
+      // Before AUTH completes, a frame that does not open means the wrong secret (or a changed handshake).
+      if (!authenticated) (void)refuse_auth(conn, "wrong link secret, or the handshake was changed on the way");
+      if (authenticated) counters_.tampered_frames += 1;
+      break;
+    }
     if (!io.ok() || !st.ok()) break;  // malformed or hostile frame: drop this connection only
     if (header.type == static_cast<uint16_t>(wire::Type::kGoodbye)) break;
     if (!serve_one(conn, header, payload).ok()) break;
@@ -85,7 +118,9 @@ void Engine::serve(ServerConn* conn) {
 
 Status Engine::serve_one(ServerConn* conn, const wire::Header& header, const std::vector<uint8_t>& payload) {
   const auto type = static_cast<wire::Type>(header.type);
-  if (!conn->greeted && type != wire::Type::kHello) return {Code::kFailed, "request before the handshake"};
+  if (!conn->greeted && type != wire::Type::kHello) {
+    return {Code::kFailed, "request before the handshake"};
+  }
   if (conn->greeted && !conn->authenticated && type != wire::Type::kAuth) {
     return {Code::kFailed, "request before link authentication"};
   }
@@ -113,7 +148,8 @@ std::vector<uint64_t> Engine::clients() const {
   std::vector<uint64_t> out;
   std::lock_guard<std::mutex> lock(mu_);
   for (const auto& c : server_conns_) {
-    if (!c->done && c->peer_cluster_id != kInvalidId) out.push_back(c->peer_cluster_id);
+    // Only authenticated peers are clients: a greeted stranger does not hold switch_role back.
+    if (!c->done && c->authenticated && c->peer_cluster_id != kInvalidId) out.push_back(c->peer_cluster_id);
   }
   std::sort(out.begin(), out.end());
   out.erase(std::unique(out.begin(), out.end()), out.end());
