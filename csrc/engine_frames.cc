@@ -18,6 +18,7 @@ uint64_t total_bytes(const std::vector<Segment>& segs) {
 namespace {
 
 constexpr uint64_t kPayloadStep = 64u << 10;  // a control payload grows by this much as its bytes arrive
+constexpr uint64_t kSendBatch = 1u << 20;     // bulk bytes sealed per send call (a multiple of the record size)
 
 IoResult tampered(const char* what) {
   return {IoError::kTampered,
@@ -62,36 +63,39 @@ IoResult send_frame(int fd, channel::Channel& ch, wire::Type type, const std::ve
   // The control part: header (authenticated, in clear), payload (authenticated or encrypted), tag.
   const uint64_t total = total_bytes(data);
   const bool encrypt = mode == channel::Mode::kAead;
-  std::vector<uint8_t> sealed(encrypt ? std::max<uint64_t>(payload.size(), std::min(total, channel::kRecordBytes)) : 0);
+  std::vector<uint8_t> sealed(encrypt ? payload.size() : 0);
   uint8_t tag[channel::kTagBytes];
   std::vector<iovec> in{{const_cast<uint8_t*>(payload.data()), payload.size()}};
   if (!ch.send.seal(head, sizeof(head), in, sealed.data(), tag).ok()) return {IoError::kClosed, "cannot seal a frame"};
   std::vector<iovec> iov{{head, sizeof(head)},
                          {encrypt ? sealed.data() : const_cast<uint8_t*>(payload.data()), payload.size()},
                          {tag, sizeof(tag)}};
-  if (encrypt) {
-    // Encrypted records go out one by one through the bounce buffer.
-    IoResult io = sendv_all(fd, std::move(iov), deadline);
-    for (uint64_t at = 0; io.ok() && at < total; at += channel::kRecordBytes) {
+  // Then the bulk bytes, record by record, sealed and sent a batch at a time so that the receiver checks one
+  // batch while this end seals the next. Authenticated records go out from where they are (no copy);
+  // encrypted ones through a bounce buffer of one batch.
+  const uint64_t batch_records = kSendBatch / channel::kRecordBytes;
+  std::vector<uint8_t> bounce(encrypt ? std::min(total, kSendBatch) : 0);
+  std::vector<std::array<uint8_t, channel::kTagBytes>> tags(batch_records);
+  uint64_t at = 0;
+  while (at < total) {
+    for (uint64_t i = 0; i < batch_records && at < total; ++i) {
       const uint64_t n = std::min(channel::kRecordBytes, total - at);
-      if (!ch.send.seal(nullptr, 0, slice(data, at, n), sealed.data(), tag).ok()) {
-        return {IoError::kClosed, "cannot seal a frame"};
+      std::vector<iovec> piece = slice(data, at, n);
+      uint8_t* out = encrypt ? bounce.data() + i * channel::kRecordBytes : nullptr;
+      if (!ch.send.seal(nullptr, 0, piece, out, tags[i].data()).ok()) return {IoError::kClosed, "cannot seal"};
+      if (encrypt) {
+        iov.push_back({out, n});
+      } else {
+        iov.insert(iov.end(), piece.begin(), piece.end());
       }
-      io = sendv_all(fd, {{sealed.data(), n}, {tag, sizeof(tag)}}, deadline);
+      iov.push_back({tags[i].data(), channel::kTagBytes});
+      at += n;
     }
-    return io;
+    IoResult io = sendv_all(fd, std::move(iov), deadline);
+    if (!io.ok()) return io;
+    iov.clear();
   }
-  // Authenticated records: the bytes go out from where they are (no copy), each record followed by its tag.
-  const uint64_t records = (total + channel::kRecordBytes - 1) / channel::kRecordBytes;
-  std::vector<std::array<uint8_t, channel::kTagBytes>> tags(records);
-  for (uint64_t i = 0; i < records; ++i) {
-    const uint64_t at = i * channel::kRecordBytes;
-    std::vector<iovec> piece = slice(data, at, std::min(channel::kRecordBytes, total - at));
-    if (!ch.send.seal(nullptr, 0, piece, nullptr, tags[i].data()).ok()) return {IoError::kClosed, "cannot seal"};
-    iov.insert(iov.end(), piece.begin(), piece.end());
-    iov.push_back({tags[i].data(), channel::kTagBytes});
-  }
-  return sendv_all(fd, std::move(iov), deadline);
+  return iov.empty() ? IoResult{} : sendv_all(fd, std::move(iov), deadline);
 }
 
 IoResult recv_frame(int fd, channel::Channel& ch, uint64_t max_payload, Deadline deadline, wire::Header* header,
@@ -129,21 +133,30 @@ IoResult recv_bulk(int fd, channel::Channel& ch, const std::vector<Segment>& seg
     std::vector<iovec> iov = slice(segs, 0, total);
     return recvv_all(fd, std::move(iov), deadline);
   }
-  // Each record lands in a bounce buffer and reaches the destination only once its tag checked out.
+  // Records land a batch at a time in a bounce buffer (record, tag, record, tag, ...: one receive call per
+  // batch) and reach the destination only once their tag checked out.
+  constexpr uint64_t kStride = channel::kRecordBytes + channel::kTagBytes;
   thread_local std::vector<uint8_t> bounce;
-  uint8_t tag[channel::kTagBytes];
-  for (uint64_t at = 0; at < total; at += channel::kRecordBytes) {
-    const uint64_t n = std::min(channel::kRecordBytes, total - at);
-    if (bounce.size() < n) bounce.resize(n);
-    IoResult io = recvv_all(fd, {{bounce.data(), n}, {tag, sizeof(tag)}}, deadline);
+  uint64_t at = 0;
+  while (at < total) {
+    const uint64_t batch = std::min(total - at, kSendBatch);
+    const uint64_t records = (batch + channel::kRecordBytes - 1) / channel::kRecordBytes;
+    const uint64_t wire_bytes = batch + records * channel::kTagBytes;
+    if (bounce.size() < wire_bytes) bounce.resize(wire_bytes);
+    IoResult io = recv_all(fd, bounce.data(), wire_bytes, deadline);
     if (!io.ok()) return io;
-    if (!ch.recv.open(nullptr, 0, bounce.data(), n, tag)) return tampered("transferred data");
-    if (segs.empty()) continue;  // discarding
-    uint64_t done = 0;
-    for (const iovec& v : slice(segs, at, n)) {
-      std::memcpy(v.iov_base, bounce.data() + done, v.iov_len);
-      done += v.iov_len;
+    for (uint64_t i = 0; i < records; ++i) {
+      const uint64_t n = std::min(channel::kRecordBytes, batch - i * channel::kRecordBytes);
+      uint8_t* record = bounce.data() + i * kStride;
+      if (!ch.recv.open(nullptr, 0, record, n, record + n)) return tampered("transferred data");
+      if (segs.empty()) continue;  // discarding
+      uint64_t done = 0;
+      for (const iovec& v : slice(segs, at + i * channel::kRecordBytes, n)) {
+        std::memcpy(v.iov_base, record + done, v.iov_len);
+        done += v.iov_len;
+      }
     }
+    at += batch;
   }
   return {};
 }
