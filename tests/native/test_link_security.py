@@ -383,3 +383,41 @@ def test_encryption_needs_a_secret(local_dd):
         local_dd(ld.LLMRole.DECODER, 2, extra={"cachelink.link_encryption": "1"})
     assert err.value.status_code == Code.LLM_PARAM_INVALID
     assert "cachelink.link_encryption" in str(err.value)
+
+
+def test_link_to_a_protocol_1_engine_fails_naming_both_versions():
+    """A protocol 1 engine (before this change) reads our HELLO, refuses it, and we report its message.
+
+    The fake answers exactly as protocol 1's ``handle_hello`` did: its HELLO_ACK layout with the verdict first.
+    """
+    from llm_datadist import _native
+
+    old = socket.create_server(("127.0.0.1", 0))
+
+    def serve_once() -> None:
+        conn, _ = old.accept()
+        with conn:
+            head = _recv_exact(conn, HEADER.size)
+            body = _recv_exact(conn, HEADER.unpack(head)[3])
+            (peer_protocol,) = struct.unpack_from("<I", body)
+            message = f"protocol version mismatch: peer speaks {peer_protocol}, this engine 1".encode()
+            ack = struct.pack("<II", Code.LLM_LINK_FAILED.value, len(message)) + message
+            ack += struct.pack("<QIIQIBII", 1, 0, 0, 0, 0, 0, 0, 0)
+            conn.sendall(HEADER.pack(0x4B4E4C43, 1, HELLO_ACK, len(ack)) + ack)
+
+    thread = threading.Thread(target=serve_once)
+    thread.start()
+    config = _native.EngineConfig()
+    config.cluster_id = 2
+    engine = _native.Engine(config)
+    engine.init()
+    try:
+        with pytest.raises(_native.CoreError) as err:
+            engine.link(1, "127.0.0.1", old.getsockname()[1], 5000)
+        code, message = err.value.args
+        assert code == _native.Code.LINK_FAILED
+        assert "peer speaks 2, this engine 1" in message
+    finally:
+        engine.finalize(True)
+        thread.join(timeout=10)
+        old.close()
