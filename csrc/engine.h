@@ -46,11 +46,11 @@ struct EngineConfig {
   int64_t copy_threads = 2;      // threads of one large same-host copy
   std::string link_secret;       // non-empty: peers must prove it, and every frame after AUTH is authenticated
   bool link_encryption = false;  // with a secret: encrypt frames and bytes (AES-256-GCM), not only authenticate
-  int64_t max_server_connections = 1024;    // accepted connections open at once, all peers together
-  int64_t max_connections_per_source = 64;  // accepted connections open at once from one source address
-  int64_t handshake_timeout_ms = 10000;     // an accepted connection must finish HELLO and AUTH within this
-  int64_t idle_timeout_ms = 600000;         // an authenticated connection idle this long is closed (0: never)
-  int64_t key_lease_ms = 0;                 // > 0: a CacheKey not pulled within this time is released
+  int64_t max_server_connections = 2048;     // accepted connections open at once, all peers together
+  int64_t max_connections_per_source = 256;  // accepted connections open at once from one source address
+  int64_t handshake_timeout_ms = 10000;      // an accepted connection must finish HELLO and AUTH within this
+  int64_t idle_timeout_ms = 600000;          // an authenticated connection idle this long is closed (0: never)
+  int64_t key_lease_ms = 0;                  // > 0: a CacheKey not pulled within this time is released
 };
 
 struct LinkInfo {

@@ -59,6 +59,7 @@ Status read_status(wire::Reader& r);
 struct Engine::Conn {
   Fd fd;
   channel::Channel ch;
+  Clock::time_point last_used = Clock::now();  // a connection idle past half the idle timeout is not reused
 };
 
 struct Engine::Link {
@@ -134,6 +135,7 @@ class Engine::ConnLease {
     if (bad_ || link_->broken) {
       link_->open -= 1;
     } else {
+      conn_->last_used = Clock::now();
       link_->idle.push_back(std::move(conn_));
     }
     link_->cv.notify_one();

@@ -112,9 +112,12 @@ Status Engine::lease(const std::shared_ptr<Link>& link, Deadline deadline, ConnL
     if (!link->idle.empty()) {
       std::unique_ptr<Conn> conn = std::move(link->idle.back());
       link->idle.pop_back();
-      // An idle connection that became readable was closed by the peer (it sends nothing unasked).
+      // An idle connection that became readable was closed by the peer (it sends nothing unasked). One idle
+      // for half the idle timeout is dropped too, before the peer's listener closes it under a request.
       pollfd pfd{conn->fd.get(), POLLIN, 0};
-      if (::poll(&pfd, 1, 0) != 0) {
+      const bool stale = config_.idle_timeout_ms > 0 &&
+                         Clock::now() - conn->last_used > std::chrono::milliseconds(config_.idle_timeout_ms / 2);
+      if (stale || ::poll(&pfd, 1, 0) != 0) {
         link->open -= 1;
         continue;
       }

@@ -37,9 +37,9 @@ CACHELINK_OPTIONS: dict[str, str] = {
     "cachelink.link_encryption": '"1": encrypt links (AES-256-GCM) instead of only authenticating them; '
     "needs cachelink.link_secret",
     "cachelink.max_server_connections": "connections the listener keeps open at once, all peers together "
-    "(default 1024)",
+    "(default 2048)",
     "cachelink.max_connections_per_source": "connections the listener keeps open at once from one source "
-    "address (default 64)",
+    "address (default 256)",
     "cachelink.handshake_timeout_ms": "an accepted connection must finish the handshake within this many ms "
     "(default 10000)",
     "cachelink.idle_timeout_ms": "an accepted connection idle this many ms is closed "
@@ -252,8 +252,8 @@ def engine_settings(options: Mapping[str, str], cluster_id: int, role_name: str)
         copy_threads=_positive_int(options, "cachelink.copy_threads", 2),
         link_secret=options.get("cachelink.link_secret", ""),
         link_encryption=_link_encryption(options),
-        max_server_connections=_positive_int(options, "cachelink.max_server_connections", 1024),
-        max_connections_per_source=_positive_int(options, "cachelink.max_connections_per_source", 64),
+        max_server_connections=_positive_int(options, "cachelink.max_server_connections", 2048),
+        max_connections_per_source=_positive_int(options, "cachelink.max_connections_per_source", 256),
         handshake_timeout_ms=_positive_int(options, "cachelink.handshake_timeout_ms", 10000),
         idle_timeout_ms=_positive_int(options, "cachelink.idle_timeout_ms", 600000, allow_zero=True),
         key_lease_ms=_positive_int(options, "cachelink.key_lease_ms", 0, allow_zero=True),

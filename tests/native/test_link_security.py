@@ -421,3 +421,24 @@ def test_link_to_a_protocol_1_engine_fails_naming_both_versions():
         engine.finalize(True)
         thread.join(timeout=10)
         old.close()
+
+
+def test_transfers_survive_the_idle_timeout(listener, local_dd):
+    """The listener closes idle connections; the link drops them first and opens fresh ones."""
+    extra = {"cachelink.idle_timeout_ms": "400"}
+    peer, endpoint = listener(extra)
+    peer.run("c = cm.allocate_blocks_cache(CacheDesc(1, [2, 4096], DataType.DT_UINT8), BlocksCacheKey(1, 0))")
+    peer.run("c.numpy(0)[:] = 5")
+    dd = local_dd(ld.LLMRole.DECODER, 2, extra={**extra, "cachelink.force_tcp": "1"})
+    info = ld.LLMClusterInfo()
+    info.remote_cluster_id = 1
+    info.append_local_ip_info("127.0.0.1", 0)
+    info.append_remote_ip_info(*endpoint)
+    assert dd.link_clusters([info], timeout=5000)[0] == Code.LLM_SUCCESS
+    dst = dd.cache_manager.allocate_blocks_cache(ld.CacheDesc(1, [2, 4096], ld.DataType.DT_UINT8))
+    for pause in (0.0, 0.3, 0.6, 1.0):  # before, around and after the listener's idle timeout
+        time.sleep(pause)
+        dst.numpy(0)[:] = 0
+        dd.cache_manager.pull_blocks(ld.BlocksCacheKey(1, 0), dst, [0, 1], [0, 1])
+        assert (dst.numpy(0) == 5).all()
+    assert ext.links(dd)[0].state == "linked"
