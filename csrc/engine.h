@@ -1,7 +1,8 @@
 // One CacheLink instance: its pools and caches, its listeners, its links, and the transfers over them.
 //
-// Threads: an instance starts none before init(). It then runs one accept thread per listener and one
-// thread per accepted connection, each blocked in poll() while idle (no busy polling). Client-side
+// Threads: an instance starts none before init(). It then runs one accept thread per listener, which also
+// runs the handshake of every connection not yet authenticated (no thread of their own), and one thread per
+// authenticated connection, each blocked in poll() while idle (no busy polling). Client-side
 // transfers run on the caller's thread with the GIL released. finalize() wakes and joins every thread.
 //
 // Implementation: engine*.cc, one source file per job; engine_internal.h maps them and holds the inner types.
@@ -146,6 +147,10 @@ class Engine {
   // engine_server.cc: listeners, accepted connections and the dispatch of their frames.
   Status start_listener(const std::string& ip, uint16_t port, Listener** out);
   void accept_loop(Listener* listener);
+  /// Accepts one connection into `pending` (or closes it at once, over a cap); false when the listener is gone.
+  bool accept_one(Listener* listener, std::vector<std::unique_ptr<ServerConn>>* pending);
+  /// Reads what a pending connection sent and runs any whole handshake frame; false to drop the connection.
+  bool advance_handshake(ServerConn* conn);
   void serve(ServerConn* conn);
   Status serve_one(ServerConn* conn, const wire::Header& header, const std::vector<uint8_t>& payload);
   void reap_server_conns(bool all);

@@ -3,7 +3,8 @@
 //
 // Where each job lives:
 //   engine.cc                  lifecycle: init, finalize, the key-lease timer, role and listen address
-//   engine_server.cc           listeners, the accept loop, one thread per connection, frame dispatch
+//   engine_server.cc           listeners, the accept loop (and every handshake in it), a thread per
+//                              authenticated connection, frame dispatch
 //   engine_handshake.cc        HELLO / AUTH, both ends (server: handle_hello, handle_auth; client: open_conn)
 //   engine_link.cc             link, unlink, the link table and its connection pool (lease)
 //   engine_transfer.cc         pull / push from the caller's side: striping, TCP and same-host paths
@@ -95,10 +96,12 @@ struct Engine::ServerConn {
   std::thread thread;
   std::atomic<bool> done{false};
   uint64_t peer_cluster_id = kInvalidId;
-  bool greeted = false;                    // HELLO accepted
-  std::atomic<bool> authenticated{false};  // AUTH done: link secret proven (or none configured)
-  std::string transcript;                  // the handshake so far (keys are derived from its hash)
-  std::map<uint64_t, Pin> pins;            // same-host transfers in flight, released by RELEASE or on close
+  bool greeted = false;                           // HELLO accepted
+  std::atomic<bool> authenticated{false};         // AUTH done: link secret proven (or none configured)
+  std::string transcript;                         // the handshake so far (keys are derived from its hash)
+  std::vector<uint8_t> inbox;                     // handshake bytes received, not yet a whole frame
+  Deadline handshake_deadline = Deadline::max();  // HELLO and AUTH must be done by then
+  std::map<uint64_t, Pin> pins;                   // same-host transfers in flight, released by RELEASE or on close
   uint64_t next_token = 1;
 };
 

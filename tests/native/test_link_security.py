@@ -8,6 +8,7 @@ succeeds afterwards. The listener tests check the limits before AUTH.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import struct
 import threading
@@ -442,3 +443,20 @@ def test_transfers_survive_the_idle_timeout(listener, local_dd):
         dd.cache_manager.pull_blocks(ld.BlocksCacheKey(1, 0), dst, [0, 1], [0, 1])
         assert (dst.numpy(0) == 5).all()
     assert ext.links(dd)[0].state == "linked"
+
+
+def test_connections_before_auth_cost_no_thread(listener):
+    """Handshakes run in the accept thread: fifty silent connections add no thread to the instance."""
+    peer, endpoint = listener({})
+    tasks = f"/proc/{peer.proc.pid}/task"  # type: ignore[attr-defined]
+    before = len(os.listdir(tasks))
+    flood = [socket.create_connection(endpoint) for _ in range(50)]
+    try:
+        for sock in flood[:25]:
+            sock.sendall(_hello())  # half of them greeted, never authenticated
+        for sock in flood[:25]:
+            _recv_exact(sock, HEADER.size)
+        assert len(os.listdir(tasks)) <= before + 2, "no thread per unauthenticated connection"
+    finally:
+        for sock in flood:
+            sock.close()
