@@ -45,15 +45,12 @@ Status Engine::handle_hello(ServerConn* conn, const std::vector<uint8_t>& payloa
   uint8_t flags = r.u8();
   std::string client_nonce = r.str();
   const bool secret = !config_.link_secret.empty();
-  Status verdict;
   if (!r.ok()) return r.finish("hello");
-  if (protocol != kProtocol) {  // checked before the rest: another version may append fields
+  Status verdict;
+  if (protocol != kProtocol) {  // checked before trailing bytes: another version may append fields
     verdict = {Code::kLinkFailed, version_mismatch(protocol)};
   } else if (!r.at_end()) {
     return r.finish("hello");
-  }
-  if (!verdict.ok()) {
-    // refused below, whatever else the HELLO says
   } else if (expected_id != kInvalidId && expected_id != config_.cluster_id) {
     verdict = {Code::kLinkFailed, "cluster id mismatch: the peer asked for cluster " + std::to_string(expected_id) +
                                       " but this instance is cluster " + std::to_string(config_.cluster_id)};

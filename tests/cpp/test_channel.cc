@@ -139,6 +139,14 @@ TEST_P(Modes, ScatteredInputSealsLikeContiguous) {
   if (GetParam() == Mode::kAead) EXPECT_EQ(out, whole.bytes);
 }
 
+TEST_P(Modes, EmptyPayloadStillAuthenticatesTheHeader) {
+  Pair p(GetParam());
+  Sealed s = seal(p.tx, "goodbye header", "");
+  EXPECT_TRUE(open(p.rx, "goodbye header", s));
+  Sealed t = seal(p.tx, "goodbye header", "");
+  EXPECT_FALSE(open(p.rx, "goodbye headeR", t));
+}
+
 INSTANTIATE_TEST_SUITE_P(Channel, Modes, ::testing::Values(Mode::kMac, Mode::kAead));
 
 }  // namespace
