@@ -8,6 +8,12 @@ loopback TCP (1 MiB writes), measured in the same run. It also measures the CPU 
 
     python bench/transfer.py --out bench/results/transfer.json            # full run (~10 minutes)
     python bench/transfer.py --runs 3 --gib 0.25 --out /tmp/quick.json    # quick look
+    python bench/transfer.py --security --gib 0.5 --runs 7 --out bench/results/transfer-security.json
+
+``--security`` measures only the cost of link security: TCP pull and push GB/s at 2 MiB blocks for a plain
+link (no secret), an authenticated one (per-frame GMAC) and an encrypted one (AES-256-GCM), in the same run,
+as ratios to the plain link, beside the one-core ceiling of AES-256-GCM (``openssl speed -evp aes-256-gcm``)
+measured in that run.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import os
 import platform
 import socket
 import statistics
+import subprocess
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -116,18 +123,21 @@ def median_gbps(seconds: list[float], total: int) -> float:
     return total / statistics.median(seconds) / 1e9
 
 
-def run_point(total: int, block: int, tcp: bool, runs: int) -> dict[str, Any]:
+def run_point(
+    total: int, block: int, tcp: bool, runs: int, extra: dict[str, str] | None = None
+) -> dict[str, Any]:
     from llm_datadist import BlocksCacheKey, CacheDesc, DataType, LLMClusterInfo, LLMDataDist, LLMRole
     from llm_datadist.ext import hosting as ext
 
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
-    peer = ctx.Process(target=prompt_main, args=(child, total, block, tcp, EXTRA))
+    extra = EXTRA if extra is None else extra
+    peer = ctx.Process(target=prompt_main, args=(child, total, block, tcp, extra))
     peer.start()
     address, peer_pid = parent.recv()
     blocks = total // TENSORS // block
     dd = LLMDataDist(LLMRole.DECODER, DECODE)
-    dd.init(options(None, total + (64 << 20), tcp))
+    dd.init(options(None, total + (64 << 20), tcp, extra))
     try:
         info = LLMClusterInfo()
         info.remote_cluster_id = PROMPT
@@ -251,6 +261,71 @@ def idle_cpu_percent(seconds: float) -> float:
     return 100 * used / seconds
 
 
+SECURITY_MODES: dict[str, dict[str, str]] = {
+    "plain": {},
+    "authenticated": {"cachelink.link_secret": "bench-secret"},
+    "encrypted": {"cachelink.link_secret": "bench-secret", "cachelink.link_encryption": "1"},
+}
+
+
+def openssl_gcm_gbps() -> float:
+    """One core's AES-256-GCM encryption rate on 16 KiB buffers (``openssl speed``, machine-readable)."""
+    out = subprocess.run(
+        ["openssl", "speed", "-evp", "aes-256-gcm", "-seconds", "2", "-bytes", "16384", "-mr"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for line in out.splitlines():
+        if line.startswith("+F:"):
+            return float(line.rsplit(":", 1)[1]) / 1e9
+    raise SystemExit("openssl speed printed no result")
+
+
+def security_report(total: int, runs: int, rounds: int) -> dict[str, Any]:
+    """TCP at 2 MiB blocks for each link mode, as ratios to the plain link, and the AES-GCM ceiling.
+
+    The modes run interleaved, ``rounds`` times (plain, authenticated, encrypted, plain, ...), and each ratio
+    is the median of the per-round ratios: a machine whose load drifts during the run skews them less.
+    """
+    gcm = openssl_gcm_gbps()
+    report: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
+        "method": f"TCP (force_tcp), 2 MiB blocks, {total / (1 << 30):g} GiB per run, median of {runs} runs; "
+        f"modes interleaved over {rounds} rounds, ratios are medians of per-round ratios; both processes on "
+        "this machine's cores",
+        "openssl_aes_256_gcm_one_core_gbps": gcm,
+        "rounds": [],
+        "summary": {},
+    }
+    for _ in range(rounds):
+        points = {
+            mode: run_point(total, SIZES["2MiB"], True, runs, {**EXTRA, **extra})
+            for mode, extra in SECURITY_MODES.items()
+        }
+        report["rounds"].append(points)
+    for mode in SECURITY_MODES:
+        summary: dict[str, float] = {}
+        for op in ("pull", "push"):
+            summary[f"{op}_gbps"] = statistics.median(r[mode][op]["gbps"] for r in report["rounds"])
+            summary[f"{op}_ratio_to_plain"] = statistics.median(
+                r[mode][op]["gbps"] / r["plain"][op]["gbps"] for r in report["rounds"]
+            )
+            summary[f"{op}_cpu_s_per_gb"] = statistics.median(
+                r[mode][op]["cpu_s_per_gb"] for r in report["rounds"]
+            )
+        report["summary"][mode] = summary
+        print(
+            f"{mode:13}: pull {summary['pull_gbps']:6.2f} GB/s ({summary['pull_ratio_to_plain']:.2f}x)"
+            f"  push {summary['push_gbps']:6.2f} GB/s ({summary['push_ratio_to_plain']:.2f}x)"
+            f"  cpu {summary['pull_cpu_s_per_gb']:.2f} s/GB",
+            flush=True,
+        )
+    print(f"openssl aes-256-gcm, one core: {gcm:.2f} GB/s")
+    report["options"] = EXTRA
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -268,9 +343,18 @@ def main() -> None:
         help="extra engine option for both sides, e.g. cachelink.tcp_stripes=1 (repeatable)",
     )
     parser.add_argument("--skip-baselines", action="store_true", help="skip memcpy/TCP/idle measurements")
+    parser.add_argument(
+        "--security", action="store_true", help="only the cost of link authentication and encryption"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="--security: interleaved rounds of the modes")
     args = parser.parse_args()
     EXTRA.update(item.split("=", 1) for item in args.option)
     total = int(args.gib * (1 << 30))
+    if args.security:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(security_report(total, args.runs, args.rounds), indent=2))
+        return
     memcpy = 0.0 if args.skip_baselines else memcpy_gbps(args.runs)
     tcp = 0.0 if args.skip_baselines else tcp_stream_gbps(1 << 30, max(3, args.runs // 2))
     report: dict[str, Any] = {

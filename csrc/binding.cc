@@ -146,7 +146,12 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("tcp_stripes", &EngineConfig::tcp_stripes)
       .def_readwrite("copy_threads", &EngineConfig::copy_threads)
       .def_readwrite("link_secret", &EngineConfig::link_secret)
-      .def_readwrite("key_lease_ms", &EngineConfig::key_lease_ms);
+      .def_readwrite("key_lease_ms", &EngineConfig::key_lease_ms)
+      .def_readwrite("link_encryption", &EngineConfig::link_encryption)
+      .def_readwrite("max_server_connections", &EngineConfig::max_server_connections)
+      .def_readwrite("max_connections_per_source", &EngineConfig::max_connections_per_source)
+      .def_readwrite("handshake_timeout_ms", &EngineConfig::handshake_timeout_ms)
+      .def_readwrite("idle_timeout_ms", &EngineConfig::idle_timeout_ms);
 
   py::class_<wire::Extent>(m, "Extent")
       .def(py::init<>())
@@ -360,6 +365,8 @@ PYBIND11_MODULE(_core, m) {
         d["transfer_errors"] = c.transfer_errors.load();
         d["leases_expired"] = c.leases_expired.load();
         d["auth_failures"] = c.auth_failures.load();
+        d["tampered_frames"] = c.tampered_frames.load();
+        d["connections_refused"] = c.connections_refused.load();
         return d;
       });
 

@@ -3,10 +3,12 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <random>
 #include <sstream>
 
 namespace cachelink {
@@ -26,8 +28,12 @@ void append_segment(std::vector<Segment>* segs, uint8_t* addr, uint64_t len) {
 }
 
 Status write_file_atomically(const std::string& path, const std::vector<uint8_t>& bytes) {
-  std::string tmp = path + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  // A unique temporary name, created exclusively and never through a symlink: nothing planted at a guessable
+  // name can redirect the write.
+  static std::atomic<uint64_t> counter{0};
+  std::string tmp = path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter.fetch_add(1)) + "." +
+                    std::to_string(std::random_device{}());
+  int fd = open_nofollow(tmp, O_WRONLY | O_CREAT | O_EXCL, 0600);
   if (fd < 0) return {Code::kFailed, "cannot write " + tmp + ": " + std::strerror(errno)};
   size_t done = 0;
   while (done < bytes.size()) {
@@ -35,6 +41,7 @@ Status write_file_atomically(const std::string& path, const std::vector<uint8_t>
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
       ::close(fd);
+      ::unlink(tmp.c_str());
       return {Code::kFailed, "cannot write " + tmp + ": " + std::strerror(errno)};
     }
     done += static_cast<size_t>(n);
@@ -42,7 +49,9 @@ Status write_file_atomically(const std::string& path, const std::vector<uint8_t>
   ::fsync(fd);
   ::close(fd);
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    return {Code::kFailed, "cannot rename " + tmp + ": " + std::strerror(errno)};
+    std::string why = std::strerror(errno);
+    ::unlink(tmp.c_str());
+    return {Code::kFailed, "cannot rename " + tmp + ": " + why};
   }
   return Status::Ok();
 }
@@ -132,9 +141,15 @@ Status CacheStore::open_pools(const std::string& base_path, const PoolConfig& de
   }
   index_path_ = index_path;
   if (adopt && !index_path_.empty()) {
-    std::ifstream in(index_path_, std::ios::binary);
-    if (in) {
-      std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    int fd = open_nofollow(index_path_, O_RDONLY);
+    if (fd >= 0) {
+      std::vector<uint8_t> bytes;
+      uint8_t chunk[65536];
+      ssize_t n = 0;
+      while ((n = ::read(fd, chunk, sizeof(chunk))) > 0 || (n < 0 && errno == EINTR)) {
+        if (n > 0) bytes.insert(bytes.end(), chunk, chunk + n);
+      }
+      ::close(fd);
       CL_RETURN_IF_ERROR(restore_locked(bytes));
     }
   }

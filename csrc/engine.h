@@ -1,7 +1,8 @@
 // One CacheLink instance: its pools and caches, its listeners, its links, and the transfers over them.
 //
-// Threads: an instance starts none before init(). It then runs one accept thread per listener and one
-// thread per accepted connection, each blocked in poll() while idle (no busy polling). Client-side
+// Threads: an instance starts none before init(). It then runs one accept thread per listener, which also
+// runs the handshake of every connection not yet authenticated (no thread of their own), and one thread per
+// authenticated connection, each blocked in poll() while idle (no busy polling). Client-side
 // transfers run on the caller's thread with the GIL released. finalize() wakes and joins every thread.
 //
 // Implementation: engine*.cc, one source file per job; engine_internal.h maps them and holds the inner types.
@@ -42,10 +43,15 @@ struct EngineConfig {
   int64_t sync_timeout_ms = 1000;
   int64_t link_retry_count = 1;
   int64_t max_connections_per_link = 8;
-  int64_t tcp_stripes = 2;   // connections one large TCP transfer is split across
-  int64_t copy_threads = 2;  // threads of one large same-host copy
-  std::string link_secret;   // non-empty: peers must prove it (HMAC challenge-response)
-  int64_t key_lease_ms = 0;  // > 0: a CacheKey not pulled within this time is released
+  int64_t tcp_stripes = 2;       // connections one large TCP transfer is split across
+  int64_t copy_threads = 2;      // threads of one large same-host copy
+  std::string link_secret;       // non-empty: peers must prove it, and every frame after AUTH is authenticated
+  bool link_encryption = false;  // with a secret: encrypt frames and bytes (AES-256-GCM), not only authenticate
+  int64_t max_server_connections = 2048;     // accepted connections open at once, all peers together
+  int64_t max_connections_per_source = 256;  // accepted connections open at once from one source address
+  int64_t handshake_timeout_ms = 10000;      // an accepted connection must finish HELLO and AUTH within this
+  int64_t idle_timeout_ms = 600000;          // an authenticated connection idle this long is closed (0: never)
+  int64_t key_lease_ms = 0;                  // > 0: a CacheKey not pulled within this time is released
 };
 
 struct LinkInfo {
@@ -73,6 +79,8 @@ struct Counters {
   std::atomic<uint64_t> transfer_errors{0};
   std::atomic<uint64_t> leases_expired{0};
   std::atomic<uint64_t> auth_failures{0};
+  std::atomic<uint64_t> tampered_frames{0};      // authenticated frames that failed to open (both ends)
+  std::atomic<uint64_t> connections_refused{0};  // accepted connections closed at once by the connection caps
 };
 
 class Engine {
@@ -139,6 +147,10 @@ class Engine {
   // engine_server.cc: listeners, accepted connections and the dispatch of their frames.
   Status start_listener(const std::string& ip, uint16_t port, Listener** out);
   void accept_loop(Listener* listener);
+  /// Accepts one connection into `pending` (or closes it at once, over a cap); false when the listener is gone.
+  bool accept_one(Listener* listener, std::vector<std::unique_ptr<ServerConn>>* pending);
+  /// Reads what a pending connection sent and runs any whole handshake frame; false to drop the connection.
+  bool advance_handshake(ServerConn* conn);
   void serve(ServerConn* conn);
   Status serve_one(ServerConn* conn, const wire::Header& header, const std::vector<uint8_t>& payload);
   void reap_server_conns(bool all);
@@ -146,6 +158,7 @@ class Engine {
   // engine_handshake.cc: HELLO and AUTH, the server's handlers and the client's connection opener.
   Status handle_hello(ServerConn* conn, const std::vector<uint8_t>& payload);
   Status handle_auth(ServerConn* conn, const std::vector<uint8_t>& payload);
+  Status refuse_auth(ServerConn* conn, const std::string& why);
   Status open_conn(Link* link, Deadline deadline, std::unique_ptr<Conn>* out, uint64_t* incarnation,
                    std::vector<std::pair<std::string, uint64_t>>* pools);
 

@@ -1,6 +1,8 @@
 #include <sys/uio.h>
 
 #include <algorithm>
+#include <array>
+#include <cstring>
 
 #include "checksum.h"
 #include "engine_internal.h"
@@ -13,43 +15,162 @@ uint64_t total_bytes(const std::vector<Segment>& segs) {
   return total;
 }
 
-IoResult send_frame(int fd, wire::Type type, const std::vector<uint8_t>& payload, const std::vector<Segment>& data,
-                    Deadline deadline) {
+namespace {
+
+constexpr uint64_t kPayloadStep = 64u << 10;  // a control payload grows by this much as its bytes arrive
+constexpr uint64_t kSendBatch = 1u << 20;     // bulk bytes sealed per send call (a multiple of the record size)
+
+IoResult tampered(const char* what) {
+  return {IoError::kTampered,
+          std::string(what) + " failed authentication: changed, replayed, reordered or injected on the way"};
+}
+
+/// The iovecs of `segs` between byte `from` and `from + len` of their concatenation.
+std::vector<iovec> slice(const std::vector<Segment>& segs, uint64_t from, uint64_t len) {
+  std::vector<iovec> out;
+  for (const Segment& s : segs) {
+    if (len == 0) break;
+    if (from >= s.len) {
+      from -= s.len;
+      continue;
+    }
+    uint64_t n = std::min(len, s.len - from);
+    out.push_back({s.addr + from, n});
+    len -= n;
+    from = 0;
+  }
+  return out;
+}
+
+}  // namespace
+
+IoResult send_frame(int fd, channel::Channel& ch, wire::Type type, const std::vector<uint8_t>& payload,
+                    const std::vector<Segment>& data, Deadline deadline) {
   wire::Header h;
   h.type = static_cast<uint16_t>(type);
   h.payload_len = payload.size();
   uint8_t head[wire::kHeaderSize];
   wire::encode_header(h, head);
-  std::vector<iovec> iov;
-  iov.reserve(2 + data.size());
-  iov.push_back({head, sizeof(head)});
-  iov.push_back({const_cast<uint8_t*>(payload.data()), payload.size()});
-  for (const Segment& s : data) iov.push_back({s.addr, s.len});
-  return sendv_all(fd, std::move(iov), deadline);
+  const channel::Mode mode = ch.mode();
+  if (mode == channel::Mode::kNone) {
+    std::vector<iovec> iov;
+    iov.reserve(2 + data.size());
+    iov.push_back({head, sizeof(head)});
+    iov.push_back({const_cast<uint8_t*>(payload.data()), payload.size()});
+    for (const Segment& s : data) iov.push_back({s.addr, s.len});
+    return sendv_all(fd, std::move(iov), deadline);
+  }
+  // The control part: header (authenticated, in clear), payload (authenticated or encrypted), tag.
+  const uint64_t total = total_bytes(data);
+  const bool encrypt = mode == channel::Mode::kAead;
+  std::vector<uint8_t> sealed(encrypt ? payload.size() : 0);
+  uint8_t tag[channel::kTagBytes];
+  std::vector<iovec> in{{const_cast<uint8_t*>(payload.data()), payload.size()}};
+  if (!ch.send.seal(head, sizeof(head), in, sealed.data(), tag).ok()) return {IoError::kClosed, "cannot seal a frame"};
+  std::vector<iovec> iov{{head, sizeof(head)},
+                         {encrypt ? sealed.data() : const_cast<uint8_t*>(payload.data()), payload.size()},
+                         {tag, sizeof(tag)}};
+  // Then the bulk bytes, record by record, sealed and sent a batch at a time so that the receiver checks one
+  // batch while this end seals the next. Authenticated records go out from where they are (no copy);
+  // encrypted ones through a bounce buffer of one batch.
+  const uint64_t batch_records = kSendBatch / channel::kRecordBytes;
+  std::vector<uint8_t> bounce(encrypt ? std::min(total, kSendBatch) : 0);
+  std::vector<std::array<uint8_t, channel::kTagBytes>> tags(batch_records);
+  uint64_t at = 0;
+  while (at < total) {
+    for (uint64_t i = 0; i < batch_records && at < total; ++i) {
+      const uint64_t n = std::min(channel::kRecordBytes, total - at);
+      std::vector<iovec> piece = slice(data, at, n);
+      uint8_t* out = encrypt ? bounce.data() + i * channel::kRecordBytes : nullptr;
+      if (!ch.send.seal(nullptr, 0, piece, out, tags[i].data()).ok()) return {IoError::kClosed, "cannot seal"};
+      if (encrypt) {
+        iov.push_back({out, n});
+      } else {
+        iov.insert(iov.end(), piece.begin(), piece.end());
+      }
+      iov.push_back({tags[i].data(), channel::kTagBytes});
+      at += n;
+    }
+    IoResult io = sendv_all(fd, std::move(iov), deadline);
+    if (!io.ok()) return io;
+    iov.clear();
+  }
+  return iov.empty() ? IoResult{} : sendv_all(fd, std::move(iov), deadline);
 }
 
-/// Receives one frame; `st` carries a protocol error (bad header), the IoResult a transport error.
-IoResult recv_frame(int fd, Deadline deadline, wire::Header* header, std::vector<uint8_t>* payload, Status* st) {
+IoResult recv_frame(int fd, channel::Channel& ch, uint64_t max_payload, Deadline deadline, wire::Header* header,
+                    std::vector<uint8_t>* payload, Status* st, bool refusal_in_clear) {
   uint8_t head[wire::kHeaderSize];
   IoResult io = recv_all(fd, head, sizeof(head), deadline);
   if (!io.ok()) return io;
   *st = wire::decode_header(head, header);
   if (!st->ok()) return {};
-  payload->resize(header->payload_len);
-  return recv_all(fd, payload->data(), payload->size(), deadline);
+  if (header->payload_len > max_payload) {
+    *st = {Code::kFailed, "bad frame: payload of " + std::to_string(header->payload_len) + " bytes exceeds the " +
+                              std::to_string(max_payload) + "-byte limit here"};
+    return {};
+  }
+  // Grown as the bytes arrive: an announced length reserves nothing until the peer has sent that much.
+  payload->clear();
+  while (payload->size() < header->payload_len) {
+    const size_t have = payload->size();
+    const size_t next = static_cast<size_t>(std::min<uint64_t>(header->payload_len, have + kPayloadStep));
+    payload->resize(next);
+    io = recv_all(fd, payload->data() + have, next - have, deadline);
+    if (!io.ok()) return io;
+  }
+  if (ch.mode() == channel::Mode::kNone) return {};
+  if (refusal_in_clear && header->type == static_cast<uint16_t>(wire::Type::kAuthResult)) return {};
+  uint8_t tag[channel::kTagBytes];
+  io = recv_all(fd, tag, sizeof(tag), deadline);
+  if (!io.ok()) return io;
+  if (!ch.recv.open(head, sizeof(head), payload->data(), payload->size(), tag)) return tampered("a frame");
+  return {};
 }
 
-/// Receives `total` bytes of a stream into consecutive segments (scatter reads, many segments a call).
-IoResult recv_into(int fd, const std::vector<Segment>& segs, uint64_t total, Deadline deadline) {
-  std::vector<iovec> iov;
-  iov.reserve(segs.size());
-  for (const Segment& s : segs) {
-    if (total == 0) break;
-    uint64_t n = std::min(total, s.len);
-    iov.push_back({s.addr, n});
-    total -= n;
+IoResult recv_bulk(int fd, channel::Channel& ch, const std::vector<Segment>& segs, uint64_t total, Deadline deadline) {
+  if (ch.mode() == channel::Mode::kNone) {
+    std::vector<iovec> iov = slice(segs, 0, total);
+    return recvv_all(fd, std::move(iov), deadline);
   }
-  return recvv_all(fd, std::move(iov), deadline);
+  // Records land a batch at a time in a bounce buffer (record, tag, record, tag, ...: one receive call per
+  // batch) and reach the destination only once their tag checked out.
+  constexpr uint64_t kStride = channel::kRecordBytes + channel::kTagBytes;
+  thread_local std::vector<uint8_t> bounce;
+  uint64_t at = 0;
+  while (at < total) {
+    const uint64_t batch = std::min(total - at, kSendBatch);
+    const uint64_t records = (batch + channel::kRecordBytes - 1) / channel::kRecordBytes;
+    const uint64_t wire_bytes = batch + records * channel::kTagBytes;
+    if (bounce.size() < wire_bytes) bounce.resize(wire_bytes);
+    IoResult io = recv_all(fd, bounce.data(), wire_bytes, deadline);
+    if (!io.ok()) return io;
+    for (uint64_t i = 0; i < records; ++i) {
+      const uint64_t n = std::min(channel::kRecordBytes, batch - i * channel::kRecordBytes);
+      uint8_t* record = bounce.data() + i * kStride;
+      if (!ch.recv.open(nullptr, 0, record, n, record + n)) return tampered("transferred data");
+      if (segs.empty()) continue;  // discarding
+      uint64_t done = 0;
+      for (const iovec& v : slice(segs, at + i * channel::kRecordBytes, n)) {
+        std::memcpy(v.iov_base, record + done, v.iov_len);
+        done += v.iov_len;
+      }
+    }
+    at += batch;
+  }
+  return {};
+}
+
+IoResult discard_bulk(int fd, channel::Channel& ch, uint64_t total, Deadline deadline) {
+  if (ch.mode() == channel::Mode::kNone) return discard(fd, total, deadline);
+  return recv_bulk(fd, ch, {}, total, deadline);
+}
+
+std::vector<Segment> with_trailer(const std::vector<Segment>& segs, uint64_t total, uint32_t* trailer) {
+  std::vector<Segment> out;
+  for (const iovec& v : slice(segs, 0, total)) out.push_back({static_cast<uint8_t*>(v.iov_base), v.iov_len});
+  out.push_back({reinterpret_cast<uint8_t*>(trailer), sizeof(*trailer)});
+  return out;
 }
 
 uint32_t crc_of(const std::vector<Segment>& segs, uint64_t total) {

@@ -3,7 +3,8 @@
 //
 // Where each job lives:
 //   engine.cc                  lifecycle: init, finalize, the key-lease timer, role and listen address
-//   engine_server.cc           listeners, the accept loop, one thread per connection, frame dispatch
+//   engine_server.cc           listeners, the accept loop (and every handshake in it), a thread per
+//                              authenticated connection, frame dispatch
 //   engine_handshake.cc        HELLO / AUTH, both ends (server: handle_hello, handle_auth; client: open_conn)
 //   engine_link.cc             link, unlink, the link table and its connection pool (lease)
 //   engine_transfer.cc         pull / push from the caller's side: striping, TCP and same-host paths
@@ -22,19 +23,34 @@
 #include <thread>
 #include <vector>
 
+#include "channel.h"
 #include "engine.h"
 
 namespace cachelink {
 
-constexpr uint32_t kProtocol = 1;
+/// The link protocol (in HELLO). 2: authenticated, optionally encrypted frames; nothing but the version and the
+/// handshake's own fields before AUTH. The frame header's wire version stays 1 so that either version reads the
+/// other's HELLO and answers with a refusal naming both.
+constexpr uint32_t kProtocol = 2;
+/// Largest frame payload accepted before a peer is authenticated (HELLO, AUTH, and their answers).
+constexpr uint64_t kMaxHandshakePayload = 4096;
 
 uint64_t total_bytes(const std::vector<Segment>& segs);
-IoResult send_frame(int fd, wire::Type type, const std::vector<uint8_t>& payload, const std::vector<Segment>& data,
-                    Deadline deadline);
-/// Receives one frame; `st` carries a protocol error (bad header), the IoResult a transport error.
-IoResult recv_frame(int fd, Deadline deadline, wire::Header* header, std::vector<uint8_t>* payload, Status* st);
-/// Receives `total` bytes of a stream into consecutive segments (scatter reads, many segments a call).
-IoResult recv_into(int fd, const std::vector<Segment>& segs, uint64_t total, Deadline deadline);
+/// Sends one frame: header, payload and `data` (bulk bytes), sealed by the channel when it has a key.
+IoResult send_frame(int fd, channel::Channel& ch, wire::Type type, const std::vector<uint8_t>& payload,
+                    const std::vector<Segment>& data, Deadline deadline);
+/// Receives one frame's header and payload (at most `max_payload` bytes, grown as they arrive); `st` carries a
+/// protocol error (bad header), the IoResult a transport error or kTampered.
+/// `refusal_in_clear`: an AUTH_RESULT frame (a refusal, sent in clear) is read without a tag (handshake only).
+IoResult recv_frame(int fd, channel::Channel& ch, uint64_t max_payload, Deadline deadline, wire::Header* header,
+                    std::vector<uint8_t>* payload, Status* st, bool refusal_in_clear = false);
+/// Receives the `total` bulk bytes that follow a frame into consecutive segments; with a key, record by record,
+/// each checked before it is copied to its place.
+IoResult recv_bulk(int fd, channel::Channel& ch, const std::vector<Segment>& segs, uint64_t total, Deadline deadline);
+/// Receives and drops `total` bulk bytes (a refused write), still checking every record.
+IoResult discard_bulk(int fd, channel::Channel& ch, uint64_t total, Deadline deadline);
+/// The first `total` bytes of `segs`, then the 4-byte checksum trailer.
+std::vector<Segment> with_trailer(const std::vector<Segment>& segs, uint64_t total, uint32_t* trailer);
 uint32_t crc_of(const std::vector<Segment>& segs, uint64_t total);
 std::vector<uint8_t> status_payload(const Status& st);
 Status read_status(wire::Reader& r);
@@ -43,6 +59,8 @@ Status read_status(wire::Reader& r);
 
 struct Engine::Conn {
   Fd fd;
+  channel::Channel ch;
+  Clock::time_point last_used = Clock::now();  // a connection idle past half the idle timeout is not reused
 };
 
 struct Engine::Link {
@@ -73,14 +91,17 @@ struct Engine::Listener {
 
 struct Engine::ServerConn {
   Fd fd;
+  channel::Channel ch;
+  std::string source;  // the peer's address (per-source connection cap)
   std::thread thread;
   std::atomic<bool> done{false};
   uint64_t peer_cluster_id = kInvalidId;
-  bool greeted = false;        // HELLO accepted
-  bool authenticated = false;  // link secret proven (or none configured)
-  std::string client_nonce;
-  std::string server_nonce;
-  std::map<uint64_t, Pin> pins;  // same-host transfers in flight, released by RELEASE or on close
+  bool greeted = false;                           // HELLO accepted
+  std::atomic<bool> authenticated{false};         // AUTH done: link secret proven (or none configured)
+  std::string transcript;                         // the handshake so far (keys are derived from its hash)
+  std::vector<uint8_t> inbox;                     // handshake bytes received, not yet a whole frame
+  Deadline handshake_deadline = Deadline::max();  // HELLO and AUTH must be done by then
+  std::map<uint64_t, Pin> pins;                   // same-host transfers in flight, released by RELEASE or on close
   uint64_t next_token = 1;
 };
 
@@ -117,6 +138,7 @@ class Engine::ConnLease {
     if (bad_ || link_->broken) {
       link_->open -= 1;
     } else {
+      conn_->last_used = Clock::now();
       link_->idle.push_back(std::move(conn_));
     }
     link_->cv.notify_one();

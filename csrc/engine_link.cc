@@ -35,7 +35,8 @@ Status Engine::link(uint64_t remote_cluster_id, const std::string& ip, uint16_t 
     bool mapped_any = false;
     for (const auto& [path, size] : pools) {
       std::shared_ptr<SharedMapping> mapping;
-      if (!path.empty() && SharedMapping::open(path, size, &mapping).ok()) mapped_any = true;
+      // `path` is a file name the peer advertised: only inside our own pool folder, with every check.
+      if (!path.empty() && SharedMapping::open_peer(config_.pool_dir, path, size, &mapping).ok()) mapped_any = true;
       link->peer_pools.push_back(std::move(mapping));
     }
     link->same_host = mapped_any;
@@ -64,7 +65,7 @@ Status Engine::unlink(uint64_t remote_cluster_id, bool force) {
   std::lock_guard<std::mutex> lock(link->mu);
   link->broken = true;
   for (auto& c : link->idle) {
-    (void)send_frame(c->fd.get(), wire::Type::kGoodbye, {}, {}, deadline_in_ms(100));
+    (void)send_frame(c->fd.get(), c->ch, wire::Type::kGoodbye, {}, {}, deadline_in_ms(100));
   }
   link->idle.clear();
   link->cv.notify_all();
@@ -111,9 +112,12 @@ Status Engine::lease(const std::shared_ptr<Link>& link, Deadline deadline, ConnL
     if (!link->idle.empty()) {
       std::unique_ptr<Conn> conn = std::move(link->idle.back());
       link->idle.pop_back();
-      // An idle connection that became readable was closed by the peer (it sends nothing unasked).
+      // An idle connection that became readable was closed by the peer (it sends nothing unasked). One idle
+      // for half the idle timeout is dropped too, before the peer's listener closes it under a request.
       pollfd pfd{conn->fd.get(), POLLIN, 0};
-      if (::poll(&pfd, 1, 0) != 0) {
+      const bool stale = config_.idle_timeout_ms > 0 &&
+                         Clock::now() - conn->last_used > std::chrono::milliseconds(config_.idle_timeout_ms / 2);
+      if (stale || ::poll(&pfd, 1, 0) != 0) {
         link->open -= 1;
         continue;
       }

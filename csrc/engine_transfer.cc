@@ -37,6 +37,12 @@ Status Engine::io_failure(Link& link, const IoResult& io, int64_t timeout_ms) {
   const std::string who = "cluster " + std::to_string(link.remote_cluster_id) + " at " + link.address();
   // Either way the connection's state is unknown and the peer may be gone: the link is broken until
   // unlinked and linked again (LLM-DataDist's documented recovery after LLM_TIMEOUT).
+  if (io.error == IoError::kTampered) {
+    // An on-path attacker (or a broken middlebox): this connection is dropped (its lease is marked bad), the
+    // link stays up and the next transfer opens a fresh, freshly keyed connection.
+    counters_.tampered_frames += 1;
+    return {Code::kLinkFailed, "data from " + who + " " + io.message + "; the connection was dropped"};
+  }
   const bool timed_out = io.error == IoError::kTimeout;
   std::string what = timed_out ? "transfer with " + who + " did not finish within " + std::to_string(timeout_ms) + " ms"
                                : "lost " + who + " mid-transfer: " + io.message;
@@ -132,7 +138,9 @@ Status Engine::transfer_part(bool is_pull, const std::shared_ptr<Link>& link, wi
   bool fallback = true;
   if (link->same_host) st = transfer_shm(is_pull, *link, conn.conn(), req, local, deadline, &fallback);
   if (st.ok() && fallback) st = transfer_tcp(is_pull, *link, conn.conn(), req, local, deadline);
-  if (!st.ok() && (st.code() == Code::kTimeout || st.code() == Code::kFailed)) conn.mark_bad();
+  if (!st.ok() && (st.code() == Code::kTimeout || st.code() == Code::kFailed || st.code() == Code::kLinkFailed)) {
+    conn.mark_bad();
+  }
   return st;
 }
 
@@ -151,13 +159,13 @@ Status Engine::transfer_tcp(bool is_pull, Link& link, Conn& conn, const wire::Tr
       outgoing.push_back({reinterpret_cast<uint8_t*>(&crc), sizeof(crc)});
     }
   }
-  IoResult io =
-      send_frame(conn.fd.get(), is_pull ? wire::Type::kRead : wire::Type::kWrite, w.bytes(), outgoing, deadline);
+  IoResult io = send_frame(conn.fd.get(), conn.ch, is_pull ? wire::Type::kRead : wire::Type::kWrite, w.bytes(),
+                           outgoing, deadline);
   if (!io.ok()) return io_failure(link, io, timeout_ms);
   wire::Header header;
   std::vector<uint8_t> payload;
   Status proto;
-  io = recv_frame(conn.fd.get(), deadline, &header, &payload, &proto);
+  io = recv_frame(conn.fd.get(), conn.ch, wire::kMaxPayload, deadline, &header, &payload, &proto);
   if (!io.ok()) return io_failure(link, io, timeout_ms);
   if (!proto.ok()) return {Code::kFailed, "cluster " + std::to_string(link.remote_cluster_id) + ": " + proto.message()};
   wire::Reader r(payload);
@@ -170,12 +178,11 @@ Status Engine::transfer_tcp(bool is_pull, Link& link, Conn& conn, const wire::Tr
   CL_RETURN_IF_ERROR(r.finish("read response"));
   if (!st.ok()) return st;
   if (total > req.expected_total) return {Code::kFailed, "peer announced more bytes than requested"};
-  io = recv_into(conn.fd.get(), local, total, deadline);
+  uint32_t sent = 0;
+  io = checksum ? recv_bulk(conn.fd.get(), conn.ch, with_trailer(local, total, &sent), total + sizeof(sent), deadline)
+                : recv_bulk(conn.fd.get(), conn.ch, local, total, deadline);
   if (!io.ok()) return io_failure(link, io, timeout_ms);
   if (checksum) {
-    uint32_t sent = 0;
-    io = recv_all(conn.fd.get(), &sent, sizeof(sent), deadline);
-    if (!io.ok()) return io_failure(link, io, timeout_ms);
     if (sent != crc_of(local, total)) {
       return {Code::kFailed, "checksum mismatch on data from cluster " + std::to_string(link.remote_cluster_id) +
                                  " at " + link.address() + ": the bytes were corrupted in transit"};
@@ -190,12 +197,12 @@ Status Engine::transfer_shm(bool is_pull, Link& link, Conn& conn, const wire::Tr
   wire::Writer w;
   w.u8(is_pull ? 0 : 1);
   wire::encode(w, req);
-  IoResult io = send_frame(conn.fd.get(), wire::Type::kResolve, w.bytes(), {}, deadline);
+  IoResult io = send_frame(conn.fd.get(), conn.ch, wire::Type::kResolve, w.bytes(), {}, deadline);
   if (!io.ok()) return io_failure(link, io, timeout_ms);
   wire::Header header;
   std::vector<uint8_t> payload;
   Status proto;
-  io = recv_frame(conn.fd.get(), deadline, &header, &payload, &proto);
+  io = recv_frame(conn.fd.get(), conn.ch, wire::kMaxPayload, deadline, &header, &payload, &proto);
   if (!io.ok()) return io_failure(link, io, timeout_ms);
   if (!proto.ok()) return {Code::kFailed, proto.message()};
   wire::Reader r(payload);
@@ -242,7 +249,7 @@ Status Engine::transfer_shm(bool is_pull, Link& link, Conn& conn, const wire::Tr
     wire::Writer release;
     release.u64(token);
     release.u8(copied && intact ? 1 : 0);
-    io = send_frame(conn.fd.get(), wire::Type::kRelease, release.bytes(), {}, deadline);
+    io = send_frame(conn.fd.get(), conn.ch, wire::Type::kRelease, release.bytes(), {}, deadline);
     if (!io.ok()) return io_failure(link, io, timeout_ms);
   }
   if (!copied) return Status::Ok();  // caller memory or an unmappable layout: TCP it is

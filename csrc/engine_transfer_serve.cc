@@ -35,7 +35,7 @@ Status Engine::handle_read(ServerConn* conn, const std::vector<uint8_t>& payload
     crc = crc_of(segs, total);
     outgoing.push_back({reinterpret_cast<uint8_t*>(&crc), sizeof(crc)});
   }
-  IoResult io = send_frame(conn->fd.get(), wire::Type::kReadResp, w.bytes(), outgoing, deadline);
+  IoResult io = send_frame(conn->fd.get(), conn->ch, wire::Type::kReadResp, w.bytes(), outgoing, deadline);
   if (!io.ok()) return {Code::kFailed, io.message};
   if (st.ok()) {
     counters_.bytes_served += total;
@@ -62,19 +62,25 @@ Status Engine::handle_write(ServerConn* conn, const std::vector<uint8_t>& payloa
   Deadline deadline = deadline_in_ms(config_.sync_timeout_ms * 10 + 30000);
   const bool checksum = (req.flags & wire::kFlagChecksum) != 0;
   const uint64_t trailer = checksum ? sizeof(uint32_t) : 0;
-  IoResult io = st.ok() ? recv_into(conn->fd.get(), segs, req.expected_total, deadline)
-                        : discard(conn->fd.get(), req.expected_total + trailer, deadline);
+  uint32_t sent = 0;
+  IoResult io;
+  if (!st.ok()) {
+    io = discard_bulk(conn->fd.get(), conn->ch, req.expected_total + trailer, deadline);
+  } else if (checksum) {
+    io = recv_bulk(conn->fd.get(), conn->ch, with_trailer(segs, req.expected_total, &sent),
+                   req.expected_total + trailer, deadline);
+  } else {
+    io = recv_bulk(conn->fd.get(), conn->ch, segs, req.expected_total, deadline);
+  }
+  if (io.error == IoError::kTampered) counters_.tampered_frames += 1;
   if (!io.ok()) return {Code::kFailed, io.message};
   if (st.ok() && checksum) {
-    uint32_t sent = 0;
-    io = recv_all(conn->fd.get(), &sent, sizeof(sent), deadline);
-    if (!io.ok()) return {Code::kFailed, io.message};
     if (sent != crc_of(segs, req.expected_total)) {
       st = {Code::kFailed, "checksum mismatch on data pushed by cluster " + std::to_string(conn->peer_cluster_id) +
                                ": the bytes were corrupted in transit"};
     }
   }
-  io = send_frame(conn->fd.get(), wire::Type::kWriteResp, status_payload(st), {}, deadline);
+  io = send_frame(conn->fd.get(), conn->ch, wire::Type::kWriteResp, status_payload(st), {}, deadline);
   if (!io.ok()) return {Code::kFailed, io.message};
   return Status::Ok();
 }
@@ -128,7 +134,7 @@ Status Engine::handle_resolve(ServerConn* conn, const std::vector<uint8_t>& payl
     w.u64s(offsets);
     w.u64(layout.extent.slot);
   }
-  IoResult io = send_frame(conn->fd.get(), wire::Type::kResolveResp, w.bytes(), {}, deadline_in_ms(30000));
+  IoResult io = send_frame(conn->fd.get(), conn->ch, wire::Type::kResolveResp, w.bytes(), {}, deadline_in_ms(30000));
   if (!io.ok()) return {Code::kFailed, io.message};
   if (shareable) counters_.bytes_served += total;
   return Status::Ok();

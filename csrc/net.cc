@@ -195,10 +195,13 @@ IoResult discard(int fd, uint64_t len, Deadline deadline) {
   return {};
 }
 
-IoResult wait_readable(int fd, int wake_fd) {
+IoResult wait_readable(int fd, int wake_fd, int64_t timeout_ms) {
+  const Deadline deadline = timeout_ms < 0 ? Deadline::max() : deadline_in_ms(timeout_ms);
   for (;;) {
     pollfd pfds[2] = {{fd, POLLIN, 0}, {wake_fd, POLLIN, 0}};
-    int rc = ::poll(pfds, wake_fd >= 0 ? 2 : 1, -1);
+    const int timeout = timeout_ms < 0 ? -1 : remaining_ms(deadline);
+    if (timeout_ms >= 0 && timeout == 0) return {IoError::kTimeout, "timed out"};
+    int rc = ::poll(pfds, wake_fd >= 0 ? 2 : 1, timeout);
     if (rc < 0) {
       if (errno == EINTR) continue;
       return {IoError::kClosed, std::strerror(errno)};

@@ -44,7 +44,7 @@ class Fd {
 };
 
 /// What a failed socket operation means for the link.
-enum class IoError { kNone, kTimeout, kClosed, kWoken };
+enum class IoError { kNone, kTimeout, kClosed, kWoken, kTampered };
 
 struct IoResult {
   IoError error = IoError::kNone;
@@ -67,7 +67,7 @@ IoResult recv_all(int fd, void* data, size_t len, Deadline deadline);
 IoResult recvv_all(int fd, std::vector<iovec> iov, Deadline deadline);
 /// Receives `len` bytes and throws them away (drains a rejected payload).
 IoResult discard(int fd, uint64_t len, Deadline deadline);
-/// Waits until `fd` is readable or `wake_fd` is signalled; no deadline (idle connections).
-IoResult wait_readable(int fd, int wake_fd);
+/// Waits until `fd` is readable or `wake_fd` is signalled, at most `timeout_ms` (< 0: no limit; kTimeout after).
+IoResult wait_readable(int fd, int wake_fd, int64_t timeout_ms = -1);
 
 }  // namespace cachelink

@@ -19,7 +19,7 @@ Status decode_header(const uint8_t in[kHeaderSize], Header* out) {
     return {Code::kFailed, "bad frame: wire version " + std::to_string(out->version) + ", this engine speaks " +
                                std::to_string(kVersion)};
   }
-  if (out->type < static_cast<uint16_t>(Type::kHello) || out->type > static_cast<uint16_t>(Type::kAuthResult)) {
+  if (out->type < static_cast<uint16_t>(Type::kHello) || out->type > static_cast<uint16_t>(Type::kSession)) {
     return {Code::kFailed, "bad frame: unknown type " + std::to_string(out->type)};
   }
   if (out->payload_len > kMaxPayload) {

@@ -33,7 +33,8 @@ enum class Type : uint16_t {
   kRelease = 9,
   kGoodbye = 10,
   kAuth = 11,
-  kAuthResult = 12,
+  kAuthResult = 12,  // a refusal of AUTH, always in clear
+  kSession = 13,     // protocol 2: the server's half of the authenticated handshake
 };
 
 struct Header {

@@ -32,7 +32,18 @@ CACHELINK_OPTIONS: dict[str, str] = {
     "cachelink.max_connections_per_link": "connections a link may open for concurrent transfers (default 8)",
     "cachelink.tcp_stripes": "connections one large TCP transfer is split across (default 2)",
     "cachelink.copy_threads": "threads of one large same-host copy (default 2)",
-    "cachelink.link_secret": "shared secret peers must prove (HMAC challenge-response) to link",
+    "cachelink.link_secret": "shared secret peers must prove to link; it also keys the per-frame "
+    "authentication of every frame and byte after the handshake",
+    "cachelink.link_encryption": '"1": encrypt links (AES-256-GCM) instead of only authenticating them; '
+    "needs cachelink.link_secret",
+    "cachelink.max_server_connections": "connections the listener keeps open at once, all peers together "
+    "(default 2048)",
+    "cachelink.max_connections_per_source": "connections the listener keeps open at once from one source "
+    "address (default 256)",
+    "cachelink.handshake_timeout_ms": "an accepted connection must finish the handshake within this many ms "
+    "(default 10000)",
+    "cachelink.idle_timeout_ms": "an accepted connection idle this many ms is closed "
+    "(default 600000; 0: never)",
     "cachelink.key_lease_ms": "a CacheKey not pulled within this many ms is released (0: no lease)",
 }
 
@@ -198,6 +209,11 @@ class EngineSettings:
     tcp_stripes: int
     copy_threads: int
     link_secret: str
+    link_encryption: bool
+    max_server_connections: int
+    max_connections_per_source: int
+    handshake_timeout_ms: int
+    idle_timeout_ms: int
     key_lease_ms: int
     comm_base_port: int
     link_total_time_ms: int
@@ -235,10 +251,26 @@ def engine_settings(options: Mapping[str, str], cluster_id: int, role_name: str)
         tcp_stripes=_positive_int(options, "cachelink.tcp_stripes", 2),
         copy_threads=_positive_int(options, "cachelink.copy_threads", 2),
         link_secret=options.get("cachelink.link_secret", ""),
+        link_encryption=_link_encryption(options),
+        max_server_connections=_positive_int(options, "cachelink.max_server_connections", 2048),
+        max_connections_per_source=_positive_int(options, "cachelink.max_connections_per_source", 256),
+        handshake_timeout_ms=_positive_int(options, "cachelink.handshake_timeout_ms", 10000),
+        idle_timeout_ms=_positive_int(options, "cachelink.idle_timeout_ms", 600000, allow_zero=True),
         key_lease_ms=_positive_int(options, "cachelink.key_lease_ms", 0, allow_zero=True),
         comm_base_port=comm_base_port(options),
         link_total_time_ms=link_total_time_ms(options),
     )
+
+
+def _link_encryption(options: Mapping[str, str]) -> bool:
+    """``cachelink.link_encryption``: the session keys come from the link secret, so it needs one."""
+    encrypt = _flag(options, "cachelink.link_encryption")
+    if encrypt and not options.get("cachelink.link_secret"):
+        raise _invalid(
+            "cachelink.link_encryption",
+            "option cachelink.link_encryption needs cachelink.link_secret (the keys are derived from it)",
+        )
+    return encrypt
 
 
 def _require(condition: bool, key: str, message: str) -> None:

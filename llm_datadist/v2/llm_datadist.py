@@ -369,6 +369,11 @@ def options_module_build(opts: dict[str, str], cluster_id: int, role: str) -> _n
         "tcp_stripes",
         "copy_threads",
         "link_secret",
+        "link_encryption",
+        "max_server_connections",
+        "max_connections_per_source",
+        "handshake_timeout_ms",
+        "idle_timeout_ms",
         "key_lease_ms",
     ):
         setattr(config, name, getattr(settings, name))

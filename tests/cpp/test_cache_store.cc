@@ -1,7 +1,9 @@
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <filesystem>
+#include <fstream>
 
 #include "cache_store.h"
 
@@ -102,6 +104,58 @@ TEST_F(CacheStoreTest, PersistentIndexIsAdopted) {
   EXPECT_NE(next.addrs[0], list[0].addrs[0]) << "adopted regions stay reserved";
   adopted.close(true);
   EXPECT_FALSE(std::filesystem::exists(index));
+}
+
+TEST_F(CacheStoreTest, IndexWriteNeverFollowsAPlantedSymlink) {
+  // The old fixed temporary name, planted as a symlink to a file the engine must not clobber.
+  const std::string index = base() + ".index";
+  const std::string victim = (dir_ / "state.json").string();
+  {
+    std::ofstream(victim) << "precious";
+  }
+  std::filesystem::create_symlink(victim, index + ".tmp");
+  CacheStore store;
+  ASSERT_TRUE(store.open_pools(base(), {1 << 20, 12}, {}, false, index).ok());
+  CacheInfo info;
+  ASSERT_TRUE(store.allocate(PoolKind::kDevice, true, 1, 4096, 1, "", &info).ok());
+  std::ifstream in(victim);
+  std::string text;
+  in >> text;
+  EXPECT_EQ(text, "precious");
+  EXPECT_TRUE(std::filesystem::is_regular_file(std::filesystem::symlink_status(index)));
+  for (const auto& entry : std::filesystem::directory_iterator(dir_)) {
+    const std::string name = entry.path().filename().string();
+    EXPECT_TRUE(name.find(".index.tmp.") == std::string::npos) << "temporary left behind: " << name;
+  }
+  // and an index that is itself a symlink is not read when adopting
+  store.close(false);
+  std::filesystem::remove(index);
+  std::filesystem::create_symlink(victim, index);
+  CacheStore adopter;
+  EXPECT_TRUE(adopter.open_pools(base() + "2", {1 << 20, 12}, {}, true, index).ok());
+  EXPECT_TRUE(adopter.list().empty());
+  adopter.close(true);
+}
+
+TEST_F(CacheStoreTest, PeerPoolsAreCheckedBeforeTheyAreMapped) {
+  std::shared_ptr<SharedMapping> pool;
+  ASSERT_TRUE(SharedMapping::create(base() + ".device", 1 << 20, &pool).ok());
+  std::shared_ptr<SharedMapping> peer;
+  const std::string dir = dir_.string();
+  EXPECT_TRUE(SharedMapping::open_peer(dir, "pool.device", 1 << 20, &peer).ok());
+  EXPECT_FALSE(SharedMapping::open_peer(dir, "pool.device", 1 << 19, &peer).ok()) << "exact size only";
+  EXPECT_FALSE(SharedMapping::open_peer(dir, "pool.device", 0, &peer).ok());
+  EXPECT_FALSE(SharedMapping::open_peer(dir, base() + ".device", 1 << 20, &peer).ok()) << "names, never paths";
+  EXPECT_FALSE(SharedMapping::open_peer(dir, "../" + dir_.filename().string() + "/pool.device", 1 << 20, &peer).ok());
+  EXPECT_FALSE(SharedMapping::open_peer(dir, "..", 1 << 20, &peer).ok());
+  EXPECT_FALSE(SharedMapping::open_peer(dir, "", 1 << 20, &peer).ok());
+  std::filesystem::create_symlink(base() + ".device", dir_ / "link.device");
+  EXPECT_FALSE(SharedMapping::open_peer(dir, "link.device", 1 << 20, &peer).ok()) << "no symlinks";
+  std::filesystem::create_directory(dir_ / "folder");
+  EXPECT_FALSE(SharedMapping::open_peer(dir, "folder", 4096, &peer).ok()) << "regular files only";
+  ASSERT_EQ(::mkfifo((dir_ / "fifo").c_str(), 0600), 0);
+  EXPECT_FALSE(SharedMapping::open_peer(dir, "fifo", 4096, &peer).ok());
+  pool->unlink_file();
 }
 
 }  // namespace
