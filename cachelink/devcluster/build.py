@@ -129,6 +129,8 @@ SPECS: tuple[ToolSpec, ...] = (
         binaries={
             "containerd": "github.com/containerd/containerd/v2/cmd/containerd",
             "containerd-shim-runc-v2": "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2",
+            # images go in with `ctr images import`; the runtime's task list shows what runs
+            "ctr": "github.com/containerd/containerd/v2/cmd/ctr",
         },
         ldflags=lambda v: [
             f"-X github.com/containerd/containerd/v2/version.Version={v}",

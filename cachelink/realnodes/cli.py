@@ -18,7 +18,7 @@ from typing import Any
 
 from cachelink.devcluster.build import ensure_tools, hack_dir
 from cachelink.devcluster.errors import DevClusterError
-from cachelink.realnodes.images import BaseImage, ProductImage
+from cachelink.realnodes.images import BaseImage, PauseImage, ProductImage
 
 
 def add_parser(subparsers: Any) -> None:
@@ -75,4 +75,7 @@ def build(source: Path) -> dict[str, float]:
     ref = ProductImage(source).ensure(base, _log)
     steps["product image"] = time.monotonic() - started
     _log(f"==> product image: {ref}")
+    started = time.monotonic()
+    PauseImage().ensure(_log)
+    steps["pause image"] = time.monotonic() - started
     return steps

@@ -365,3 +365,67 @@ class ProductImage:
         )
         log(f"==> product image {ref} in {time.monotonic() - started:.0f}s")
         return ref
+
+
+#: the sandbox ("pause") image each real node's containerd uses; made here, there is no registry
+PAUSE_REF = "localhost/pause:cachelink"
+PAUSE_CONTAINERFILE = 'FROM scratch\nCOPY pause /pause\nUSER 65535:65535\nENTRYPOINT ["/pause"]\n'
+
+
+def kubernetes_module_dir() -> Path:
+    """Where the Go module cache holds ``k8s.io/kubernetes`` at the version the tools are built from."""
+    from cachelink.devcluster.build import go_env, hack_dir  # noqa: PLC0415 - only when building
+
+    done = subprocess.run(
+        ["go", "list", "-m", "-f", "{{.Dir}}", "k8s.io/kubernetes"],
+        cwd=hack_dir() / "tools" / "kubernetes",
+        env=go_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if done.returncode != 0 or not done.stdout.strip():
+        raise ImageBuildError(f"cannot find the k8s.io/kubernetes module: {done.stderr.strip()[-500:]}")
+    return Path(done.stdout.strip())
+
+
+@dataclass
+class PauseImage:
+    """``FROM scratch`` plus a static build of the Kubernetes module's ``build/pause/linux/pause.c``."""
+
+    podman: Podman = field(default_factory=Podman)
+
+    def ensure(self, log: Log, source: Path | None = None) -> str:
+        """Build unless an image of this source and recipe exists; returns its reference."""
+        pause_c = source or kubernetes_module_dir() / "build" / "pause" / "linux" / "pause.c"
+        key = hashlib.sha256(pause_c.read_bytes() + PAUSE_CONTAINERFILE.encode()).hexdigest()[:16]
+        if self.podman.image_id(PAUSE_REF) and self.podman.label(PAUSE_REF, "io.cachelink.pause-key") == key:
+            return PAUSE_REF
+        if shutil.which("gcc") is None:
+            raise ImageBuildError("gcc is not installed: the pause image is a static C build")
+        logs = self.podman.root / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        log_path = logs / f"pause-{key}.log"
+        log_path.write_text("")
+        started = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix="cachelink-pause-", dir=self.podman.root) as tmp:
+            binary = Path(tmp) / "pause"
+            cmd = ["gcc", "-static", "-O2", "-DVERSION=cachelink", "-o", str(binary), str(pause_c)]
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+            if done.returncode != 0:
+                raise ImageBuildError(f"`{' '.join(cmd)}` failed: {done.stderr.strip()[-1000:]}")
+            (Path(tmp) / "Containerfile").write_text(PAUSE_CONTAINERFILE)
+            self.podman.run(
+                "build",
+                "--pull=never",
+                "--network=none",
+                "--label",
+                f"io.cachelink.pause-key={key}",
+                "-t",
+                PAUSE_REF,
+                tmp,
+                log=log_path,
+            )
+        log(f"==> pause image {PAUSE_REF} in {time.monotonic() - started:.0f}s")
+        return PAUSE_REF
