@@ -402,3 +402,24 @@ def ensure_tools(log: Log = _stderr_log, jobs: int = 2, real_nodes: bool = False
             paths.update(future.result())
             versions[builder.spec.name] = builder.version
     return Tools(paths=paths, versions=versions)
+
+
+def cached_tools(real_nodes: bool = False) -> Tools | None:
+    """The tools' paths if every one is already in the cache, else None (never builds)."""
+    try:
+        goversion = go_version()
+    except ToolchainError:
+        return None
+    paths: dict[str, Path] = {}
+    versions: dict[str, str] = {}
+    for spec in SPECS:
+        if spec.real_nodes_only and not real_nodes:
+            continue
+        builder = _Builder(spec, goversion, _stderr_log, 1)
+        manifest_file = builder.target / "manifest.json"
+        if not manifest_file.is_file():
+            return None
+        manifest: dict[str, str] = json.loads(manifest_file.read_text())
+        paths.update({name: builder.target / rel for name, rel in manifest.items()})
+        versions[spec.name] = builder.version
+    return Tools(paths=paths, versions=versions)

@@ -8,6 +8,7 @@ image by its recipe, the product image by its context digest. ``--json FILE`` wr
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import subprocess
@@ -48,7 +49,12 @@ def run(args: argparse.Namespace) -> int:
     for name, seconds in steps.items():
         print(f"{name:<28} {seconds:7.1f} s")
     if args.json:
-        Path(args.json).write_text(json.dumps({"steps_s": steps}, indent=2) + "\n")
+        record = {
+            "steps_s": {name: round(seconds, 2) for name, seconds in steps.items()},
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "cpus": os.cpu_count(),
+        }
+        Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
     return 0
 
 

@@ -364,7 +364,15 @@ class ProductImage:
             timeout=BUILD_TIMEOUT_S,
         )
         log(f"==> product image {ref} in {time.monotonic() - started:.0f}s")
+        self._drop_older(ref)
         return ref
+
+    def _drop_older(self, keep: str) -> None:
+        """Untag the images of earlier contexts (their layers go; the build cache stays)."""
+        out = self.podman.run("images", "--format", "{{.Repository}}:{{.Tag}}", PRODUCT_REPOSITORY)
+        older = [ref for ref in out.split() if ref.startswith(f"{PRODUCT_REPOSITORY}:ctx-") and ref != keep]
+        if older:
+            self.podman.run("rmi", "--force", *older)
 
 
 #: the sandbox ("pause") image each real node's containerd uses; made here, there is no registry
