@@ -187,10 +187,10 @@ class ContainerdNode:
             with self.log.open("ab") as log:
                 process = subprocess.Popen(
                     [
-                        "ip",
-                        "netns",
-                        "exec",
-                        self.netns,
+                        # not `ip netns exec`: it remounts /sys, and the cgroup mounts (runc, the
+                        # kubelet) would be gone in the node's mount namespace
+                        "nsenter",
+                        f"--net=/run/netns/{self.netns}",
                         "unshare",
                         "--mount",
                         "--propagation",
