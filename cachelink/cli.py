@@ -1,4 +1,4 @@
-"""The ``cachelink`` command: ``demo`` and ``dev-cluster`` sub-commands.
+"""The ``cachelink`` command: ``demo``, ``dev-cluster`` and ``real-nodes`` sub-commands.
 
 Each sub-command lives in its own module and registers itself through ``add_parser``; this module only
 wires them together, so a sub-command whose optional parts are missing still leaves the others usable.
@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 #: module paths of the sub-command providers; each exposes ``add_parser(subparsers) -> None``
-SUBCOMMAND_MODULES = ("cachelink.demo", "cachelink.devcluster.cli")
+SUBCOMMAND_MODULES = ("cachelink.demo", "cachelink.devcluster.cli", "cachelink.realnodes.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

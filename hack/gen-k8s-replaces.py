@@ -21,7 +21,7 @@ from pathlib import Path
 
 #: the tools built from the Kubernetes module (``go.mod`` tool directives)
 DEFAULT_VERSION = "v1.37.2"
-TOOLS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+TOOLS = ("kube-apiserver", "kube-controller-manager", "kube-proxy", "kube-scheduler", "kubelet", "kubectl")
 STAGING = re.compile(r"^\s*(k8s\.io/[\w.-]+)\s+=>\s+\./staging/src/\S+\s*$")
 REQUIRED = re.compile(r"^\s*(k8s\.io/[\w.-]+)\s+v0\.0\.0\b")
 

@@ -55,7 +55,21 @@ def peer_credentials(conn: socket.socket) -> tuple[int, int, int]:
     return pid, uid, gid
 
 
+#: ``_pod_of``'s answer for a peer the agent cannot see (INTERIM, see there)
+UNVERIFIED_POD = "unverified: peer outside the agent's PID namespace"
+
+
 def _pod_of(pid: int, pod_uids: list[str]) -> str | None:
+    """The allowed pod that the peer process ``pid`` runs in, by its cgroup path; None if none.
+
+    INTERIM (issue 13, until attach goes through per-pod socket folders): ``SO_PEERCRED`` reports pid 0
+    for a peer in a PID namespace the agent cannot see, which is every workload pod's process when
+    the agent runs without ``hostPID``. Its pod cannot be read from ``/proc`` then, so such a peer is
+    admitted as ``UNVERIFIED_POD``: what guards the socket is its mode (0600, the agent's uid) and the
+    host-path folder, which only pods that mount it reach. A visible peer is still checked by cgroup.
+    """
+    if pid == 0:
+        return UNVERIFIED_POD if pod_uids else None
     try:
         cgroups = Path(f"/proc/{pid}/cgroup").read_text()
     except OSError:

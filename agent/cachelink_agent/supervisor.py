@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import itertools
 import logging
+import os
 import socket
 import sys
 from typing import Any, Protocol
@@ -103,6 +104,8 @@ class WorkerBackend:
                 "cachelink_agent.worker",
                 "--fd",
                 str(child.fileno()),
+                "--parent-pid",
+                str(os.getpid()),
                 "--log-format",
                 log_format,
                 "--log-level",

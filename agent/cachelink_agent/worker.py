@@ -43,10 +43,16 @@ def dispatch(runtime: InstanceRuntime, op: str, args: dict[str, Any]) -> Any:
     return getattr(runtime, op)(**args)
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent_pid: int | None) -> None:
+    """Get SIGKILL when the agent dies; exit now if it already died before that took effect.
+
+    The agent passes its own pid: comparing ``getppid()`` with 1 would be wrong where the agent *is*
+    PID 1 (a container), and a reparented worker (to init or a subreaper) has a parent that differs from
+    the one recorded. The inherited socket's EOF is the second signal (``_Server.serve``).
+    """
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() == 1:  # the agent died before prctl took effect
+    if parent_pid is not None and os.getppid() != parent_pid:
         os._exit(0)
 
 
@@ -103,10 +109,11 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of a worker process."""
     parser = argparse.ArgumentParser(prog="cachelink-agent-worker")
     parser.add_argument("--fd", type=int, required=True, help="inherited Unix socket to the agent")
+    parser.add_argument("--parent-pid", type=int, help="the agent's pid (the worker exits when it changes)")
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    _die_with_parent()
+    _die_with_parent(args.parent_pid)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))  # never finalize on SIGTERM
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the agent decides; a terminal ^C reaches us too
     logs.setup(args.log_format, args.log_level)

@@ -55,6 +55,9 @@ class ToolSpec:
     binaries: dict[str, str]
     ldflags: Callable[[str], list[str]]
     extras: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    tags: tuple[str, ...] = ()
+    #: built only for real nodes (``ensure_tools(real_nodes=True)``), not for the KWOK cluster
+    real_nodes_only: bool = False
 
 
 def _kube_ldflags(version: str) -> list[str]:
@@ -83,6 +86,9 @@ SPECS: tuple[ToolSpec, ...] = (
             "kube-controller-manager": "k8s.io/kubernetes/cmd/kube-controller-manager",
             "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler",
             "kubectl": "k8s.io/kubernetes/cmd/kubectl",
+            # the real nodes' agents, from the same module (and version) as the control plane
+            "kubelet": "k8s.io/kubernetes/cmd/kubelet",
+            "kube-proxy": "k8s.io/kubernetes/cmd/kube-proxy",
         },
         ldflags=_kube_ldflags,
     ),
@@ -116,6 +122,23 @@ SPECS: tuple[ToolSpec, ...] = (
             f"-X helm.sh/helm/v4/internal/version.version={v}",
             "-X helm.sh/helm/v4/internal/version.gitTreeState=clean",
         ],
+    ),
+    ToolSpec(
+        name="containerd",
+        main_module="github.com/containerd/containerd/v2",
+        binaries={
+            "containerd": "github.com/containerd/containerd/v2/cmd/containerd",
+            "containerd-shim-runc-v2": "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2",
+            # images go in with `ctr images import`; the runtime's task list shows what runs
+            "ctr": "github.com/containerd/containerd/v2/cmd/ctr",
+        },
+        ldflags=lambda v: [
+            f"-X github.com/containerd/containerd/v2/version.Version={v}",
+            "-X github.com/containerd/containerd/v2/version.Package=github.com/containerd/containerd/v2",
+        ],
+        # static (CGO_ENABLED=0, as every tool here), without the snapshotters that need C libraries
+        tags=("no_btrfs", "no_devmapper", "no_zfs"),
+        real_nodes_only=True,
     ),
 )
 
@@ -206,7 +229,9 @@ def cache_key(spec: ToolSpec, module_dir: Path, version: str, goversion: str) ->
     digest = hashlib.sha256()
     for path in module_files(module_dir):
         digest.update(path.relative_to(module_dir).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    recipe = [RECIPE_VERSION, goversion, spec.binaries, spec.ldflags(version), spec.extras]
+    recipe: list[object] = [RECIPE_VERSION, goversion, spec.binaries, spec.ldflags(version), spec.extras]
+    if spec.tags:  # only then: the other tools' keys (and caches) stay as they were
+        recipe.append(list(spec.tags))
     digest.update(json.dumps(recipe, sort_keys=True).encode())
     return digest.hexdigest()[:16]
 
@@ -284,6 +309,7 @@ class _Builder:
             f"-p={self.parallelism}",
             "-trimpath",
             f"-ldflags={ldflags}",
+            *([f"-tags={','.join(self.spec.tags)}"] if self.spec.tags else []),
             "-o",
             output,
         ]
@@ -349,10 +375,11 @@ def _stderr_log(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def ensure_tools(log: Log = _stderr_log, jobs: int = 2) -> Tools:
+def ensure_tools(log: Log = _stderr_log, jobs: int = 2, real_nodes: bool = False) -> Tools:
     """Build (or reuse from the cache) every tool of the development cluster and return their paths.
 
-    Builds run ``jobs`` at a time, largest first; each ``go build -p`` may use every core (at most 2), so
+    ``real_nodes`` adds the real nodes' container runtime (containerd). Builds run ``jobs`` at a time,
+    largest first; each ``go build -p`` may use every core (at most 2), so
     the machine stays busy while the largest build runs on alone.
     """
     goversion = go_version()
@@ -364,7 +391,8 @@ def ensure_tools(log: Log = _stderr_log, jobs: int = 2) -> Tools:
         with lock:
             log(line)
 
-    builders = [_Builder(spec, goversion, locked_log, parallelism) for spec in SPECS]
+    specs = [spec for spec in SPECS if real_nodes or not spec.real_nodes_only]
+    builders = [_Builder(spec, goversion, locked_log, parallelism) for spec in specs]
     paths: dict[str, Path] = {}
     versions: dict[str, str] = {}
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
@@ -373,4 +401,25 @@ def ensure_tools(log: Log = _stderr_log, jobs: int = 2) -> Tools:
             builder = futures[future]
             paths.update(future.result())
             versions[builder.spec.name] = builder.version
+    return Tools(paths=paths, versions=versions)
+
+
+def cached_tools(real_nodes: bool = False) -> Tools | None:
+    """The tools' paths if every one is already in the cache, else None (never builds)."""
+    try:
+        goversion = go_version()
+    except ToolchainError:
+        return None
+    paths: dict[str, Path] = {}
+    versions: dict[str, str] = {}
+    for spec in SPECS:
+        if spec.real_nodes_only and not real_nodes:
+            continue
+        builder = _Builder(spec, goversion, _stderr_log, 1)
+        manifest_file = builder.target / "manifest.json"
+        if not manifest_file.is_file():
+            return None
+        manifest: dict[str, str] = json.loads(manifest_file.read_text())
+        paths.update({name: builder.target / rel for name, rel in manifest.items()})
+        versions[spec.name] = builder.version
     return Tools(paths=paths, versions=versions)

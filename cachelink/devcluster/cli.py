@@ -30,6 +30,11 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--nodes", type=int, default=3, help="number of simulated nodes on first `up` (default 3)"
     )
+    parser.add_argument(
+        "--real-nodes",
+        action="store_true",
+        help="build: also the real nodes' container runtime (containerd 2.x; kubelet and kube-proxy always)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -48,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.action == "build":
-        tools = ensure_tools()
+        tools = ensure_tools(real_nodes=args.real_nodes)
         for name, path in sorted(tools.paths.items()):
             print(f"{name:<24} {path}")
         return 0

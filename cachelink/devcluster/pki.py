@@ -176,3 +176,42 @@ def ensure_pki(directory: Path, service_ip: str) -> Pki:
     # the CA certificate is written last: its presence marks a complete set
     pki.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     return pki
+
+
+def _load_ca(pki: Pki) -> tuple[ec.EllipticCurvePrivateKey, x509.Name]:
+    key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise TypeError(f"{pki.ca_key} is not an EC key")
+    return key, x509.load_pem_x509_certificate(pki.ca_cert.read_bytes()).subject
+
+
+def issue_node_certificates(pki: Pki, node: str, address: str) -> tuple[str, str]:
+    """A real node's kubelet certificates, unless present: (client stem, serving stem).
+
+    The client certificate is what the Node authorizer expects (``O=system:nodes``,
+    ``CN=system:node:<node>``); the serving one names the node and the address the API server dials.
+    """
+    client, serving = f"node-{node}", f"node-{node}-serving"
+    if pki.cert(client).exists() and pki.cert(serving).exists():
+        return client, serving
+    ca_key, ca_name = _load_ca(pki)
+    _issue(
+        pki,
+        client,
+        _name(f"system:node:{node}", "system:nodes"),
+        usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+        san=None,
+        ca_key=ca_key,
+        ca_name=ca_name,
+    )
+    san: list[x509.GeneralName] = [x509.DNSName(node), x509.IPAddress(ipaddress.ip_address(address))]
+    _issue(
+        pki,
+        serving,
+        _name(f"system:node:{node}", "system:nodes"),
+        usage=ExtendedKeyUsageOID.SERVER_AUTH,
+        san=san,
+        ca_key=ca_key,
+        ca_name=ca_name,
+    )
+    return client, serving

@@ -14,6 +14,7 @@ import socket
 import sys
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 import kopf
 from aiohttp import web
@@ -139,23 +140,42 @@ def load_config(kubeconfig: str | None) -> None:
         k8s_config.load_kube_config()  # type: ignore[no-untyped-call]
 
 
-async def _health(port: int, address: str, elector: leader.LeaderElector) -> web.AppRunner:
+def health_app(elector: leader.LeaderElector) -> web.Application:
+    """``/healthz`` (the process serves) and ``/readyz`` (it reached the API: it leads or can take over).
+
+    A standby replica is ready: were it not, a Deployment of two replicas would never be Available.
+    Which replica leads is in the body of ``/readyz``, the ``cachelink_operator_leader`` gauge and the
+    Lease itself.
+    """
+
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok")
 
     async def readyz(_: web.Request) -> web.Response:
-        return web.Response(
-            text="leading" if elector.leading.is_set() else "standby",
-            status=200 if elector.leading.is_set() else 503,
-        )
+        if not elector.reached_api.is_set():
+            return web.Response(text="starting: the API server was not reached yet", status=503)
+        return web.Response(text="leading" if elector.leading.is_set() else "standby")
 
     app = web.Application()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    runner = web.AppRunner(app)
+    return app
+
+
+async def _health(port: int, address: str, elector: leader.LeaderElector) -> web.AppRunner:
+    runner = web.AppRunner(health_app(elector))
     await runner.setup()
     await web.TCPSite(runner, address, port).start()
     return runner
+
+
+def kopf_options(cfg: Config) -> dict[str, Any]:
+    """How kopf runs: cluster-wide, standalone (the Lease elects), under the replica's own identity.
+
+    kopf would otherwise derive its identity from ``getpass.getuser()``, which raises in a container
+    whose uid has no passwd entry (the image runs as 65532).
+    """
+    return {"clusterwide": True, "standalone": True, "identity": cfg.identity}
 
 
 def _api_client(cfg: Config, kubeconfig: str | None) -> k8s.ApiClient:
@@ -209,9 +229,7 @@ async def run(cfg: Config, args: argparse.Namespace) -> int:
             settings.watching.server_timeout = 300
             settings.batching.error_delays = (1, 2, 5, 10, 30)
 
-        operator = asyncio.create_task(
-            kopf.operator(registry=registry, clusterwide=True, stop_flag=stop, standalone=True)
-        )
+        operator = asyncio.create_task(kopf.operator(registry=registry, stop_flag=stop, **kopf_options(cfg)))
         keeper = asyncio.create_task(elector.keep())
         caretaking = asyncio.Event()
         caretaker = asyncio.create_task(handlers.caretaker(rt, caretaking))

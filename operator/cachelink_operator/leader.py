@@ -60,9 +60,12 @@ class LeaderElector:
         self.api, self.namespace, self.name, self.identity = api, namespace, name, identity
         self.duration_s, self.renew_s, self.timeout_s = duration_s, renew_s, timeout_s
         self.leading = asyncio.Event()
+        self.reached_api = asyncio.Event()  # a Lease read or write got an answer: able to take over
 
     async def _try(self) -> bool:
-        return await asyncio.to_thread(self._try_sync)
+        won = await asyncio.to_thread(self._try_sync)
+        self.reached_api.set()
+        return won
 
     def _try_sync(self) -> bool:
         at = _utcnow()

@@ -52,8 +52,17 @@ def engine_options(listen_ip: str, pool_bytes: int = 8 << 20, **extra: str) -> d
 class Agent:
     """One agent process (restartable on the same dirs, as a DaemonSet pod would be)."""
 
-    def __init__(self, root: Path, node: str, host: str, extra: list[str], netns: str | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        node: str,
+        host: str,
+        extra: list[str],
+        netns: str | None = None,
+        pid1: bool = False,
+    ) -> None:
         self.root, self.node, self.host, self.extra, self.netns = root, node, host, extra, netns
+        self.pid1 = pid1  # PID 1 of a PID namespace of its own, as in a container
         self.state_dir, self.run_dir = root / "state", root / "run"
         self.pool_dir = Path(tempfile.mkdtemp(prefix=f"cachelink-test-{node}-", dir="/dev/shm"))
         self.secret_file = root / "secret"
@@ -90,6 +99,8 @@ class Agent:
             "256Mi",
             *self.extra,
         ]
+        if self.pid1:
+            argv = ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", *argv]
         if self.netns:
             argv = ["ip", "netns", "exec", self.netns, *argv]
         return argv
@@ -181,11 +192,16 @@ def agents(tmp_path: Path) -> Iterator[Callable[..., Agent]]:
     started: list[Agent] = []
 
     def make(
-        node: str, host: str = PROMPT_IP, *extra: str, start: bool = True, netns: str | None = None
+        node: str,
+        host: str = PROMPT_IP,
+        *extra: str,
+        start: bool = True,
+        netns: str | None = None,
+        pid1: bool = False,
     ) -> Agent:
         root = tmp_path / node
         root.mkdir(exist_ok=True)
-        agent = Agent(root, node, host, list(extra), netns)
+        agent = Agent(root, node, host, list(extra), netns, pid1)
         started.append(agent)
         return agent.start() if start else agent
 

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 
 import pytest
-from cachelink_agent import models
+from cachelink_agent import models, protocol
 from cachelink_agent.attach import AttachError, attach
 from cachelink_agent.client import AgentConflict, AgentForbidden, AgentUnauthorized
 from cachelink_agent.tokens import node_token
+
+from llm_datadist import CacheDesc, DataType
 
 from .conftest import PROMPT_IP, SECRET, wait_for
 
@@ -52,6 +55,30 @@ def test_attach_refused_for_peer_not_allowed(agents) -> None:
         attach(agent.run_dir, "absent")
     with pytest.raises(ValueError, match="DNS-1123"):
         attach(agent.run_dir, "../etc")
+
+
+POD_UID = "3f0c1d2e-4b5a-4c6d-8e7f-901a2b3c4d5e"
+
+
+@pytest.mark.slow
+def test_pod_policy_and_a_peer_in_another_pid_namespace(agents) -> None:
+    """A pod's process is pid 0 to an agent without hostPID: admitted (INTERIM, ``attach_server._pod_of``);
+    a peer the agent can see is still checked by its cgroup."""
+    policy = models.AttachPolicy(pod_uids=[POD_UID])
+    same = agents("node-same", PROMPT_IP, "--in-process")
+    same.put_instance("pod-only", 1, attach=policy)
+    with socket.socket(socket.AF_UNIX) as conn:  # raw: the refusal is read before anything is sent
+        conn.settimeout(10)
+        conn.connect(str(same.run_dir / "pod-only.sock"))
+        refusal = protocol.recv(conn)  # this test's process is visible, and not in that pod
+    assert not refusal["ok"] and refusal["error"]["kind"] == "PermissionError"
+
+    other = agents("node-pidns", PROMPT_IP, pid1=True)  # as in a container: its own PID namespace
+    other.put_instance("pod-only", 2, attach=policy)
+    with attach(other.run_dir, "pod-only") as manager:
+        cache = manager.allocate_blocks_cache(CacheDesc(2, [4, 4096], DataType.DT_FLOAT16))
+        cache.numpy(0)[:] = 3
+        assert (cache.numpy(0) == 3).all()
 
 
 WORKLOAD = """

@@ -119,3 +119,17 @@ def test_instances_created_concurrently_all_survive_a_sigkill(agents) -> None:
     agent.start()
     assert agent.call(lambda c: c.get_owners()) == {"uid-burst": sorted(names)}
     assert all(agent.instance(n).state == "running" for n in names)
+
+
+@pytest.mark.slow
+def test_worker_mode_works_when_the_agent_is_pid_1(agents) -> None:
+    """In a container the agent is PID 1: a worker must not take ``getppid() == 1`` for a dead agent."""
+    agent = agents("node-pid1", PROMPT_IP, pid1=True)
+    created = agent.put_instance("in-container", 5).instance
+    assert created.state == "running" and created.pid not in (0, 1)  # a worker, not the agent
+    with attach(agent.run_dir, "in-container", lease_seconds=60) as manager:
+        cache = manager.allocate_blocks_cache(DESC, BlocksCacheKey(5, 0))
+        cache.numpy(0)[:] = 7
+        assert (cache.numpy(0) == 7).all()
+    status = agent.instance("in-container")
+    assert status.state == "running" and status.restarts == 0 and status.pid == created.pid

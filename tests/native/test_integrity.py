@@ -17,7 +17,11 @@ Code = ld.LLMStatusCode
 
 
 class CorruptingProxy:
-    """A loopback TCP proxy that flips one byte of the server-to-client stream at ``flip_at``."""
+    """A loopback TCP proxy that flips one byte of the server-to-client stream at ``flip_at``.
+
+    ``close`` ends every thread and closes every socket it made (left to the threads, the sockets
+    were freed unclosed at some later point, warning in whichever test ran then).
+    """
 
     def __init__(self, target: tuple[str, int], flip_at: int) -> None:
         self.target = target
@@ -25,6 +29,7 @@ class CorruptingProxy:
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
         self.threads: list[threading.Thread] = []
+        self.conns: list[socket.socket] = []
         self.accepting = threading.Thread(target=self._accept, daemon=True)
         self.accepting.start()
 
@@ -34,7 +39,12 @@ class CorruptingProxy:
                 client, _ = self.server.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(self.target)
+            self.conns.append(client)
+            try:
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                continue
+            self.conns.append(upstream)
             for src, dst, flip in ((client, upstream, None), (upstream, client, self.flip_at)):
                 thread = threading.Thread(target=self._pump, args=(src, dst, flip), daemon=True)
                 thread.start()
@@ -59,7 +69,17 @@ class CorruptingProxy:
                     s.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.server.shutdown(socket.SHUT_RDWR)  # wakes the accept() in progress
         self.server.close()
+        self.accepting.join(timeout=10)
+        for conn in self.conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        for thread in self.threads:
+            thread.join(timeout=10)
+        for conn in self.conns:
+            conn.close()
 
 
 def link_via(dd: ld.LLMDataDist, remote_id: int, port: int) -> None:

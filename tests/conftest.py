@@ -1,0 +1,50 @@
+"""Shared by every suite: what a test module leaks (a thread still running, an unclosed socket or file)
+fails that module, instead of warning later in whichever test or thread happens to free it."""
+
+from __future__ import annotations
+
+import gc
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+#: how long a module's threads may take to end once its fixtures are torn down
+GRACE_S = 5.0
+
+
+def _leftover_threads(before: set[threading.Thread]) -> list[threading.Thread]:
+    deadline = time.monotonic() + GRACE_S
+    while True:
+        left = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_leaks_left_by_the_module() -> Iterator[None]:
+    """At a module's end: no thread it started still runs, and collecting garbage (``ResourceWarning`` an
+    error) frees nothing that was left open."""
+    before = set(threading.enumerate())
+    yield
+    left = _leftover_threads(before)
+    unraisable: list[str] = []
+    previous = sys.unraisablehook
+
+    def hook(info: Any) -> None:
+        unraisable.append(f"{info.exc_type.__name__}: {info.exc_value} ({info.object!r})")
+
+    sys.unraisablehook = hook
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ResourceWarning)
+            gc.collect()
+    finally:
+        sys.unraisablehook = previous
+    problems = [f"thread {t.name!r} ({t!r}) still runs" for t in left] + unraisable
+    assert not problems, "the module leaked: " + "; ".join(problems)

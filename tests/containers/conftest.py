@@ -1,0 +1,79 @@
+"""The product image in real containers (podman + runc), the way the chart runs it: opt-in.
+
+These run when the image of the current source exists (``cachelink real-nodes build``, root): the tests
+look it up by the context digest, so a stale image is never tested (``CACHELINK_TEST_IMAGE`` names
+another). Otherwise they skip and say why.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cachelink.realnodes.images import BaseImage, Podman, context_digest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def podman() -> Podman:
+    if os.geteuid() != 0 or shutil.which("podman") is None:
+        pytest.skip("needs root and podman (hack/install-node-packages.sh)")
+    return Podman()
+
+
+@pytest.fixture(scope="session")
+def image(podman: Podman) -> str:
+    if os.environ.get("CACHELINK_TEST_IMAGE"):  # an image named explicitly (e.g. one built elsewhere)
+        return os.environ["CACHELINK_TEST_IMAGE"]
+    base = podman.image_id(BaseImage().ref)
+    if base is None:
+        pytest.skip("no base image: run `cachelink real-nodes build` (root)")
+    ref = f"localhost/cachelink:ctx-{context_digest(ROOT, base)[:16]}"
+    if podman.image_id(ref) is None:
+        pytest.skip(f"no image of the current source ({ref}): run `cachelink real-nodes build` (root)")
+    return ref
+
+
+class Containers:
+    """Starts containers and removes every one it started."""
+
+    def __init__(self, podman: Podman, image: str) -> None:
+        self.podman, self.image, self.names = podman, image, []
+
+    def run(self, *args: str, detach: bool = False) -> subprocess.CompletedProcess[str]:
+        name = f"cachelink-test-{uuid.uuid4().hex[:8]}"
+        self.names.append(name)
+        cmd = ["podman", "run", "--name", name, *(["-d"] if detach else ["--rm"]), *args]
+        return subprocess.run(
+            cmd, env=self.podman.env(), capture_output=True, text=True, timeout=300, check=False
+        )
+
+    def podman_out(self, *args: str) -> str:
+        done = subprocess.run(
+            ["podman", *args], env=self.podman.env(), capture_output=True, text=True, timeout=60, check=True
+        )
+        return done.stdout
+
+    def cleanup(self) -> None:
+        for name in self.names:
+            subprocess.run(
+                ["podman", "rm", "-f", "-t", "0", name],
+                env=self.podman.env(),
+                capture_output=True,
+                timeout=60,
+                check=False,
+            )
+
+
+@pytest.fixture
+def containers(podman: Podman, image: str) -> Iterator[Containers]:
+    made = Containers(podman, image)
+    yield made
+    made.cleanup()

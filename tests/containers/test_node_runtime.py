@@ -1,0 +1,84 @@
+"""A real node's containerd in its own network and mount namespaces (opt-in: root and the real-node tools
+and images built by ``cachelink real-nodes build``): per-node host paths, images loaded, and nothing left
+after stop, after a failed start, or after a killed run (the sweep)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cachelink.devcluster.build import cached_tools
+from cachelink.devcluster.errors import ComponentExitedError
+from cachelink.realnodes import node as rn
+from cachelink.realnodes.images import PAUSE_REF, Podman
+
+
+@pytest.fixture
+def make_node(podman: Podman, tmp_path: Path):
+    tools = cached_tools(real_nodes=True)
+    if tools is None:
+        pytest.skip("the real-node tools are not built: run `cachelink real-nodes build` (root)")
+    if podman.image_id(PAUSE_REF) is None:
+        pytest.skip("no pause image: run `cachelink real-nodes build` (root)")
+    made: list[rn.ContainerdNode] = []
+
+    def make(name: str, containerd: Path | None = None) -> rn.ContainerdNode:
+        node = rn.ContainerdNode(name, tmp_path, containerd or tools["containerd"], tools["ctr"], PAUSE_REF)
+        made.append(node)
+        return node
+
+    yield make
+    for node in made:
+        node.stop()
+    rn.sweep(tmp_path)
+
+
+def _leftovers(root: Path, netns: str) -> list[str]:
+    left = [f"netns {netns}"] if netns in rn.namespaces(netns.rsplit("-", 1)[0]) else []
+    mounts = Path("/proc/self/mountinfo").read_text()
+    left += [f"mount {line.split()[4]}" for line in mounts.splitlines() if str(root) in line]
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if str(root) in cmdline:
+                left.append(f"process {proc.name}: {cmdline[:120]}")
+    return left
+
+
+def test_containerd_runs_in_the_nodes_namespaces_and_leaves_nothing(make_node, podman: Podman) -> None:
+    node = make_node("node-t")
+    node.start()
+    pid = int(node.pid_file.read_text())
+    assert Path(f"/proc/{pid}/ns/net").resolve() != Path("/proc/self/ns/net").resolve()
+    assert Path(f"/proc/{pid}/ns/mnt").readlink() != Path("/proc/self/ns/mnt").readlink()
+    # the kubelet's root and the chart's host paths are the node's own folders
+    subprocess.run(["nsenter", "-t", str(pid), "-m", "touch", "/var/lib/kubelet/seen-by-node-t"], check=True)
+    assert (node.root / "mounts" / "kubelet" / "seen-by-node-t").is_file()
+    assert not Path("/var/lib/kubelet/seen-by-node-t").exists()
+    node.load_image(podman.env(), PAUSE_REF)
+    assert PAUSE_REF in node.ctr("images", "ls", "-q")
+    assert node.ctr("tasks", "ls", "-q").strip() == ""
+    node.stop()
+    assert _leftovers(node.root, node.netns) == []
+
+
+def test_a_node_that_cannot_start_names_its_log_and_leaves_nothing(make_node) -> None:
+    node = make_node("node-bad", containerd=Path("/bin/false"))
+    with pytest.raises(
+        ComponentExitedError, match=r"containerd of node node-bad exited .*log: .*containerd.log"
+    ):
+        node.start()
+    assert _leftovers(node.root, node.netns) == []
+
+
+def test_the_sweep_removes_what_a_killed_run_left(make_node, tmp_path: Path) -> None:
+    node = make_node("node-k")
+    node.start()
+    node.pid_file.unlink()  # as if the run that started it was killed
+    assert rn.sweep(tmp_path) == [node.netns]
+    assert _leftovers(node.root, node.netns) == []
