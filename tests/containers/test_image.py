@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from cachelink_agent import models
 from cachelink_agent.attach import attach
-from cachelink_agent.client import AgentClient, node_token
+from cachelink_agent.client import AgentClient
+from cachelink_agent.tokens import node_token
 
 from llm_datadist import CacheDesc, DataType
 
