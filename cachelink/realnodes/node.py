@@ -17,6 +17,7 @@ A failure to start names the component and its log, and leaves nothing running.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -88,11 +89,27 @@ def _remove_netns(netns: str) -> None:
     _ip("netns", "del", netns, check=False)
 
 
+#: the file in a node's folder listing the host paths its start created (mount points of its bind mounts)
+CREATED_MOUNT_POINTS = "created-mount-points"
+
+
+def _remove_created_mount_points(data_dir: Path) -> None:
+    """Remove the empty host folders that node starts created, once no node of this cluster runs."""
+    if namespaces(netns_prefix(data_dir)):
+        return  # a running node still has its mounts there
+    for listing in sorted((data_dir / "nodes").glob(f"*/{CREATED_MOUNT_POINTS}")):
+        for line in listing.read_text().splitlines():
+            with contextlib.suppress(OSError):  # not empty (someone else's now) or already gone
+                Path(line).rmdir()
+        listing.unlink(missing_ok=True)
+
+
 def sweep(data_dir: Path) -> list[str]:
     """Remove every namespace (and the processes in it) that this data directory's nodes made."""
     removed = namespaces(netns_prefix(data_dir))
     for netns in removed:
         _remove_netns(netns)
+    _remove_created_mount_points(data_dir)
     return removed
 
 
@@ -179,6 +196,10 @@ class ContainerdNode:
         ):
             (self.root / folder).mkdir(parents=True, exist_ok=True)
         (self.root / "containerd" / "config.toml").write_text(self.config())
+        created = self.root / CREATED_MOUNT_POINTS
+        missing = [target for target in NODE_MOUNTS if not Path(target).exists()]
+        known = created.read_text().splitlines() if created.exists() else []
+        created.write_text("".join(f"{t}\n" for t in sorted({*known, *missing})))
         _remove_netns(self.netns)  # what a killed run left
         _ip("netns", "add", self.netns)
         try:
@@ -279,3 +300,4 @@ class ContainerdNode:
             self._process.wait(timeout=STOP_TIMEOUT_S)
             self._process = None
         self.pid_file.unlink(missing_ok=True)
+        _remove_created_mount_points(self.data_dir)

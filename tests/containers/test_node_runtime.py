@@ -35,6 +35,10 @@ def make_node(podman: Podman, tmp_path: Path):
     rn.sweep(tmp_path)
 
 
+#: host paths of the node mounts that existed before these tests (the tests must not leave new ones)
+HOST_PATHS_BEFORE = {target for target in rn.NODE_MOUNTS if Path(target).exists()}
+
+
 def _leftovers(root: Path, netns: str) -> list[str]:
     left = [f"netns {netns}"] if netns in rn.namespaces(netns.rsplit("-", 1)[0]) else []
     mounts = Path("/proc/self/mountinfo").read_text()
@@ -47,6 +51,7 @@ def _leftovers(root: Path, netns: str) -> list[str]:
                 continue
             if str(root) in cmdline:
                 left.append(f"process {proc.name}: {cmdline[:120]}")
+    left += [f"host folder {t}" for t in rn.NODE_MOUNTS if Path(t).exists() and t not in HOST_PATHS_BEFORE]
     return left
 
 
