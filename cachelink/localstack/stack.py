@@ -67,9 +67,28 @@ def stop_recorded(root: Path) -> list[str]:
     return stopped
 
 
+#: the chart's host paths: the pod runner makes them as mount points (on the host's file systems, empty)
+CHART_HOST_PATHS = ("/run/cachelink", "/var/lib/cachelink", "/dev/shm/cachelink")
+
+
+def _record_missing_host_paths(root: Path) -> None:
+    """Remember which of the chart's host paths do not exist yet, so :func:`clean` removes what we made."""
+    record = root / "created-host-paths"
+    known = set(record.read_text().splitlines()) if record.exists() else set()
+    record.write_text(
+        "".join(f"{p}\n" for p in sorted(known | {p for p in CHART_HOST_PATHS if not Path(p).exists()}))
+    )
+
+
 def clean(root: Path) -> list[str]:
     """:func:`stop_recorded`, then forget the nodes' files and pods' volumes: the next stack starts fresh."""
     stopped = stop_recorded(root)
+    record = root / "created-host-paths"
+    if record.exists():
+        for path in record.read_text().splitlines():
+            with contextlib.suppress(OSError):  # not empty: something else uses it now
+                Path(path).rmdir()
+        record.unlink()
     shm_record = root / "shm-root"
     if shm_record.exists():
         shm_root = Path(shm_record.read_text().strip())
@@ -187,6 +206,7 @@ class LocalStack:
 
     def setup(self) -> None:
         """The chart installed, its pods scheduled, one agent per node running; not the operator."""
+        _record_missing_host_paths(self.root)
         self.kube.wait_namespace_gone(AGENT_NAMESPACE, only_terminating=True)
         self.log(f"==> helm upgrade --install {self.release.chart.name} (agent port {self.port})")
         self.release.install(self.values)
