@@ -27,6 +27,7 @@ from cachelink.devcluster.components import (
     Ports,
     command_lines,
     write_audit_policy,
+    write_egress_config,
 )
 from cachelink.devcluster.errors import DevClusterError
 from cachelink.devcluster.kubeconfig import write_kubeconfig
@@ -176,6 +177,7 @@ class DevCluster:
         pki = ensure_pki(self.layout.pki, SERVICE_IP)
         self._write_kubeconfigs(pki, ports)
         write_audit_policy(self.layout)
+        write_egress_config(self.layout)
         self._check_ports(ports)
         started: list[str] = []
         try:

@@ -105,6 +105,37 @@ class Layout:
         """The API server's audit log: one JSON event per line."""
         return self.logs / "audit.log"
 
+    @property
+    def egress_config(self) -> Path:
+        """The API server's egress selector configuration (:func:`write_egress_config`)."""
+        return self.root / "egress-selector.yaml"
+
+    @property
+    def egress_socket(self) -> Path:
+        """The CONNECT proxy through which the API server reaches real nodes and pods
+        (``cachelink.realnodes.apiproxy``; absent while the cluster has no real nodes)."""
+        return self.run / "egress.sock"
+
+
+def write_egress_config(layout: Layout) -> Path:
+    """Route the API server's ``cluster`` traffic (kubelets, pods, Services) through the egress socket."""
+    config = {
+        "apiVersion": "apiserver.k8s.io/v1beta1",
+        "kind": "EgressSelectorConfiguration",
+        "egressSelections": [
+            {
+                "name": "cluster",
+                "connection": {
+                    "proxyProtocol": "HTTPConnect",
+                    "transport": {"uds": {"udsName": str(layout.egress_socket)}},
+                },
+            }
+        ],
+    }
+    layout.root.mkdir(parents=True, exist_ok=True)
+    layout.egress_config.write_text(yaml.safe_dump(config, sort_keys=False))
+    return layout.egress_config
+
 
 def write_audit_policy(layout: Layout) -> Path:
     """Write :data:`AUDIT_POLICY` where the API server reads it; returns its path."""
@@ -159,6 +190,8 @@ def command_lines(tools: Tools, layout: Layout, pki: Pki, ports: Ports) -> dict[
             "--requestheader-group-headers=X-Remote-Group",
             "--requestheader-extra-headers-prefix=X-Remote-Extra-",
             f"--audit-policy-file={layout.audit_policy}",
+            f"--egress-selector-config-file={layout.egress_config}",
+            "--kubelet-preferred-address-types=InternalIP",
             f"--audit-log-path={layout.audit_log}",
             "--audit-log-format=json",
             f"--audit-log-maxsize={AUDIT_LOG_MAX_MB}",

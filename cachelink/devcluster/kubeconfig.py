@@ -16,8 +16,13 @@ def _b64(path: Path) -> str:
     return base64.b64encode(path.read_bytes()).decode()
 
 
-def write_kubeconfig(path: Path, server: str, pki: Pki, client: str, user: str) -> Path:
-    """Write a kubeconfig for ``server`` that authenticates with the ``client`` certificate of ``pki``."""
+def write_kubeconfig(
+    path: Path, server: str, pki: Pki, client: str, user: str, tls_server_name: str | None = None
+) -> Path:
+    """Write a kubeconfig for ``server`` that authenticates with the ``client`` certificate of ``pki``.
+
+    ``tls_server_name`` is the name checked in the server's certificate when ``server``'s address is
+    not in it (real nodes reach the API server through an address of their own network)."""
     config = {
         "apiVersion": "v1",
         "kind": "Config",
@@ -27,6 +32,7 @@ def write_kubeconfig(path: Path, server: str, pki: Pki, client: str, user: str) 
                 "cluster": {
                     "server": server,
                     "certificate-authority-data": _b64(pki.ca_cert),
+                    **({"tls-server-name": tls_server_name} if tls_server_name else {}),
                 },
             }
         ],

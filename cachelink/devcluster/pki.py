@@ -215,3 +215,20 @@ def issue_node_certificates(pki: Pki, node: str, address: str) -> tuple[str, str
         ca_name=ca_name,
     )
     return client, serving
+
+
+def issue_client_certificate(pki: Pki, stem: str, common_name: str, organisation: str | None = None) -> str:
+    """A client certificate made after the cluster's set (e.g. kube-proxy's), unless present; its stem."""
+    if pki.cert(stem).exists():
+        return stem
+    ca_key, ca_name = _load_ca(pki)
+    _issue(
+        pki,
+        stem,
+        _name(common_name, organisation),
+        usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+        san=None,
+        ca_key=ca_key,
+        ca_name=ca_name,
+    )
+    return stem

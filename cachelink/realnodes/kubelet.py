@@ -66,3 +66,24 @@ def kubelet_configuration(
         config["clusterDNS"] = [cluster_dns]
         config["clusterDomain"] = "cluster.local"
     return config
+
+
+def kube_proxy_configuration(*, node: str, kubeconfig: Path, cluster_cidr: str) -> dict[str, Any]:
+    """The ``kubeproxy.config.k8s.io/v1alpha1`` configuration of one real node (iptables mode).
+
+    ``maxPerCore: 0`` leaves the conntrack table size alone: this host refuses the write (no
+    ``CAP_SYS_RESOURCE``); the node's namespace has its own table anyway.
+    """
+    return {
+        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+        "kind": "KubeProxyConfiguration",
+        "mode": "iptables",
+        "hostnameOverride": node,
+        "clusterCIDR": cluster_cidr,
+        "clientConnection": {"kubeconfig": str(kubeconfig)},
+        "conntrack": {"maxPerCore": 0, "min": 0},
+        # in the node's own network namespace: the usual ports never collide between nodes
+        "metricsBindAddress": "127.0.0.1:10249",
+        "healthzBindAddress": "127.0.0.1:10256",
+        "oomScoreAdj": 0,  # lowering it needs CAP_SYS_RESOURCE, which this host does not give
+    }

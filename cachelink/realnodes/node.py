@@ -182,6 +182,8 @@ class ContainerdNode:
         for target, folder in NODE_MOUNTS.items():
             source = self.root / "mounts" / folder
             lines.append(f"mkdir -p '{target}' && mount --bind '{source}' '{target}'")
+        # CSI plugins and Bidirectional volumes need the kubelet's root shared (within this namespace)
+        lines.append("mount --make-rshared /var/lib/kubelet")
         config = self.root / "containerd" / "config.toml"
         lines.append(f"exec '{self.containerd_bin}' --config '{config}'")
         return "\n".join(lines)
