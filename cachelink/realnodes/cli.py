@@ -1,8 +1,14 @@
-"""``cachelink real-nodes build``: install and build what real nodes need, with the time of each step.
+"""``cachelink real-nodes build|up|down``: a development cluster whose nodes are real kubelets.
 
-Root is required (Debian packages, and later containers, network namespaces and mounts). Every step is
-cached: the packages are installed once, the tools by ``cachelink dev-cluster build``'s cache, the base
-image by its recipe, the product image by its context digest. ``--json FILE`` writes the step times.
+Root is required (Debian packages, containers, network namespaces, mounts, cgroups).
+
+- ``build`` installs and builds what real nodes need, each step cached (the packages once, the tools by
+  ``cachelink dev-cluster build``'s cache, the base image by its recipe, the product image by its context
+  digest); ``--json FILE`` writes the time of each step.
+- ``up`` runs ``build``, starts the control plane in ``--data-dir`` and joins ``--nodes`` real nodes
+  (containerd, kubelet, kube-proxy each) with the product image loaded; prints the ``KUBECONFIG``.
+- ``down`` removes the nodes (every process, container, mount, namespace and cgroup) and stops the
+  control plane.
 """
 
 from __future__ import annotations
@@ -18,8 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from cachelink.devcluster.build import ensure_tools, hack_dir
+from cachelink.devcluster.cluster import DevCluster
 from cachelink.devcluster.errors import DevClusterError
+from cachelink.realnodes.cluster import RealNodes
 from cachelink.realnodes.images import BaseImage, PauseImage, ProductImage
+
+DEFAULT_DATA_DIR = Path(".cachelink/real-cluster")
 
 
 def add_parser(subparsers: Any) -> None:
@@ -29,8 +39,12 @@ def add_parser(subparsers: Any) -> None:
         help="real kubelet + containerd nodes: install and build what they need (root)",
         description=__doc__,
     )
-    parser.add_argument("action", choices=("build",), help="install packages, build tools and images")
+    parser.add_argument("action", choices=("build", "up", "down"), help="what to do")
     parser.add_argument("--source", default=".", help="the repository to build the image from (default .)")
+    parser.add_argument(
+        "--data-dir", default=str(DEFAULT_DATA_DIR), help=f"the cluster's files (default {DEFAULT_DATA_DIR})"
+    )
+    parser.add_argument("--nodes", default="real-a,real-b", help="node names, comma-separated")
     parser.add_argument("--json", help="write the time of each step to this JSON file")
     parser.set_defaults(handler=run)
 
@@ -42,15 +56,25 @@ def _log(line: str) -> None:
 def run(args: argparse.Namespace) -> int:
     """Carry out one ``real-nodes`` action; returns the exit status."""
     try:
+        if args.action == "down":
+            cluster = DevCluster(args.data_dir, node_names=())
+            RealNodes(cluster, recorded_nodes(cluster)).down()
+            cluster.down()
+            return 0
         steps = build(Path(args.source).resolve())
+        if args.action == "up":
+            nodes = up(Path(args.data_dir), args.nodes.split(","), str(steps["image"]))
+            print(f"export KUBECONFIG={nodes.cluster.kubeconfig}  # image {steps['image']}")
+            return 0
     except DevClusterError as exc:
         print(f"cachelink real-nodes {args.action}: error: {exc}", file=sys.stderr)
         return 1
-    for name, seconds in steps.items():
+    times = {name: value for name, value in steps.items() if isinstance(value, float)}
+    for name, seconds in times.items():
         print(f"{name:<28} {seconds:7.1f} s")
     if args.json:
         record = {
-            "steps_s": {name: round(seconds, 2) for name, seconds in steps.items()},
+            "steps_s": {name: round(seconds, 2) for name, seconds in times.items()},
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "cpus": os.cpu_count(),
         }
@@ -58,13 +82,25 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def build(source: Path) -> dict[str, float]:
-    """Every set-up step of real nodes, in order; returns seconds per step."""
+def recorded_nodes(cluster: DevCluster) -> list[str]:
+    """The real nodes that have folders in the cluster's data directory."""
+    folder = cluster.data_dir / "nodes"
+    return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+
+
+def up(data_dir: Path, names: list[str], image: str) -> RealNodes:
+    """The control plane (no simulated nodes) and ``names`` as real nodes with ``image`` loaded."""
+    cluster = DevCluster(data_dir, node_names=()).up()
+    return RealNodes(cluster, names, images=[image]).up()
+
+
+def build(source: Path) -> dict[str, float | str]:
+    """Every set-up step of real nodes, in order; returns seconds per step (and ``image``: its reference)."""
     if os.geteuid() != 0:
         raise DevClusterError("real nodes need root (packages, containers, network namespaces, mounts)")
     if not (source / "Dockerfile").is_file():
         raise DevClusterError(f"{source} has no Dockerfile: pass the repository with --source")
-    steps: dict[str, float] = {}
+    steps: dict[str, float | str] = {}
     started = time.monotonic()
     script = hack_dir().parent / "hack" / "install-node-packages.sh"
     script = script if script.is_file() else source / "hack" / "install-node-packages.sh"
@@ -81,6 +117,7 @@ def build(source: Path) -> dict[str, float]:
     ref = ProductImage(source).ensure(base, _log)
     steps["product image"] = time.monotonic() - started
     _log(f"==> product image: {ref}")
+    steps["image"] = ref
     started = time.monotonic()
     PauseImage().ensure(_log)
     steps["pause image"] = time.monotonic() - started

@@ -36,6 +36,9 @@ NODE_MOUNTS = {
     "/var/lib/cachelink": "var-lib-cachelink",
     # containerd's state and sockets at the usual place (a socket path under the node folder is too long)
     "/run/containerd": "run-containerd",
+    # container logs: a kubelet removes the log folders of pods that are not its own
+    "/var/log/pods": "var-log-pods",
+    "/var/log/containers": "var-log-containers",
 }
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0

@@ -5,7 +5,12 @@ from __future__ import annotations
 import logging
 import sys
 
+from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
+
+#: what kopf's per-object loggers attach to every record for its own use: its settings object (not
+#: serialisable) and the event-posting flag; ``k8s_ref`` (the object's reference) stays in the line
+KOPF_INTERNAL_ATTRS = ("settings", "k8s_skip")
 
 
 def setup(log_format: str, verbose: bool) -> None:
@@ -18,6 +23,7 @@ def setup(log_format: str, verbose: bool) -> None:
                 style="{",
                 timestamp="ts",
                 rename_fields={"levelname": "level", "name": "logger", "message": "msg"},
+                reserved_attrs=[*RESERVED_ATTRS, *KOPF_INTERNAL_ATTRS],
             )
         )
     else:
