@@ -79,6 +79,7 @@ class RealNodes:
         self._tools = tools
         self.log = log
         self.addressing = [network.NodeAddressing(name, i + 1) for i, name in enumerate(self.names)]
+        self._runtimes: dict[str, ContainerdNode] = {}
 
     @property
     def tools(self) -> Tools:
@@ -98,8 +99,12 @@ class RealNodes:
         return netns_prefix(self.data_dir)
 
     def containerd(self, name: str) -> ContainerdNode:
-        """The node's containerd."""
-        return ContainerdNode(name, self.data_dir, self.tools["containerd"], self.tools["ctr"], PAUSE_REF)
+        """The node's containerd (the same object from start to stop: it holds the child process)."""
+        if name not in self._runtimes:
+            self._runtimes[name] = ContainerdNode(
+                name, self.data_dir, self.tools["containerd"], self.tools["ctr"], PAUSE_REF
+            )
+        return self._runtimes[name]
 
     def process(self, name: str) -> Process:
         """A recorded process of the real nodes (``apiproxy``, ``kubelet-<node>``, ``kube-proxy-<node>``)."""
