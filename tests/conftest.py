@@ -4,12 +4,13 @@ fails that module, instead of warning later in whichever test or thread happens 
 from __future__ import annotations
 
 import gc
+import os
 import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn
 
 import pytest
 
@@ -48,3 +49,20 @@ def _no_leaks_left_by_the_module() -> Iterator[None]:
         sys.unraisablehook = previous
     problems = [f"thread {t.name!r} ({t!r}) still runs" for t in left] + unraisable
     assert not problems, "the module leaked: " + "; ".join(problems)
+
+
+#: set by ``./dev test`` once it built the real nodes' tools and images: their tests must not skip then
+REQUIRE_REAL_NODES = "CACHELINK_REQUIRE_REAL_NODES"
+
+
+@pytest.fixture(scope="session")
+def real_node_part_missing() -> Callable[[str], NoReturn]:
+    """Skip a test of real nodes or containers that lacks a part (root, tools, an image) and say which; a
+    failure instead when ``CACHELINK_REQUIRE_REAL_NODES=1``, so CI never skips them silently."""
+
+    def missing(reason: str) -> NoReturn:
+        if os.environ.get(REQUIRE_REAL_NODES) == "1":
+            pytest.fail(f"{REQUIRE_REAL_NODES}=1, but {reason}")
+        pytest.skip(reason)
+
+    return missing

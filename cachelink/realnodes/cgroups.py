@@ -37,11 +37,16 @@ def create(root: str) -> None:
                     (path / knob).write_text((hierarchy / knob).read_text())
 
 
+def _folders(tree: Path) -> list[Path]:
+    """Every cgroup under ``tree``, deepest first (``os.walk`` skips ones removed meanwhile)."""
+    return [Path(folder) for folder, _, _ in os.walk(tree, topdown=False)]
+
+
 def _pids(tree: Path) -> set[int]:
     pids: set[int] = set()
-    for procs in tree.rglob("cgroup.procs"):
-        with contextlib.suppress(OSError):
-            pids.update(int(p) for p in procs.read_text().split())
+    for folder in _folders(tree):
+        with contextlib.suppress(OSError):  # removed meanwhile (the runtime cleans up too)
+            pids.update(int(p) for p in (folder / "cgroup.procs").read_text().split())
     return pids
 
 
@@ -58,11 +63,9 @@ def remove(root: str) -> bool:
                 os.kill(pid, signal.SIGKILL)
         time.sleep(0.1)
     for tree in trees:
-        for folder in sorted((p for p in tree.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        for folder in _folders(tree):  # the tree itself last
             with contextlib.suppress(OSError):
                 folder.rmdir()
-        with contextlib.suppress(OSError):
-            tree.rmdir()
     return bool(trees)
 
 

@@ -2,7 +2,7 @@
 
 These run when the image of the current source exists (``cachelink real-nodes build``, root): the tests
 look it up by the context digest, so a stale image is never tested (``CACHELINK_TEST_IMAGE`` names
-another). Otherwise they skip and say why.
+another). Otherwise they skip and say why (fail under ``CACHELINK_REQUIRE_REAL_NODES=1``).
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import os
 import shutil
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -22,22 +23,24 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
-def podman() -> Podman:
+def podman(real_node_part_missing: Callable[[str], NoReturn]) -> Podman:
     if os.geteuid() != 0 or shutil.which("podman") is None:
-        pytest.skip("needs root and podman (hack/install-node-packages.sh)")
+        real_node_part_missing("needs root and podman (hack/install-node-packages.sh)")
     return Podman()
 
 
 @pytest.fixture(scope="session")
-def image(podman: Podman) -> str:
+def image(podman: Podman, real_node_part_missing: Callable[[str], NoReturn]) -> str:
     if os.environ.get("CACHELINK_TEST_IMAGE"):  # an image named explicitly (e.g. one built elsewhere)
         return os.environ["CACHELINK_TEST_IMAGE"]
     base = podman.image_id(BaseImage().ref)
     if base is None:
-        pytest.skip("no base image: run `cachelink real-nodes build` (root)")
+        real_node_part_missing("no base image: run `cachelink real-nodes build` (root)")
     ref = f"localhost/cachelink:ctx-{context_digest(ROOT, base)[:16]}"
     if podman.image_id(ref) is None:
-        pytest.skip(f"no image of the current source ({ref}): run `cachelink real-nodes build` (root)")
+        real_node_part_missing(
+            f"no image of the current source ({ref}): run `cachelink real-nodes build` (root)"
+        )
     return ref
 
 

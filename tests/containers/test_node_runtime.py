@@ -16,12 +16,12 @@ from cachelink.realnodes.images import PAUSE_REF, Podman
 
 
 @pytest.fixture
-def make_node(podman: Podman, tmp_path: Path):
+def make_node(podman: Podman, tmp_path: Path, real_node_part_missing):
     tools = cached_tools(real_nodes=True)
     if tools is None:
-        pytest.skip("the real-node tools are not built: run `cachelink real-nodes build` (root)")
+        real_node_part_missing("the real-node tools are not built: run `cachelink real-nodes build` (root)")
     if podman.image_id(PAUSE_REF) is None:
-        pytest.skip("no pause image: run `cachelink real-nodes build` (root)")
+        real_node_part_missing("no pause image: run `cachelink real-nodes build` (root)")
     made: list[rn.ContainerdNode] = []
 
     def make(name: str, containerd: Path | None = None) -> rn.ContainerdNode:

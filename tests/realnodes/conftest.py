@@ -2,14 +2,15 @@
 
 Needs root, the real-node tools and the image of the current source (``cachelink real-nodes build``).
 Without them these tests skip and say why, unless ``CACHELINK_REQUIRE_REAL_NODES=1`` (``./dev test`` sets it
-once it built them): then a missing piece fails instead, so CI can never skip them silently.
+once it built them): then a missing part fails instead (``real_node_part_missing``).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -22,36 +23,30 @@ ROOT = Path(__file__).resolve().parents[2]
 NODES = ("real-a", "real-b")
 
 
-def _missing(reason: str) -> None:
-    if os.environ.get("CACHELINK_REQUIRE_REAL_NODES") == "1":
-        pytest.fail(f"real nodes required (CACHELINK_REQUIRE_REAL_NODES=1) but: {reason}")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="session")
-def node_tools() -> Tools:
+def node_tools(real_node_part_missing: Callable[[str], NoReturn]) -> Tools:
     if os.geteuid() != 0:
-        _missing("real nodes need root")
+        real_node_part_missing("real nodes need root")
     tools = cached_tools(real_nodes=True)
     if tools is None:
-        _missing("the real-node tools are not built: run `cachelink real-nodes build` (root)")
-    assert tools is not None
+        real_node_part_missing("the real-node tools are not built: run `cachelink real-nodes build` (root)")
     return tools
 
 
 @pytest.fixture(scope="session")
-def product_image(node_tools: Tools) -> str:
+def product_image(node_tools: Tools, real_node_part_missing: Callable[[str], NoReturn]) -> str:
     """The image of the current source (by its context digest), or ``CACHELINK_TEST_IMAGE``."""
     if os.environ.get("CACHELINK_TEST_IMAGE"):
         return os.environ["CACHELINK_TEST_IMAGE"]
     podman = Podman()
     base = podman.image_id(BaseImage().ref)
     if base is None:
-        _missing("no base image: run `cachelink real-nodes build` (root)")
-    assert base is not None
+        real_node_part_missing("no base image: run `cachelink real-nodes build` (root)")
     ref = f"localhost/cachelink:ctx-{context_digest(ROOT, base)[:16]}"
     if podman.image_id(ref) is None:
-        _missing(f"no image of the current source ({ref}): run `cachelink real-nodes build` (root)")
+        real_node_part_missing(
+            f"no image of the current source ({ref}): run `cachelink real-nodes build` (root)"
+        )
     return ref
 
 
@@ -68,5 +63,7 @@ def real_nodes(
         nodes.up()
         yield nodes
     finally:
-        nodes.down()
-        cluster.down()
+        try:
+            nodes.down()
+        finally:
+            cluster.down()

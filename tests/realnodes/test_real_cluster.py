@@ -4,9 +4,11 @@ kube-proxy, the API server reaching every kubelet, and the chart installed with 
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -344,3 +346,30 @@ def test_product_containers_are_containerd_tasks(real_nodes: RealNodes, release:
             parent = int(Path(f"/proc/{task_pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
             shim = Path(f"/proc/{parent}/cmdline").read_bytes().split(b"\0")[0]
             assert shim.endswith(b"containerd-shim-runc-v2"), shim
+
+
+def test_e2e_suite_external_mode_passes_against_real_nodes(
+    real_nodes: RealNodes, release: str, product_image: str, tmp_path: Path
+) -> None:
+    """The e2e suite's external mode (a named kubeconfig and image), as a user runs it against their own
+    cluster: every API-level test and the image smoke test pass on the real nodes, none skips."""
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CACHELINK_E2E", "PYTEST_"))}
+    runs = {
+        "api": ["-m", "api", "tests/e2e"],
+        "image": ["tests/e2e/test_external_mode.py::test_product_image_runs_on_the_cluster"],
+    }
+    for name, selection in runs.items():
+        done = subprocess.run(
+            [
+                sys.executable, "-P", "-m", "pytest", "-p", "no:cacheprovider", f"--rootdir={root}",
+                "-c", str(root / "pyproject.toml"), f"--basetemp={tmp_path / name}", "-q", "-rs",
+                f"--e2e-kubeconfig={real_nodes.cluster.kubeconfig}", f"--e2e-image={product_image}",
+                *selection,
+            ],
+            cwd=root, env=env, capture_output=True, text=True, timeout=900, check=False,
+        )  # fmt: skip
+        log = f"{name} run, stdout:\n{done.stdout[-6000:]}\nstderr:\n{done.stderr[-2000:]}"
+        assert done.returncode == 0, log
+        summary = done.stdout.strip().splitlines()[-1]
+        assert "passed" in summary and "skipped" not in summary, log
