@@ -184,10 +184,17 @@ def down(data_dir: Path) -> int:
     """``--down``: stop what ``--keep`` left running in ``data_dir``."""
     from cachelink.devcluster import DevCluster  # noqa: PLC0415
     from cachelink.localstack.stack import clean  # noqa: PLC0415
+    from cachelink.realnodes.cli import recorded_nodes  # noqa: PLC0415
+    from cachelink.realnodes.cluster import RealNodes  # noqa: PLC0415
 
     stopped = clean(data_dir / "stack")
     if (data_dir / "cluster").is_dir():
-        stopped += DevCluster(data_dir / "cluster", log=_quiet).down()
+        cluster = DevCluster(data_dir / "cluster", node_names=(), log=_quiet)
+        real = recorded_nodes(cluster)
+        if real:
+            RealNodes(cluster, real, log=_quiet).down()
+            stopped += [f"real node {name}" for name in real]
+        stopped += cluster.down()
     say("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
     return 0
 
@@ -255,7 +262,12 @@ def run(args: argparse.Namespace) -> int:
             return down(data_dir)
         if external is not None:
             return run_external(args, external)
-        return run_local(data_dir, KvShape(layers=args.layers, blocks=args.blocks), keep=args.keep)
+        shape = KvShape(layers=args.layers, blocks=args.blocks)
+        if args.simulated_nodes:
+            return run_local(data_dir, shape, keep=args.keep)
+        from cachelink.demo_real import run_real  # noqa: PLC0415 - real nodes' imports are heavier
+
+        return run_real(data_dir, shape, keep=args.keep, source=Path.cwd())
     except (KubeError, TimeoutError, RuntimeError, OSError) as exc:
         print(f"cachelink demo: error: {exc}", file=sys.stderr)
         if external is None and not args.down:

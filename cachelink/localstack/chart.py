@@ -69,7 +69,7 @@ class Release:
             raise HelmError("the chart is not found: neither a checkout's charts/ nor the installed copy")
         self.chart = chart
 
-    def _run(self, *args: str, timeout: float = 300.0) -> str:
+    def _run(self, *args: str, timeout: float = 600.0) -> str:
         argv = [self.helm, f"--kubeconfig={self.kubeconfig}", *args]
         done = subprocess.run(
             argv, capture_output=True, text=True, timeout=timeout, check=False, env=child_env()
@@ -78,10 +78,12 @@ class Release:
             raise HelmError(f"`helm {' '.join(args[:2])}` failed: {done.stderr.strip()}")
         return done.stdout
 
-    def install(self, values: dict[str, Any]) -> None:
-        """Install or upgrade the release with ``values`` (written to a file, for the record)."""
+    def install(self, values: dict[str, Any], wait_s: int | None = None) -> None:
+        """Install or upgrade the release with ``values`` (written to a file, for the record);
+        ``wait_s``: ``--wait`` until every object is ready, at most that long."""
         values_file = self.root / "values.json"
         values_file.write_text(json.dumps(values, indent=1))
+        wait = ["--wait", f"--timeout={wait_s}s"] if wait_s else []
         self._run(
             "upgrade",
             "--install",
@@ -91,6 +93,7 @@ class Release:
             "--create-namespace",
             "--take-ownership",  # of CRDs kept by an earlier release (crds.keep)
             f"--values={values_file}",
+            *wait,
         )
 
     def uninstall(self) -> None:
