@@ -10,15 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from cachelink.devcluster import ensure_tools
-
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "cachelink"
-
-
-@pytest.fixture(scope="module")
-def helm() -> str:
-    return str(ensure_tools().helm)
 
 
 def render(helm: str, *sets: str, check: bool = True) -> subprocess.CompletedProcess[str]:
