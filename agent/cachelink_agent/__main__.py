@@ -80,6 +80,7 @@ def _csi(config: config_module.AgentConfig, manager: InstanceManager) -> CsiServ
         manager.sync_pod_sockets,
         config.csi_grant_wait,
         config.node_name,
+        config.kubelet_dir,
     )
     plugin.restore()
     manager.pod_sockets_of = plugin.pod_sockets_of

@@ -248,8 +248,9 @@ def from_args(argv: list[str] | None = None) -> AgentConfig:
         raise ConfigError("--owner-finalize-ttl must be at least --owner-ttl (quarantine comes first)")
     pool_dir = _dir("--pool-dir", args.pool_dir, 0o700)
     _private(pool_dir)  # workloads get pools as file descriptors, never by path
-    if args.csi_socket and not args.csi_socket.startswith("/"):
-        raise ConfigError(f"--csi-socket {args.csi_socket}: needs an absolute path")
+    for flag, value in (("--csi-socket", args.csi_socket), ("--kubelet-dir", args.kubelet_dir)):
+        if value and not value.startswith("/"):
+            raise ConfigError(f"{flag} {value}: needs an absolute path")
     if len(args.csi_driver_name) > 63 or not DNS1123_SUBDOMAIN.match(args.csi_driver_name):
         raise ConfigError(f"--csi-driver-name {args.csi_driver_name!r} is not a DNS-1123 subdomain of <= 63")
     if args.max_pool_bytes:
@@ -287,7 +288,7 @@ def from_args(argv: list[str] | None = None) -> AgentConfig:
         log_format=args.log_format,
         log_level=args.log_level,
         csi_socket=args.csi_socket,
-        kubelet_dir=Path(args.kubelet_dir).resolve(),
+        kubelet_dir=Path(os.path.normpath(args.kubelet_dir)),  # as the kubelet names it: not resolved
         csi_driver=args.csi_driver_name,
         csi_register=args.csi_register,
         csi_grant_wait=_number("--csi-grant-wait", args.csi_grant_wait),

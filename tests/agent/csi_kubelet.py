@@ -123,7 +123,7 @@ def mounts_under(root: Path) -> list[str]:
 
 
 @contextlib.contextmanager
-def csi_node(node: str = "csi-node", *extra: str) -> Iterator[CsiNode]:
+def csi_node(node: str = "csi-node", *extra: str, mode: str = "in-process") -> Iterator[CsiNode]:
     """A real agent with ``--csi-socket`` and ``--kubelet-dir`` in a short folder (socket paths stay short).
 
     On the way out: the agent is killed, every mount under the folder is taken off, and the test fails if
@@ -141,7 +141,7 @@ def csi_node(node: str = "csi-node", *extra: str) -> Iterator[CsiNode]:
         node,
         PROMPT_IP,
         [
-            "--in-process",
+            *(["--in-process"] if mode == "in-process" else []),
             "--csi-socket",
             str(csi_socket),
             "--kubelet-dir",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -48,8 +49,9 @@ def code_of(call) -> tuple[grpc.StatusCode, str]:
 
 
 @pytest.fixture
-def node():
-    with csi_node() as made:
+def node(request):
+    """An agent serving the plugin: instances in-process, or (``indirect`` "worker") in worker processes."""
+    with csi_node(mode=getattr(request, "param", "in-process")) as made:
         yield made
 
 
@@ -136,6 +138,7 @@ def test_missing_cachelink_attribute_and_bad_pod_fields_are_named(node):
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "cachelink" in message
 
 
+@pytest.mark.parametrize("node", ["in-process", "worker"], indirect=True)
 def test_attach_through_the_pod_socket_maps_the_pool_from_a_descriptor(node):
     pod = Pod.make(TEAM_A, "decode-0")
     grant(node, "mine", 1, TEAM_A, "kv", pod)
@@ -259,6 +262,7 @@ def test_publish_and_unpublish_are_idempotent(node):
     node.kubelet.unpublish(Pod.make(TEAM_A, "never-published"))
 
 
+@pytest.mark.parametrize("node", ["in-process", "worker"], indirect=True)
 def test_a_restarted_agent_keeps_the_volume_and_serves_its_socket_again(node):
     pod = Pod.make(TEAM_A, "decode-0")
     grant(node, "mine", 1, TEAM_A, "kv", pod)
@@ -282,3 +286,21 @@ def test_a_restarted_agent_keeps_the_volume_and_serves_its_socket_again(node):
     finally:
         node.kubelet.unpublish(pod)
     assert not mounts.is_mount_point(target)
+
+
+def test_a_volume_whose_pod_went_away_while_the_agent_was_down_is_dropped(node):
+    pod, kept = Pod.make(TEAM_A, "decode-0"), Pod.make(TEAM_A, "decode-1")
+    grant(node, "mine", 1, TEAM_A, "kv", pod, kept)
+    target = node.kubelet.publish(pod, "kv")
+    kept_target = node.kubelet.publish(kept, "kv")
+    volumes_file = node.agent.state_dir / "csi-volumes.json"
+    assert len(json.loads(volumes_file.read_text())["volumes"]) == 2
+    node.agent.kill(signal.SIGKILL)
+    mounts.unmount(target)  # what the kubelet does to a deleted pod: no unpublish reached the agent
+    shutil.rmtree(node.kubelet.root / "pods" / pod.uid)
+    node.agent.start()
+    volumes = json.loads(volumes_file.read_text())["volumes"]
+    assert list(volumes) == [node.kubelet.volume_id(kept)], "the gone pod's volume is forgotten"
+    assert len(list((node.agent.run_dir / "csi").iterdir())) == 1, "and its folder removed"
+    wait_for(lambda: node.sockets(kept_target) == ["mine.sock"], 20, "the kept volume's socket")
+    node.kubelet.unpublish(kept)

@@ -19,6 +19,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from cachelink_agent import models
 from cachelink_agent.csi.folders import Folders
@@ -48,8 +49,10 @@ class CsiPlugin:
         sync: Callable[[], Awaitable[None]],
         grant_wait: float,
         node_name: str,
+        kubelet_dir: Path,
     ) -> None:
         self.folders = folders
+        self.kubelet_dir = kubelet_dir
         self.store = store
         self._granting = granting
         self._sync = sync
@@ -59,16 +62,30 @@ class CsiPlugin:
         self._lock = asyncio.Lock()
 
     def restore(self) -> None:
-        """Load the published volumes and bring their folders back (before the instances restore)."""
+        """Load the published volumes and bring their folders back (before the instances restore).
+
+        A volume whose pod folder the kubelet has removed meanwhile (the pod is gone, and its unpublish
+        came while no agent ran) is dropped with its folder.
+        """
         self.folders.prepare()
         self.volumes = self.store.load()
-        for volume in self.volumes.values():
+        for volume in list(self.volumes.values()):
+            if not self.pod_dir_exists(volume):
+                _log.warning("pod %s of volume %s is gone: dropping it", volume.pod, volume.volume_id)
+                self.folders.unpublish(volume.volume_id, volume.target_path)
+                del self.volumes[volume.volume_id]
+                continue
             try:
                 self.folders.restore(volume)
             except OSError as error:
                 _log.error("volume %s of pod %s cannot be restored: %s", volume.volume_id, volume.pod, error)
+        self.store.save(self.volumes)
         if self.volumes:
             _log.info("restored %d CSI volumes", len(self.volumes))
+
+    def pod_dir_exists(self, volume: Volume) -> bool:
+        """True while the kubelet keeps the pod's folder (``<kubelet-dir>/pods/<uid>``)."""
+        return self.kubelet_dir.joinpath("pods", volume.pod_uid).is_dir()
 
     def pod_sockets_of(self, instance: str, policy: models.AttachPolicy) -> dict[str, str]:
         """The pod sockets ``instance`` should serve: one in each published volume its policy grants."""
