@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from cachelink_agent.csi import mounts
+from cachelink_agent.csi import kubelet, mounts
 from cachelink_agent.csi._proto import csi_pb2, csi_pb2_grpc, registration_pb2_grpc
 
 from .conftest import PROMPT_IP, Agent
@@ -30,6 +30,10 @@ class Pod:
     def make(namespace: str, name: str) -> Pod:
         return Pod(namespace, name, str(uuid.uuid4()))
 
+    @property
+    def ref(self) -> kubelet.PodRef:
+        return kubelet.PodRef(self.namespace, self.name, self.uid, self.service_account)
+
 
 class Kubelet:
     """Calls the agent's CSI plugin as the kubelet would (paths laid out as under /var/lib/kubelet)."""
@@ -47,11 +51,11 @@ class Kubelet:
 
     @staticmethod
     def volume_id(pod: Pod, volume: str = "kv") -> str:
-        return "csi-" + uuid.uuid5(uuid.NAMESPACE_URL, f"{pod.uid}/{volume}").hex * 2
+        return kubelet.volume_handle(pod.uid, volume)
 
     def target(self, pod: Pod, volume: str = "kv") -> Path:
         """The target path the kubelet passes (its parent made by the kubelet; the target left to the plugin)."""
-        parent = self.root / "pods" / pod.uid / "volumes" / "kubernetes.io~csi" / volume
+        parent = kubelet.target_path(self.root, pod.uid, volume).parent
         parent.mkdir(parents=True, exist_ok=True)
         folder = parent
         while folder != self.root:  # reachable by a non-root workload, as its mount would be in a container
@@ -60,31 +64,13 @@ class Kubelet:
         return parent / "mount"
 
     def context(self, pod: Pod, cachelink: str) -> dict[str, str]:
-        return {
-            "csi.storage.k8s.io/pod.name": pod.name,
-            "csi.storage.k8s.io/pod.namespace": pod.namespace,
-            "csi.storage.k8s.io/pod.uid": pod.uid,
-            "csi.storage.k8s.io/serviceAccount.name": pod.service_account,
-            "csi.storage.k8s.io/ephemeral": "true",
-            "cachelink": cachelink,
-        }
+        return kubelet.volume_context(pod.ref, cachelink)
 
     def publish(
         self, pod: Pod, cachelink: str, volume: str = "kv", timeout: float = 30, **override: object
     ) -> Path:
         target = self.target(pod, volume)
-        request = csi_pb2.NodePublishVolumeRequest(
-            volume_id=self.volume_id(pod, volume),
-            target_path=str(target),
-            volume_capability=csi_pb2.VolumeCapability(
-                mount=csi_pb2.VolumeCapability.MountVolume(),
-                access_mode=csi_pb2.VolumeCapability.AccessMode(
-                    mode=csi_pb2.VolumeCapability.AccessMode.SINGLE_NODE_WRITER
-                ),
-            ),
-            readonly=False,
-            volume_context=self.context(pod, cachelink),
-        )
+        request = kubelet.publish_request(pod.ref, cachelink, volume, self.root)
         for field, value in override.items():
             if field == "volume_context":
                 request.ClearField("volume_context")

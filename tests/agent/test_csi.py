@@ -20,7 +20,7 @@ import grpc
 import pytest
 from cachelink_agent import models
 from cachelink_agent.attach import AttachError, attach
-from cachelink_agent.csi import mounts
+from cachelink_agent.csi import kubelet, mounts
 from cachelink_agent.csi._proto import csi_pb2, registration_pb2
 
 from llm_datadist import CacheDesc, DataType
@@ -304,3 +304,20 @@ def test_a_volume_whose_pod_went_away_while_the_agent_was_down_is_dropped(node):
     assert len(list((node.agent.run_dir / "csi").iterdir())) == 1, "and its folder removed"
     wait_for(lambda: node.sockets(kept_target) == ["mine.sock"], 20, "the kept volume's socket")
     node.kubelet.unpublish(kept)
+
+
+def test_the_kubelet_client_publishes_what_a_kubelet_would(node):
+    """``cachelink_agent.csi.kubelet``: for a local pod runner standing in for the kubelet."""
+    pod = Pod.make(TEAM_A, "decode-0")
+    grant(node, "mine", 1, TEAM_A, "kv", pod)
+    with kubelet.KubeletClient(node.kubelet.csi_socket, node.kubelet.root, timeout=30) as client:
+        target = client.publish(pod.ref, "kv", "cachelink")
+        assert (
+            target
+            == node.kubelet.root / "pods" / pod.uid / "volumes" / "kubernetes.io~csi" / "cachelink" / "mount"
+        )
+        assert node.sockets(target) == ["mine.sock"]
+        with attach(target, "mine") as manager:
+            assert manager.instance == "mine"
+        client.unpublish(pod.uid, "cachelink")
+    assert not target.exists()
