@@ -18,6 +18,7 @@ from cachelink_agent.csi import mounts
 from cachelink_agent.csi.volumes import Volume
 
 _log = logging.getLogger("cachelink_agent.csi")
+_MAX_STACKED_MOUNTS = 8
 
 
 class Folders:
@@ -52,8 +53,12 @@ class Folders:
     def unpublish(self, volume_id: str, target_path: str) -> None:
         """Unmount the target (if mounted), remove it and the folder; idempotent."""
         target = Path(target_path)
-        while mounts.is_mount_point(target):  # mounted twice by a retried publish: take both off
+        for _ in range(_MAX_STACKED_MOUNTS):  # a retried publish may have stacked a second mount
+            if not mounts.is_mount_point(target):
+                break
             mounts.unmount(target)
+        if mounts.is_mount_point(target):
+            raise OSError(f"{target} is still mounted after {_MAX_STACKED_MOUNTS} unmounts")
         with contextlib.suppress(FileNotFoundError):
             target.rmdir()
         shutil.rmtree(self.folder(volume_id), ignore_errors=True)
