@@ -2,7 +2,9 @@
 
     python examples/attach_workload.py /run/cachelink <instance> <prompt cluster id>
 
-The instance name and the prompt's cluster id come from the pod's annotations (set by the operator).
+The first argument is where the pod's CSI volume (``driver: cachelink.io``, ``volumeAttributes:
+{cachelink: NAME}``) is mounted, or the agent's run dir for a process on the node. The instance name and
+the prompt's cluster id come from the pod's annotations (set by the operator).
 """
 
 from __future__ import annotations

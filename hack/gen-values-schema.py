@@ -39,6 +39,12 @@ CONSTRAINTS: dict[str, dict[str, Any]] = {
     "podDisruptionBudget.minAvailable": {"minimum": 0},
     "operator.extraArgs": {"items": {"type": "string"}},
     "agentDaemonSet.extraArgs": {"items": {"type": "string"}},
+    "csi.driverName": {
+        "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+        "maxLength": 63,
+    },
+    "csi.kubeletDir": {"pattern": "^/[^,]*$"},
+    "csi.grantWaitSeconds": {"minimum": 1, "maximum": 110},
 }
 
 

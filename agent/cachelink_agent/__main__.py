@@ -11,11 +11,16 @@ import contextlib
 import logging
 import signal
 import sys
+from pathlib import Path
 
 from aiohttp import web
 
 from cachelink_agent import config as config_module
 from cachelink_agent import logs, metrics, server, state
+from cachelink_agent.csi.folders import Folders
+from cachelink_agent.csi.plugin import CsiPlugin
+from cachelink_agent.csi.service import CsiServer, CsiStartError
+from cachelink_agent.csi.volumes import VolumeStore
 from cachelink_agent.instances import InstanceManager
 
 _log = logging.getLogger("cachelink_agent")
@@ -28,6 +33,7 @@ async def serve(config: config_module.AgentConfig) -> None:
     manager = InstanceManager(config, registry)
     manager_box.append(manager)
     manager.store.load()  # fail fast on an unreadable or newer state file, before binding anything
+    csi = _csi(config, manager)
     app = server.create_app(config, manager, registry)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
@@ -49,14 +55,43 @@ async def serve(config: config_module.AgentConfig) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    if csi is not None:
+        await csi.start()
     restore = asyncio.create_task(manager.restore())
     await stop.wait()
     _log.info("stopping (instances keep their pools; nothing is finalized)")
+    if csi is not None:
+        await csi.stop(grace=1.0)  # published volumes stay mounted; the next agent serves them
     restore.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await restore
     await manager.shutdown()
     await runner.cleanup()
+
+
+def _csi(config: config_module.AgentConfig, manager: InstanceManager) -> CsiServer | None:
+    """The CSI node plugin, its published volumes restored, when ``--csi-socket`` is set."""
+    if not config.csi_socket:
+        return None
+    plugin = CsiPlugin(
+        Folders(config.run_dir),
+        VolumeStore(config.state_dir),
+        manager.granting,
+        manager.sync_pod_sockets,
+        config.csi_grant_wait,
+        config.node_name,
+        config.kubelet_dir,
+    )
+    plugin.restore()
+    manager.pod_sockets_of = plugin.pod_sockets_of
+    return CsiServer(
+        plugin,
+        lambda: manager.ready,
+        Path(config.csi_socket),
+        config.kubelet_dir,
+        config.csi_driver,
+        config.csi_register,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -69,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     logs.setup(config.log_format, config.log_level)
     try:
         asyncio.run(serve(config))
-    except state.StateError as error:
+    except (state.StateError, CsiStartError) as error:
         print(f"cachelink-agent: error: {error}", file=sys.stderr)
         sys.exit(2)
     except OSError as error:

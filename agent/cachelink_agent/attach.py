@@ -1,10 +1,12 @@
 """Workload side of attach: use a node agent's instance as if it were your own ``CacheManager``.
 
-``attach(run_dir, "prefill-0")`` connects to the instance's Unix socket and returns an
-``AttachedCacheManager`` with ``CacheManager``'s method names. Caches are ``llm_datadist`` ``Cache``
-objects whose ``numpy(i)`` views map the instance's shared pool (zero copy; numpy arrays are DLPack
-producers, so ``torch.from_dlpack(cache.numpy(0))`` shares the memory too). Allocate, pull and push
-run in the agent on the instance, over the links the operator made.
+``attach(folder, "prefill-0")`` connects to the instance's Unix socket in ``folder`` (in a pod: the mount
+path of its CSI volume; on the node: the agent's run dir) and returns an ``AttachedCacheManager`` with
+``CacheManager``'s method names. The agent hands the instance's pools over the socket as file descriptors,
+so no pool path needs to be reachable. Caches are ``llm_datadist`` ``Cache`` objects whose ``numpy(i)``
+views map the instance's shared pool (zero copy; numpy arrays are DLPack producers, so
+``torch.from_dlpack(cache.numpy(0))`` shares the memory too). Allocate, pull and push run in the agent on
+the instance, over the links the operator made.
 
 The session holds a lease, renewed in the background; if this process dies, the caches it allocated
 are freed when the lease runs out. ``close()`` frees them at once.
@@ -61,20 +63,39 @@ def _range(value: range | None) -> list[int] | None:
     return None if value is None else [value.start, value.stop]
 
 
+#: most pools an instance has (device and host) and so file descriptors a hello reply may carry
+_MAX_POOL_FDS = 4
+
+
 class _Pools:
-    """The instance's pool files, mapped read-write once per session."""
+    """The instance's pools, mapped read-write once per session from the descriptors the agent sent."""
 
     def __init__(self) -> None:
         self._maps: dict[str, tuple[mmap.mmap, np.ndarray[Any, Any]]] = {}
 
+    def adopt(self, pools: list[dict[str, Any]], fds: list[int]) -> None:
+        """Map each pool from its descriptor (``pools[i]`` came with ``fds[i]``), closing the descriptors."""
+        try:
+            if not fds:  # an agent from before descriptors were handed over: map by path (it needs root)
+                return
+            if len(fds) != len(pools):
+                raise AttachError(f"the agent sent {len(fds)} pool descriptors for {len(pools)} pools")
+            for pool, fd in zip(pools, fds, strict=True):
+                mapped = mmap.mmap(fd, 0, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+                self._maps[str(pool["path"])] = (mapped, np.frombuffer(mapped, dtype=np.uint8))
+        finally:
+            for fd in fds:
+                os.close(fd)
+
     def region(self, path: str) -> np.ndarray[Any, Any]:
         if path not in self._maps:
-            fd = os.open(path, os.O_RDWR)
             try:
-                mapped = mmap.mmap(fd, 0, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-            finally:
-                os.close(fd)
-            self._maps[path] = (mapped, np.frombuffer(mapped, dtype=np.uint8))
+                fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError as error:
+                raise AttachError(
+                    f"cache lies in pool {path!r}, which the agent did not hand over: {error.strerror}"
+                ) from None
+            self.adopt([{"path": path}], [fd])
         return self._maps[path][1]
 
     def close(self) -> None:
@@ -98,9 +119,13 @@ class AttachedCacheManager:
         self._closed = False
         self._sock = self._connect()
         try:
-            hello = self._call("hello", {"lease_seconds": lease_seconds, "session_id": session_id})
+            hello, fds = self._call_with_fds(
+                "hello", {"lease_seconds": lease_seconds, "session_id": session_id}
+            )
+            self._pools.adopt(list(hello.get("pools", [])), fds)
         except BaseException:
             self._sock.close()
+            self._pools.close()
             raise
         self.session_id: str = hello["session_id"]
         self.lease_seconds: float = float(hello["lease_seconds"])
@@ -117,27 +142,38 @@ class AttachedCacheManager:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self._timeout)
         try:
-            sock.connect(self._path)
+            with protocol.unix_address(self._path) as address:
+                sock.connect(address)
         except OSError as error:
             sock.close()
             raise AttachError(f"cannot attach at {self._path}: {error.strerror or error}") from error
         return sock
 
     def _call(self, op: str, args: dict[str, Any]) -> Any:
+        return self._call_with_fds(op, args, max_fds=0)[0]
+
+    def _call_with_fds(
+        self, op: str, args: dict[str, Any], max_fds: int = _MAX_POOL_FDS
+    ) -> tuple[Any, list[int]]:
         with self._lock:
             if self._closed:
                 raise AttachError("attach session is closed")
             try:
                 protocol.send(self._sock, {"op": op, "args": args})
-                reply = protocol.recv(self._sock)
+                if max_fds:
+                    reply, fds = protocol.recv_with_fds(self._sock, max_fds)
+                else:
+                    reply, fds = protocol.recv(self._sock), []
             except (OSError, EOFError, protocol.ProtocolError) as error:
                 raise AttachError(
                     f"agent connection lost during {op}: {error!r}; attach again "
                     f"(session {getattr(self, 'session_id', '?')} can be resumed)"
                 ) from error
         if not reply.get("ok"):
+            for fd in fds:
+                os.close(fd)
             _raise(reply.get("error") or {})
-        return reply.get("result")
+        return reply.get("result"), fds
 
     def _renew_loop(self) -> None:
         while not self._stop.wait(max(self.lease_seconds / 3, 0.2)):
@@ -378,7 +414,7 @@ class AttachedCacheManager:
 
 
 def socket_path(run_dir: str | Path, instance_name: str) -> str:
-    """Where the agent puts an instance's attach socket."""
+    """Where an instance's attach socket is in ``run_dir`` (a pod's CSI volume, or the agent's run dir)."""
     return str(Path(run_dir) / f"{instance_name}.sock")
 
 
@@ -390,7 +426,11 @@ def attach(
     timeout: float = 30.0,
     session_id: str | None = None,
 ) -> AttachedCacheManager:
-    """Attach to ``instance_name`` through the agent's ``run_dir``; ``session_id`` resumes a session."""
+    """Attach to ``instance_name`` through its socket in ``run_dir``; ``session_id`` resumes a session.
+
+    In a pod, ``run_dir`` is the mount path of the pod's CSI volume (``driver: cachelink.io``,
+    ``volumeAttributes: {cachelink: NAME}``); on the node, the agent's ``--run-dir``.
+    """
     from cachelink_agent.models import is_instance_name  # noqa: PLC0415 - keeps pydantic off the fast path
 
     if not is_instance_name(instance_name):

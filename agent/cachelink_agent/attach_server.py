@@ -1,11 +1,21 @@
-"""The per-instance attach socket: workloads on the node allocate, pull and push through it.
+"""The instance's attach sockets: workloads allocate, pull and push through them.
 
 Runs where the instance runs (its worker, or the agent in ``--in-process`` mode), one thread per
-connection. The socket file is mode 0600 and every peer's ``SO_PEERCRED`` is checked against the
-instance's attach policy. Each session holds a lease, renewed by any request; when it runs out (a
-workload that crashed or hung) the caches the session allocated are freed. Sessions and their caches
-are written to a lease file, so a restarted worker or agent still frees a dead workload's caches, and
-a workload may resume its session by id.
+connection. Two kinds of socket:
+
+- **Pod sockets**, one per pod granted the instance, each in that pod's CSI volume folder (the agent's
+  CSI plugin says which, ``set_pod_sockets``). Only that pod has the folder mounted, so a connection
+  accepted there *is* that pod: no peer credentials are read. Removing a pod socket (a revoked grant, an
+  unpublished volume) closes its connections and ends the sessions opened through it, freeing their caches.
+- **The host socket** (``<run-dir>/<instance>.sock``, mode 0600) for processes on the node: each peer's
+  ``SO_PEERCRED`` is checked against the attach policy (uids, or a pod uid in the peer's cgroup). A peer
+  whose pid the agent cannot see (another PID namespace) is refused: pods attach through CSI.
+
+The hello reply carries the instance's pool files as file descriptors (``SCM_RIGHTS``): the workload maps
+them without any path, and the pool folder stays 0700. Each session holds a lease, renewed by any request;
+when it runs out (a workload that crashed or hung) the caches the session allocated are freed. Sessions
+and their caches are written to a lease file, so a restarted worker or agent still frees a dead
+workload's caches, and a workload may resume its session by id (through a socket of the same pod).
 """
 
 from __future__ import annotations
@@ -46,6 +56,20 @@ class Session:
     cache_ids: set[int] = field(default_factory=set)
     pid: int = 0
     uid: int = -1
+    #: the pod uid whose socket opened it ("" for the host socket); resumed only through that pod's sockets
+    pod: str = ""
+    #: the socket it was opened or resumed through
+    via: str = ""
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Who is at the other end of a connection: ``pod`` is set for a pod socket (its mount says so)."""
+
+    pid: int
+    uid: int
+    pod: str
+    via: str
 
 
 def peer_credentials(conn: socket.socket) -> tuple[int, int, int]:
@@ -55,21 +79,15 @@ def peer_credentials(conn: socket.socket) -> tuple[int, int, int]:
     return pid, uid, gid
 
 
-#: ``_pod_of``'s answer for a peer the agent cannot see (INTERIM, see there)
-UNVERIFIED_POD = "unverified: peer outside the agent's PID namespace"
-
-
 def _pod_of(pid: int, pod_uids: list[str]) -> str | None:
-    """The allowed pod that the peer process ``pid`` runs in, by its cgroup path; None if none.
+    """The allowed pod that the peer process ``pid`` on the host socket runs in, by its cgroup; None if none.
 
-    INTERIM (issue 13, until attach goes through per-pod socket folders): ``SO_PEERCRED`` reports pid 0
-    for a peer in a PID namespace the agent cannot see, which is every workload pod's process when
-    the agent runs without ``hostPID``. Its pod cannot be read from ``/proc`` then, so such a peer is
-    admitted as ``UNVERIFIED_POD``: what guards the socket is its mode (0600, the agent's uid) and the
-    host-path folder, which only pods that mount it reach. A visible peer is still checked by cgroup.
+    ``SO_PEERCRED`` reports pid 0 for a peer in a PID namespace the agent cannot see (a pod's process when
+    the agent runs without ``hostPID``): nothing can be checked, so it is refused. Pods attach through
+    their CSI volume's pod socket instead, where the mount is the authorization.
     """
     if pid == 0:
-        return UNVERIFIED_POD if pod_uids else None
+        return None
     try:
         cgroups = Path(f"/proc/{pid}/cgroup").read_text()
     except OSError:
@@ -104,31 +122,91 @@ class AttachServer:
         self._lock = threading.RLock()
         self._stopping = threading.Event()
         self._listener: socket.socket | None = None
-        self._conns: set[socket.socket] = set()
+        #: connections and the socket each came through
+        self._conns: dict[socket.socket, str] = {}
+        #: pod sockets: path -> (listener, pod uid)
+        self._pod_sockets: dict[str, tuple[socket.socket, str]] = {}
         self._threads: list[threading.Thread] = []
 
     # ------------------------------------------------------------------------------ lifecycle
 
-    def start(self) -> None:
-        """Load leases, bind the socket (0600) and start accepting."""
-        self._load_leases()
-        path = Path(self.path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+    @staticmethod
+    def _bind(path: str, mode: int) -> socket.socket:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+            Path(path).unlink()
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)
         try:
-            listener.bind(self.path)
+            with protocol.unix_address(path) as address:
+                listener.bind(address)
+        except OSError:
+            listener.close()
+            raise
         finally:
             os.umask(old_umask)
-        path.chmod(0o600)
+        os.chmod(path, mode)
         listener.listen(64)
-        self._listener = listener
-        for target, name in ((self._accept_loop, "attach-accept"), (self._reap_loop, "attach-reaper")):
-            thread = threading.Thread(target=target, name=f"{name}-{self.runtime.config.name}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        return listener
+
+    def _thread(self, target: Any, name: str, *args: Any) -> None:
+        thread = threading.Thread(
+            target=target, args=args, name=f"{name}-{self.runtime.config.name}", daemon=True
+        )
+        thread.start()
+        self._threads.append(thread)
+
+    def start(self) -> None:
+        """Load leases, bind the host socket (0600) and start accepting."""
+        self._load_leases()
+        self._listener = self._bind(self.path, 0o600)
+        self._thread(self._accept_loop, "attach-accept", self._listener, "")
+        self._thread(self._reap_loop, "attach-reaper")
+
+    def set_pod_sockets(self, sockets: dict[str, str]) -> dict[str, str]:
+        """Serve exactly these pod sockets (path -> pod uid): bind new ones, revoke the others.
+
+        A pod socket is mode 0666 in a folder only its pod has mounted. Revoking one closes the
+        connections that came through it and ends their sessions (their caches are freed).
+        """
+        with self._lock:
+            if self._stopping.is_set():
+                return {}
+            current = dict(self._pod_sockets)
+        for path, (listener, pod) in current.items():
+            if sockets.get(path) != pod:
+                self._revoke(path, listener, pod)
+        for path, pod in sockets.items():
+            if path in current and current[path][1] == pod:
+                continue
+            try:
+                listener = self._bind(path, 0o666)
+            except OSError as error:
+                _log.error("cannot bind pod socket %s of %s: %s", path, self.runtime.config.name, error)
+                continue
+            with self._lock:
+                self._pod_sockets[path] = (listener, pod)
+            self._thread(self._accept_loop, "attach-pod", listener, path)
+            _log.info("attach socket of %s granted to pod %s at %s", self.runtime.config.name, pod, path)
+        with self._lock:
+            return {path: pod for path, (_listener, pod) in self._pod_sockets.items()}
+
+    def _revoke(self, path: str, listener: socket.socket, pod: str) -> None:
+        with self._lock:
+            self._pod_sockets.pop(path, None)
+            conns = [conn for conn, via in self._conns.items() if via == path]
+            sessions = [s for s in self._sessions.values() if s.via == path]
+        with contextlib.suppress(OSError):
+            listener.shutdown(socket.SHUT_RDWR)
+        listener.close()
+        with contextlib.suppress(FileNotFoundError):
+            Path(path).unlink()
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        for session in sessions:
+            self._end_session(session, f"grant to pod {pod} revoked")
+        _log.info("attach socket of %s revoked from pod %s (%s)", self.runtime.config.name, pod, path)
 
     def stop(self, release_leases: bool) -> None:
         """Stop serving; the lease file is kept unless the instance is being finalized."""
@@ -139,9 +217,16 @@ class AttachServer:
                 listener.shutdown(socket.SHUT_RDWR)
             listener.close()
         with self._lock:
+            pod_sockets, self._pod_sockets = self._pod_sockets, {}
             for conn in list(self._conns):
                 with contextlib.suppress(OSError):
                     conn.shutdown(socket.SHUT_RDWR)
+        for path, (pod_listener, _pod) in pod_sockets.items():
+            with contextlib.suppress(OSError):
+                pod_listener.shutdown(socket.SHUT_RDWR)
+            pod_listener.close()
+            with contextlib.suppress(FileNotFoundError):
+                Path(path).unlink()
         with contextlib.suppress(FileNotFoundError):
             Path(self.path).unlink()
         if release_leases and self.lease_file:
@@ -173,7 +258,12 @@ class AttachServer:
             lease = min(max(lease, 1.0), self.max_lease)
             # The workload could not renew while we were down: it gets one full lease from now.
             self._sessions[sid] = Session(
-                sid, lease, now + lease, {int(c) for c in entry.get("cache_ids", [])}
+                sid,
+                lease,
+                now + lease,
+                {int(c) for c in entry.get("cache_ids", [])},
+                pod=str(entry.get("pod", "")),
+                via=str(entry.get("via", "")),
             )
         if self._sessions:
             _log.info("restored %d attach sessions of %s", len(self._sessions), self.runtime.config.name)
@@ -186,7 +276,12 @@ class AttachServer:
                 data = {
                     "version": 1,
                     "sessions": {
-                        s.session_id: {"lease_seconds": s.lease_seconds, "cache_ids": sorted(s.cache_ids)}
+                        s.session_id: {
+                            "lease_seconds": s.lease_seconds,
+                            "cache_ids": sorted(s.cache_ids),
+                            "pod": s.pod,
+                            "via": s.via,
+                        }
                         for s in self._sessions.values()
                     },
                 }
@@ -222,17 +317,23 @@ class AttachServer:
 
     # ----------------------------------------------------------------------------- serving
 
-    def _accept_loop(self) -> None:
+    def _accept_loop(self, listener: socket.socket, via: str) -> None:
+        """Accept on the host socket (``via`` "") or on the pod socket at path ``via``."""
         while not self._stopping.is_set():
-            listener = self._listener
-            if listener is None:
-                return
             try:
                 conn, _ = listener.accept()
             except OSError:
                 return
+            with self._lock:
+                pod = self._pod_sockets.get(via, (None, ""))[1] if via else ""
+            if via and not pod:  # revoked between accept and here
+                conn.close()
+                continue
             thread = threading.Thread(
-                target=self._serve, args=(conn,), daemon=True, name=f"attach-{self.runtime.config.name}"
+                target=self._serve,
+                args=(conn, via, pod),
+                daemon=True,
+                name=f"attach-{self.runtime.config.name}",
             )
             thread.start()
 
@@ -241,10 +342,10 @@ class AttachServer:
             return True
         return bool(self.allowed_pods) and _pod_of(pid, self.allowed_pods) is not None
 
-    def _serve(self, conn: socket.socket) -> None:
+    def _serve(self, conn: socket.socket, via: str, pod: str) -> None:
         with conn:
             pid, uid, _gid = peer_credentials(conn)
-            if not self._allowed(pid, uid):
+            if not pod and not self._allowed(pid, uid):
                 _log.warning("refused attach to %s from pid %d uid %d", self.runtime.config.name, pid, uid)
                 with contextlib.suppress(OSError):
                     protocol.send(
@@ -255,13 +356,17 @@ class AttachServer:
                                 "kind": ErrorKind.PERMISSION,
                                 "llm_status": None,
                                 "message": f"uid {uid} (pid {pid}) may not attach to instance "
-                                f"{self.runtime.config.name}",
+                                f"{self.runtime.config.name} at its host socket; pods attach through "
+                                "a CSI volume naming their CacheLink",
                             },
                         },
                     )
                 return
             with self._lock:
-                self._conns.add(conn)
+                if via and via not in self._pod_sockets:
+                    return  # revoked while this connection was being set up
+                self._conns[conn] = via
+            peer = Peer(pid, uid, pod, via)
             session: Session | None = None
             try:
                 while not self._stopping.is_set():
@@ -269,24 +374,41 @@ class AttachServer:
                         request = protocol.recv(conn)
                     except (EOFError, OSError, protocol.ProtocolError):
                         return
-                    reply, session = self._handle(request, session, pid, uid)
-                    protocol.send(conn, reply)
+                    reply, session = self._handle(request, session, peer)
+                    fds = self._pool_fds() if request.get("op") == "hello" and reply.get("ok") else []
+                    try:
+                        protocol.send(conn, reply, fds)
+                    finally:
+                        for fd in fds:
+                            os.close(fd)
                     if request.get("op") == "close":
                         return
             except OSError:
                 return
             finally:
                 with self._lock:
-                    self._conns.discard(conn)
+                    self._conns.pop(conn, None)
+
+    def _pool_fds(self) -> list[int]:
+        """The pool files, opened read-write for the hello reply (in ``pools`` order)."""
+        fds: list[int] = []
+        try:
+            for pool in ext.pool_files(self.runtime.datadist):
+                fds.append(os.open(pool.path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC))
+        except OSError:
+            for fd in fds:
+                os.close(fd)
+            raise
+        return fds
 
     def _handle(
-        self, request: dict[str, Any], session: Session | None, pid: int, uid: int
+        self, request: dict[str, Any], session: Session | None, peer: Peer
     ) -> tuple[dict[str, Any], Session | None]:
         op = request.get("op")
         args = request.get("args") or {}
         try:
             if op == "hello":
-                session = self._hello(args, pid, uid)
+                session = self._hello(args, peer)
                 return {"ok": True, "result": self._hello_result(session)}, session
             if session is None:
                 raise EngineError(ErrorKind.RUNTIME, "send hello first", "LLM_PARAM_INVALID")
@@ -313,7 +435,7 @@ class AttachServer:
         """Refuse new sessions with ``reason`` ("" admits them again); resumed ones keep working."""
         self._refusing = reason
 
-    def _hello(self, args: dict[str, Any], pid: int, uid: int) -> Session:
+    def _hello(self, args: dict[str, Any], peer: Peer) -> Session:
         lease = float(args.get("lease_seconds") or self.default_lease)
         if not math.isfinite(lease):
             raise EngineError(
@@ -332,10 +454,15 @@ class AttachServer:
                     raise EngineError(
                         ErrorKind.RUNTIME, f"session {resume} is unknown or its lease expired", "LLM_FAILED"
                     )
+                if session.pod != peer.pod:
+                    raise EngineError(
+                        ErrorKind.PERMISSION, f"session {resume} belongs to another attach socket", None
+                    )
             else:
-                session = Session(secrets.token_hex(8), lease, 0.0)
+                session = Session(secrets.token_hex(8), lease, 0.0, pod=peer.pod)
                 self._sessions[session.session_id] = session
-            session.lease_seconds, session.pid, session.uid = lease, pid, uid
+            session.lease_seconds, session.pid, session.uid = lease, peer.pid, peer.uid
+            session.via = peer.via
             session.expires_at = time.monotonic() + lease
         self._save_leases()
         return session

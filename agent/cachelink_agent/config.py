@@ -8,6 +8,7 @@ import os
 import re
 import socket
 import ssl
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +62,11 @@ class AgentConfig:
     reconcile_interval: float
     log_format: str
     log_level: str
+    csi_socket: str = ""
+    kubelet_dir: Path = Path("/var/lib/kubelet")
+    csi_driver: str = "cachelink.io"
+    csi_register: bool = True
+    csi_grant_wait: float = 10.0
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """Server TLS context from the cert/key files, or None."""
@@ -148,6 +154,29 @@ def build_parser() -> argparse.ArgumentParser:
     add("--worker-start-timeout", default="60", help="bound (s) of a worker's start and init")
     add("--restart-backoff-max", default="30", help="longest wait (s) between worker restarts")
     add("--reconcile-interval", default="5", help="seconds between attempts to restore broken links")
+    add(
+        "--csi-socket",
+        default="",
+        help="serve the CSI node plugin (per-pod attach folders) on this Unix socket; the path must be the "
+        "same for the kubelet (default: no CSI plugin)",
+    )
+    add(
+        "--kubelet-dir",
+        default="/var/lib/kubelet",
+        help="the kubelet's root directory (CSI targets, plugins)",
+    )
+    add("--csi-driver-name", default="cachelink.io", help="CSI driver name (the CSIDriver object's name)")
+    add(
+        "--csi-register",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="register with the kubelet through <kubelet-dir>/plugins_registry/<driver>-reg.sock",
+    )
+    add(
+        "--csi-grant-wait",
+        default="10",
+        help="seconds a volume publish waits for its CacheLink's grant before it is refused",
+    )
     add("--log-format", choices=("text", "json"), default="text", help="log format (default text)")
     add("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), default="INFO", type=str.upper)
     return parser
@@ -164,6 +193,16 @@ def _dir(flag: str, value: str, mode: int) -> Path:
     if not os.access(path, os.W_OK | os.X_OK):
         raise ConfigError(f"{flag} {value}: not writable by this user")
     return path
+
+
+def _private(path: Path) -> None:
+    """Make an agent-owned folder 0700; a shared sticky folder (``/dev/shm`` itself) is left as it is."""
+    mode = path.stat().st_mode
+    if not mode & stat.S_ISVTX and stat.S_IMODE(mode) != 0o700:
+        try:
+            path.chmod(0o700)
+        except OSError as error:
+            raise ConfigError(f"{path}: cannot make it private (0700): {error.strerror}") from None
 
 
 def _number(flag: str, text: str) -> float:
@@ -207,7 +246,13 @@ def from_args(argv: list[str] | None = None) -> AgentConfig:
     owner_finalize_ttl = _number("--owner-finalize-ttl", args.owner_finalize_ttl)
     if owner_finalize_ttl < owner_ttl:
         raise ConfigError("--owner-finalize-ttl must be at least --owner-ttl (quarantine comes first)")
-    pool_dir = _dir("--pool-dir", args.pool_dir, 0o755)
+    pool_dir = _dir("--pool-dir", args.pool_dir, 0o700)
+    _private(pool_dir)  # workloads get pools as file descriptors, never by path
+    for flag, value in (("--csi-socket", args.csi_socket), ("--kubelet-dir", args.kubelet_dir)):
+        if value and not value.startswith("/"):
+            raise ConfigError(f"{flag} {value}: needs an absolute path")
+    if len(args.csi_driver_name) > 63 or not DNS1123_SUBDOMAIN.match(args.csi_driver_name):
+        raise ConfigError(f"--csi-driver-name {args.csi_driver_name!r} is not a DNS-1123 subdomain of <= 63")
     if args.max_pool_bytes:
         try:
             max_pool = parse_size(args.max_pool_bytes)
@@ -242,6 +287,11 @@ def from_args(argv: list[str] | None = None) -> AgentConfig:
         reconcile_interval=_number("--reconcile-interval", args.reconcile_interval),
         log_format=args.log_format,
         log_level=args.log_level,
+        csi_socket=args.csi_socket,
+        kubelet_dir=Path(os.path.normpath(args.kubelet_dir)),  # as the kubelet names it: not resolved
+        csi_driver=args.csi_driver_name,
+        csi_register=args.csi_register,
+        csi_grant_wait=_number("--csi-grant-wait", args.csi_grant_wait),
     )
     if config.tls_cert:
         try:

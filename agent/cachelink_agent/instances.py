@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,8 @@ class InstanceManager:
         self._changes = 0
         self._saved_changes = 0
         self._tasks: list[asyncio.Task[None]] = []
+        #: the pod sockets an instance should serve (path -> pod uid): set by the CSI plugin
+        self.pod_sockets_of: Callable[[str, models.AttachPolicy], dict[str, str]] = lambda name, policy: {}
 
     # ------------------------------------------------------------------------------ plumbing
 
@@ -142,6 +144,36 @@ class InstanceManager:
             instance.record.bound_listen = instance.listen_address
         if instance.quarantine:  # a restarted worker refuses new sessions too
             await self._set_quarantine(instance, instance.quarantine)
+        instance.pod_sockets = {}  # a new backend serves none yet
+        await self._push_pod_sockets(instance)
+
+    async def _push_pod_sockets(self, instance: Instance) -> None:
+        """Make the backend serve the pod sockets the CSI plugin grants (call under the instance's lock)."""
+        want = self.pod_sockets_of(instance.name, instance.spec.attach)
+        if want == instance.pod_sockets or instance.state != "running":
+            return
+        try:
+            served = await self._call(instance, "set_pod_sockets", {"sockets": want})
+        except ApiError as error:
+            _log.warning("pod sockets of %s not updated: %s", instance.name, error.message)
+            return
+        instance.pod_sockets = dict(served)
+
+    async def sync_pod_sockets(self) -> None:
+        """Push every live instance's pod sockets (after a CSI volume came or went)."""
+
+        async def one(instance: Instance) -> None:
+            async with instance.lock:
+                if not self._gone(instance):
+                    await self._push_pod_sockets(instance)
+
+        await asyncio.gather(*(one(i) for i in list(self.instances.values())))
+
+    def granting(self, allowed: Callable[[models.AttachPolicy], bool]) -> list[str]:
+        """Names of the live instances whose attach policy ``allowed`` accepts."""
+        return sorted(
+            name for name, inst in self.instances.items() if not inst.stopping and allowed(inst.spec.attach)
+        )
 
     def _gone(self, instance: Instance) -> bool:
         """Deleted or shutting down (a method, so type narrowing does not survive awaits)."""

@@ -16,6 +16,7 @@ API_VERSION = "v1"
 #: DNS-1123 label: what an instance name must be (it becomes a file name, so nothing else is accepted)
 DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 _LABEL_RE = re.compile(DNS1123_LABEL)
+DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 MAX_UINT64 = 2**64 - 1
 MAX_UINT32 = 2**32 - 1
 MAX_OPTIONS = 64
@@ -47,13 +48,24 @@ class _Model(BaseModel):
 
 
 class AttachPolicy(_Model):
-    """Who may attach to an instance's Unix socket (checked with ``SO_PEERCRED``)."""
+    """Who may attach to an instance.
+
+    Pods attach through a CSI volume naming the CacheLink (``namespace``/``cachelink``): a pod of that
+    namespace listed in ``pod_uids`` gets the instance's socket in its volume. Processes on the node attach
+    at the instance's host socket, checked with ``SO_PEERCRED`` (``uids``; ``pod_uids`` by cgroup).
+    """
 
     uids: list[Annotated[int, Field(ge=0, le=MAX_UINT32)]] = Field(
         default_factory=list, max_length=32, description="uids allowed to attach (empty: the agent's own uid)"
     )
     pod_uids: list[Annotated[str, StringConstraints(pattern=r"^[0-9a-f-]{36}$")]] = Field(
-        default_factory=list, max_length=32, description="pods (by UID, matched in the peer's cgroup) allowed"
+        default_factory=list, max_length=32, description="pods (by UID) allowed"
+    )
+    namespace: Annotated[str, StringConstraints(pattern=f"^$|{DNS1123_LABEL}", max_length=63)] = Field(
+        default="", description="namespace of the granting CacheLink (pods of other namespaces never attach)"
+    )
+    cachelink: Annotated[str, StringConstraints(pattern=f"^$|{DNS1123_SUBDOMAIN}", max_length=253)] = Field(
+        default="", description="name of the granting CacheLink, as a pod's CSI volume names it"
     )
 
 

@@ -1,15 +1,20 @@
 """The wire shared by the worker RPC and the attach socket (both of their ends).
 
 Framing: a 4-byte big-endian length, then JSON; both ends bound what they read (``MAX_FRAME``), so a peer
-cannot make the other allocate without limit. Also the wire forms of cache keys and of errors.
+cannot make the other allocate without limit. A frame may carry file descriptors (``SCM_RIGHTS``, sent
+with its first byte: the attach socket hands pools over that way). Also the wire forms of cache keys and
+of errors.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import socket
 import struct
+from collections.abc import Iterator, Sequence
 from enum import StrEnum
 from typing import Any
 
@@ -17,6 +22,8 @@ from llm_datadist.status import CacheLinkError, LLMException
 from llm_datadist.v2.llm_types import BlocksCacheKey, CacheKey, CacheKeyByIdAndIndex
 
 MAX_FRAME = 8 << 20
+#: longest Unix socket path that fits ``sockaddr_un`` (108 bytes with the terminating NUL)
+MAX_UNIX_PATH = 107
 _HEADER = struct.Struct(">I")
 
 
@@ -54,9 +61,31 @@ def _recv_exactly(sock: socket.socket, size: int) -> bytes:
     return bytes(chunks)
 
 
-def send(sock: socket.socket, message: dict[str, Any]) -> None:
-    """Send one frame on a blocking socket."""
-    sock.sendall(encode(message))
+@contextlib.contextmanager
+def unix_address(path: str) -> Iterator[str]:
+    """``path``, or while it is too long for ``sockaddr_un``, a short alias through its open folder.
+
+    Kubelet target paths (and test folders) easily pass 107 bytes; ``/proc/self/fd/N/name`` names the same
+    socket and fits.
+    """
+    if len(os.fsencode(path)) <= MAX_UNIX_PATH:
+        yield path
+        return
+    folder, name = os.path.split(path)
+    dir_fd = os.open(folder or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield f"/proc/self/fd/{dir_fd}/{name}"
+    finally:
+        os.close(dir_fd)
+
+
+def send(sock: socket.socket, message: dict[str, Any], fds: Sequence[int] = ()) -> None:
+    """Send one frame on a blocking socket, with ``fds`` attached to its first byte."""
+    frame = encode(message)
+    if fds:
+        sent = socket.send_fds(sock, [frame], list(fds))
+        frame = frame[sent:]
+    sock.sendall(frame)
 
 
 def recv(sock: socket.socket) -> dict[str, Any]:
@@ -65,6 +94,25 @@ def recv(sock: socket.socket) -> dict[str, Any]:
     if size > MAX_FRAME:
         raise ProtocolError(f"frame of {size} bytes exceeds the {MAX_FRAME}-byte limit")
     return _decode(_recv_exactly(sock, size))
+
+
+def recv_with_fds(sock: socket.socket, max_fds: int) -> tuple[dict[str, Any], list[int]]:
+    """Receive one frame and the file descriptors sent with it (close-on-exec); the caller owns them."""
+    header, fds, flags, _addr = socket.recv_fds(sock, _HEADER.size, max_fds, socket.MSG_CMSG_CLOEXEC)
+    try:
+        if flags & socket.MSG_CTRUNC:
+            raise ProtocolError(f"peer sent more than {max_fds} file descriptors")
+        if not header:
+            raise EOFError("peer closed the connection")
+        header += _recv_exactly(sock, _HEADER.size - len(header)) if len(header) < _HEADER.size else b""
+        (size,) = _HEADER.unpack(header)
+        if size > MAX_FRAME:
+            raise ProtocolError(f"frame of {size} bytes exceeds the {MAX_FRAME}-byte limit")
+        return _decode(_recv_exactly(sock, size)), fds
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
 
 
 async def read(reader: asyncio.StreamReader) -> dict[str, Any]:

@@ -47,6 +47,8 @@ class Instance:
     supervisor: asyncio.Task[None] | None = None
     last_status: dict[str, Any] = field(default_factory=dict)
     started_at: float = 0.0
+    #: the pod sockets its backend serves (path -> pod uid), as last pushed
+    pod_sockets: dict[str, str] = field(default_factory=dict)
     #: shared memory its pools reserve (parsed once: the node's listing sums it for every instance)
     pool_bytes: int = field(init=False, default=0)
 

@@ -149,6 +149,9 @@ class AttachEndpoint(Protocol):
     def refuse_new_sessions(self, reason: str) -> None:
         """Refuse new sessions with ``reason`` ("" admits them again); attached ones keep working."""
 
+    def set_pod_sockets(self, sockets: dict[str, str]) -> dict[str, str]:
+        """Serve exactly these pod sockets (path -> pod uid); returns those served."""
+
 
 class InstanceRuntime:
     """An initialized instance; thread-safe for concurrent status reads, links and transfers.
@@ -222,6 +225,12 @@ class InstanceRuntime:
         self._quarantine = reason
         if self._attach is not None:
             self._attach.refuse_new_sessions(reason)
+
+    def set_pod_sockets(self, sockets: dict[str, str]) -> dict[str, str]:
+        """Serve attach sockets in these pods' CSI volume folders (path -> pod uid), and no others."""
+        if self._attach is None:
+            return {}
+        return self._attach.set_pod_sockets({str(k): str(v) for k, v in sockets.items()})
 
     # ---------------------------------------------------------------------------------- links
 

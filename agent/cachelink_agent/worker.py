@@ -31,7 +31,16 @@ _log = logging.getLogger("cachelink_agent.worker")
 _PR_SET_PDEATHSIG = 1
 
 #: operations a runtime answers (shared with the in-process host)
-OPERATIONS = ("link", "unlink", "comm_link", "comm_unlink", "comm_status", "status", "set_quarantine")
+OPERATIONS = (
+    "link",
+    "unlink",
+    "comm_link",
+    "comm_unlink",
+    "comm_status",
+    "status",
+    "set_quarantine",
+    "set_pod_sockets",
+)
 
 
 def dispatch(runtime: InstanceRuntime, op: str, args: dict[str, Any]) -> Any:

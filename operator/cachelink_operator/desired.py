@@ -415,6 +415,8 @@ class DesiredInstance:
     listens: bool
     options: dict[str, str]
     problem: str | None = None
+    #: (namespace, name) of the CacheLink: a pod's CSI volume naming it gets this instance's socket
+    cachelink: tuple[str, str] = ("", "")
 
     @property
     def node(self) -> str:
@@ -434,7 +436,9 @@ class DesiredInstance:
             cluster_id=self.cluster_id,
             owner=owner,
             options=self.options,
-            attach=agent_models.AttachPolicy(pod_uids=pod_uids),
+            attach=agent_models.AttachPolicy(
+                pod_uids=pod_uids, namespace=self.cachelink[0], cachelink=self.cachelink[1]
+            ),
         )
 
 
@@ -620,6 +624,7 @@ def compute(spec: CacheLinkSpec, inputs: Inputs) -> Desired:
                 link_secret=inputs.link_secret,
             ),
             problem=problem,
+            cachelink=(inputs.namespace, inputs.name),
         )
     by_member = {(m.role, m.key): n for n, m in names.items()}
     if style is LinkStyle.COMM_DOMAIN:

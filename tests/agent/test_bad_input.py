@@ -111,6 +111,14 @@ def test_malformed_oversized_and_traversal(agent) -> None:
         (["--lease-seconds", "inf"], "--lease-seconds must be a positive number"),
         (["--owner-ttl", "600", "--owner-finalize-ttl", "60"], "--owner-finalize-ttl must be at least"),
         (["--tls-cert", "/etc/hostname"], "--tls-cert and --tls-key go together"),
+        (["--csi-socket", "csi.sock"], "--csi-socket csi.sock: needs an absolute path"),
+        (["--kubelet-dir", "var/lib/kubelet"], "--kubelet-dir var/lib/kubelet: needs an absolute path"),
+        (["--csi-driver-name", "Cache_Link"], "--csi-driver-name 'Cache_Link' is not a DNS-1123 subdomain"),
+        (["--csi-grant-wait", "0"], "--csi-grant-wait must be a positive number"),
+        (
+            ["--listen", "127.0.0.2:0", "--csi-socket", "/tmp/" + "x" * 120],
+            "longer than a Unix socket address",
+        ),
     ],
 )
 def test_bad_flags_exit_with_a_message(tmp_path, argv, message) -> None:
@@ -182,3 +190,21 @@ def test_request_metrics_label_only_known_methods(agent) -> None:
     metrics = agent.call(lambda c: c.metrics())
     assert not any(f'method="{method}"' in metrics for method in invented)
     assert 'method="other"' in metrics
+
+
+def test_an_unreadable_csi_volumes_file_is_refused(tmp_path) -> None:
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "csi-volumes.json").write_text("{not json")
+    secret = tmp_path / "secret"
+    secret.write_text("s" * 32)
+    argv = ["--token-file", str(secret), "--state-dir", str(tmp_path / "s"), "--run-dir", str(tmp_path / "r")]
+    argv += ["--node-name", "n1", "--listen", "127.0.0.2:0", "--csi-socket", str(tmp_path / "csi.sock")]
+    result = subprocess.run(
+        [sys.executable, "-P", "-m", "cachelink_agent", *argv],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2 and "csi-volumes.json is unreadable" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -10,15 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from cachelink.devcluster import ensure_tools
-
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "cachelink"
-
-
-@pytest.fixture(scope="module")
-def helm() -> str:
-    return str(ensure_tools().helm)
 
 
 def render(helm: str, *sets: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -81,7 +74,10 @@ def test_operator_rbac_is_least_privilege_and_agent_has_none(helm):
 
 def test_agent_daemonset_mounts_pools_and_sizes_memory_for_them(helm):
     (ds,) = by_kind(
-        objects(helm, "agentDaemonSet.maxPoolBytes=2Gi", "agentDaemonSet.agentMemory=512Mi"), "DaemonSet"
+        objects(
+            helm, "agentDaemonSet.maxPoolBytes=2Gi", "agentDaemonSet.agentMemory=512Mi", "csi.enabled=false"
+        ),
+        "DaemonSet",
     )
     pod = ds["spec"]["template"]["spec"]
     assert pod["hostNetwork"] is True and pod["automountServiceAccountToken"] is False
@@ -96,7 +92,40 @@ def test_agent_daemonset_mounts_pools_and_sizes_memory_for_them(helm):
         "state": "/var/lib/cachelink",
     }
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert "privileged" not in container["securityContext"], "without CSI the agent is unprivileged"
+    assert not [a for a in container["args"] if a.startswith("--csi")]
     assert container["env"][0]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+
+
+def test_csi_driver_and_the_agent_as_its_node_plugin(helm):
+    docs = objects(helm, "csi.kubeletDir=/data/kubelet", "csi.grantWaitSeconds=20")
+    (driver,) = by_kind(docs, "CSIDriver")
+    assert driver["metadata"]["name"] == "cachelink.io"
+    assert driver["spec"]["attachRequired"] is False and driver["spec"]["podInfoOnMount"] is True
+    assert driver["spec"]["volumeLifecycleModes"] == ["Ephemeral"]
+    (ds,) = by_kind(docs, "DaemonSet")
+    pod = ds["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert {
+        "--csi-socket=/data/kubelet/plugins/cachelink.io/csi.sock",
+        "--kubelet-dir=/data/kubelet",
+        "--csi-driver-name=cachelink.io",
+        "--csi-grant-wait=20",
+    } <= set(container["args"])
+    assert container["securityContext"]["privileged"] is True, "Bidirectional propagation needs it"
+    assert "allowPrivilegeEscalation" not in container["securityContext"], (
+        "the API server rejects it with privileged"
+    )
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    host = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    for name, path in {
+        "csi-plugin": "/data/kubelet/plugins/cachelink.io",
+        "csi-registry": "/data/kubelet/plugins_registry",
+        "kubelet-pods": "/data/kubelet/pods",
+    }.items():
+        assert host[name] == path and mounts[name]["mountPath"] == path, "same path inside and out"
+    assert mounts["kubelet-pods"]["mountPropagation"] == "Bidirectional"
+    assert not by_kind(objects(helm, "csi.enabled=false"), "CSIDriver")
 
 
 def test_value_sets_change_what_they_say(helm):
@@ -133,6 +162,9 @@ def test_value_sets_change_what_they_say(helm):
         (["operator.replicas=2", "podDisruptionBudget.minAvailable=2"], "must be below operator.replicas"),
         (["podSecurity.labelNamespace=true", "podSecurity.level=restricted"], "need the privileged level"),
         (["crds.enabled=false"], "crds.keep needs crds.enabled"),
+        (["csi.driverName=Not_A_Name"], "driverName"),
+        (["csi.kubeletDir=relative/kubelet"], "kubeletDir"),
+        (["csi.grantWaitSeconds=0"], "grantWaitSeconds"),
     ],
 )
 def test_bad_values_fail_with_a_clear_message(helm, sets, message):
@@ -190,7 +222,14 @@ def test_pods_bind_their_own_ip_and_take_extra_args(helm):
         "/dev/shm/cachelink",
         "/etc/cachelink/secret",
     }
-    assert plan.drop_all_capabilities and plan.read_only_root and plan.no_new_privileges and plan.uid == 0
+    assert plan.read_only_root and plan.uid == 0 and not plan.drop_all_capabilities, (
+        "privileged: the CSI plugin"
+    )
+    unprivileged = _as_pod(
+        by_kind(objects(helm, "csi.enabled=false"), "DaemonSet")[0]["spec"]["template"], "node-b", "127.0.0.3"
+    )
+    plan_without_csi = podspec.plan(unprivileged, "agent", _NoSources(), {})
+    assert plan_without_csi.drop_all_capabilities and plan_without_csi.no_new_privileges
     operator = _as_pod(by_kind(docs, "Deployment")[0]["spec"]["template"], "node-a", "127.1.0.9")
     plan = podspec.plan(operator, "operator", _NoSources(), {})
     assert {"--bind-address=127.1.0.9", "--leader-duration=6"} <= set(plan.argv)

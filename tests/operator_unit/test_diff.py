@@ -139,3 +139,11 @@ def test_comm_domain_links_both_sides_with_the_rank_table():
     assert sorted(type(a).__name__ for a in result.actions) == ["PutCommLink", "PutCommLink"]
     assert {a.instance for a in result.actions} == set(want.instances)
     assert all(a.spec.rank_table == want.rank_table.text for a in result.actions)  # type: ignore[union-attr,attr-defined]
+
+
+def test_instances_name_their_cachelink_so_only_its_pods_csi_volumes_get_the_socket():
+    want = compute(spec(), PODS)
+    puts = [a for a in _plan(want, {}).actions if isinstance(a, diff.PutInstance)]
+    assert {(p.spec.attach.namespace, p.spec.attach.cachelink) for p in puts} == {("ns", "cl")}
+    by_key = {want.instances[p.instance].member.key: p.spec.attach.pod_uids for p in puts}
+    assert by_key == {"p0": [pod_uid("p0")], "d0": [pod_uid("d0")]}

@@ -81,9 +81,9 @@ def test_the_operator_contract_names_every_agent_module_but_the_client_side():
     contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
     (operator,) = [c for c in contracts if c["id"] == "operator-uses-client"]
     forbidden = {m for m in operator["forbidden_modules"] if m.startswith("cachelink_agent.")}
-    modules = {f"cachelink_agent.{p.stem}" for p in PACKAGES["cachelink_agent"].glob("*.py")} - {
-        "cachelink_agent.__init__"
-    }
+    package = PACKAGES["cachelink_agent"]
+    modules = {f"cachelink_agent.{p.stem}" for p in package.glob("*.py")} - {"cachelink_agent.__init__"}
+    modules |= {f"cachelink_agent.{p.parent.name}" for p in package.glob("*/__init__.py")}  # subpackages
     client_side = {"cachelink_agent.client", "cachelink_agent.models", "cachelink_agent.tokens"}
     assert modules - client_side == forbidden
 
