@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from cachelink_agent import models as agent_models
 
 from cachelink_operator.desired import AGENT_ROLE, Desired, DesiredInstance, DesiredLink
+from cachelink_operator.models import LinkState
 
 IN_FLIGHT_STATES = frozenset({"pending", "preparing", "PREPARING"})
 BROKEN_STATES = frozenset({"broken", "failed", "FAILED"})
@@ -77,7 +78,7 @@ class PutCommLink(Action):
 class LinkView:
     """What the agents say about one desired link, for status."""
 
-    state: str  # Pending | Linking | Linked | Broken
+    state: LinkState  # Pending | Linking | Linked | Broken
     data_path: str | None = None
     address: str | None = None
     last_status_code: str | None = None
@@ -252,6 +253,11 @@ def _dedupe(actions: Iterable[Action]) -> list[Action]:
     return out
 
 
+#: an agent's link and comm-link states -> the link's state in the CacheLink's status (others: Linking)
+_LINK_STATES: dict[str, LinkState] = {"linked": "Linked", "broken": "Broken", "failed": "Broken"}
+_COMM_LINK_STATES: dict[str, LinkState] = {"OK": "Linked", "FAILED": "Broken"}
+
+
 def _view(desired: Desired, link: DesiredLink, live: Mapping[str, agent_models.InstanceStatus]) -> LinkView:
     p, d = live.get(link.prompt), live.get(link.decode)
     p_inc, d_inc = (p.incarnation if p else None), (d.incarnation if d else None)
@@ -262,13 +268,13 @@ def _view(desired: Desired, link: DesiredLink, live: Mapping[str, agent_models.I
         cl = next((x for x in init.comm_links if x.comm_name == link.comm_name), None)
         if cl is None:
             return LinkView("Pending", prompt_incarnation=p_inc, decode_incarnation=d_inc)
-        state = {"OK": "Linked", "FAILED": "Broken"}.get(cl.state, "Linking")
+        state = _COMM_LINK_STATES.get(cl.state, "Linking")
         return LinkView(state, "tcp", None, cl.last_status or None, cl.last_error or None, p_inc, d_inc)
     target_id = desired.instances[link.target].cluster_id
     rl = next((x for x in init.links if x.remote_cluster_id == target_id), None)
     if rl is None:
         return LinkView("Pending", prompt_incarnation=p_inc, decode_incarnation=d_inc)
-    state = {"linked": "Linked", "broken": "Broken", "failed": "Broken"}.get(rl.state, "Linking")
+    state = _LINK_STATES.get(rl.state, "Linking")
     return LinkView(
         state,
         rl.data_path or None,
