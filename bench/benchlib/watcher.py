@@ -76,7 +76,7 @@ class Watcher:
                 )
                 for event in stream:
                     self._on(event["type"], event["object"], time.time())
-            except Exception as exc:  # any failure of the watch: reported in the results, then it resumes
+            except Exception as exc:  # noqa: BLE001 - any failure of the watch: reported, then it resumes
                 if self._stop.is_set():
                     return
                 self.seen.error = f"{type(exc).__name__}: {exc}"[:300]
