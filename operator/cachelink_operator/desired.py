@@ -36,7 +36,7 @@ from llm_datadist.configs import LLMConfig
 #: pod labels that name a pod's revision (Deployment/ReplicaSet, then StatefulSet/DaemonSet)
 REVISION_LABELS = ("pod-template-hash", "controller-revision-hash")
 #: agent role names of our roles
-AGENT_ROLE = {Role.PROMPT: "prompt", Role.DECODE: "decoder"}
+AGENT_ROLE: dict[Role, agent_models.Role] = {Role.PROMPT: "prompt", Role.DECODE: "decoder"}
 RANK_TABLE_VERSION = "1.0"
 ANNOTATION_PREFIX = "cachelink.io/"
 _NOT_LABEL = re.compile(r"[^a-z0-9-]+")
@@ -435,7 +435,7 @@ class DesiredInstance:
         """The body of ``PUT /v1/instances/{name}``."""
         pod_uids = [self.member.pod.uid] if self.member.pod is not None and self.member.pod.uid else []
         return agent_models.InstanceSpec(
-            role=AGENT_ROLE[self.role],  # type: ignore[arg-type]
+            role=AGENT_ROLE[self.role],
             cluster_id=self.cluster_id,
             owner=owner,
             options=self.options,

@@ -39,10 +39,12 @@ BUILTIN_DEFAULTS = Options(
     cluster_id_range=models.ClusterIdRange(min=1, max=models.MAX_CLUSTER_ID),
 )
 #: limits that hold without any policy (LLM-DataDist: 512 links per device, 16 clusters per link call)
+#: the listen ports instances get when no policy narrows them
+BUILTIN_PORT_RANGE = PortRange(min=26000, max=27999)
 BUILTIN_LIMITS = models.Limits(
     max_links_per_instance=512,
     max_clusters_per_link_call=16,
-    listen_port_range=PortRange(min=26000, max=27999),
+    listen_port_range=BUILTIN_PORT_RANGE,
 )
 BUILTIN_POLICY = "(built-in)"
 #: a linkTotalTimeSeconds of 0 means the engine default, which is this
@@ -103,7 +105,7 @@ def side_options(spec: models.CacheLinkSpec, role: Role, merged: Options) -> Opt
 
 def port_range(ordered: Sequence[PolicyRef]) -> PortRange | None:
     """The listen ports every policy allows (None if their ranges do not overlap)."""
-    low, high = BUILTIN_LIMITS.listen_port_range.min, BUILTIN_LIMITS.listen_port_range.max  # type: ignore[union-attr]
+    low, high = BUILTIN_PORT_RANGE.min, BUILTIN_PORT_RANGE.max
     explicit = [p.spec.limits.listen_port_range for p in ordered if p.spec.limits.listen_port_range]
     if explicit:
         low = max(r.min for r in explicit)
