@@ -1,6 +1,6 @@
-"""Benchmark of the node agent; prints JSON (not run in CI).
+"""Benchmark of the node agent; prints JSON and writes it to ``bench/results/agent.json`` (not run in CI).
 
-    PYTHONPATH=.:agent python bench/agent.py --pairs 100 > agent-bench.json
+    .venv/bin/python bench/agent.py --pairs 100 --memory-instances 20 --rounds 50
 
 Measures, for worker mode and in-process mode: time to init + link a pair of instances through the
 API (p50/p99), memory per instance (PSS), status-read throughput; and the attach path's pull bandwidth
@@ -22,11 +22,15 @@ import time
 from pathlib import Path
 
 import aiohttp
+from benchlib import results
+from benchlib.procfs import children, pss_kib
+from benchlib.stats import percentile
 from cachelink_agent import models
 from cachelink_agent.attach import attach
 from cachelink_agent.client import AgentClient
 from cachelink_agent.tokens import node_token
 
+from cachelink.devcluster.processes import free_port
 from llm_datadist import BlocksCacheKey, CacheDesc, DataType, LLMClusterInfo, LLMRole
 from llm_datadist.ext import hosting as ext
 
@@ -47,31 +51,6 @@ def options(ip: str, pool: int = 8 << 20) -> dict[str, str]:
     }
 
 
-def free_port(host: str) -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def pss_kib(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    except OSError:
-        return 0
-    return 0
-
-
-def children(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
 class Agent:
     def __init__(self, root: Path, node: str, host: str, in_process: bool) -> None:
         self.root, self.node, self.host = root, node, host
@@ -81,6 +60,8 @@ class Agent:
         self.port = free_port(host)
         self.url = f"http://{host}:{self.port}"
         self.token = node_token(SECRET, node)
+        # -P: the working directory (the repository's root) off sys.path, so that the installed package
+        # (with its compiled core) is imported, not the source tree's llm_datadist, which has none
         argv = [
             sys.executable,
             "-P",
@@ -127,11 +108,6 @@ class Agent:
         shutil.rmtree(self.pool_dir, ignore_errors=True)
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 async def init_link(prompt: Agent, decode: Agent, pairs: int) -> dict[str, float]:
     times = []
     async with prompt.client() as pc, decode.client() as dc:
@@ -154,7 +130,11 @@ async def init_link(prompt: Agent, decode: Agent, pairs: int) -> dict[str, float
             times.append(time.perf_counter() - started)
             await dc.delete_instance(f"d{index}")
             await pc.delete_instance(f"p{index}")
-    return {"p50_s": pct(times, 0.5), "p99_s": pct(times, 0.99), "mean_s": statistics.mean(times)}
+    return {
+        "p50_s": percentile(times, 0.5),
+        "p99_s": percentile(times, 0.99),
+        "mean_s": statistics.mean(times),
+    }
 
 
 async def memory(agent: Agent, count: int, in_process: bool) -> dict[str, float]:
@@ -225,7 +205,7 @@ def direct_pull(rounds: int) -> float:
     opts = options("127.0.0.2", 64 << 20)
     opts.update({"cachelink.pool_dir": pool_dir, "cachelink.pool_name": "bp", "cachelink.host_id": "bp"})
     server = subprocess.Popen(
-        [sys.executable, "-c", PROMPT_SIDE, json.dumps(opts)],
+        [sys.executable, "-P", "-c", PROMPT_SIDE, json.dumps(opts)],  # -P: see Agent
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -288,10 +268,13 @@ async def attached_pull(prompt: Agent, decode: Agent, rounds: int) -> float:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--pairs", type=int, default=100)
-    parser.add_argument("--memory-instances", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=50)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--pairs", type=int, default=100, help="instance pairs made, linked and deleted")
+    parser.add_argument("--memory-instances", type=int, default=20, help="instances whose memory is measured")
+    parser.add_argument("--rounds", type=int, default=50, help="pulls of 64 blocks per bandwidth figure")
+    parser.add_argument("--out", default=str(results.result_path("agent")), help="JSON file")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="cachelink-bench-"))
     result: dict[str, object] = {"block_bytes": BLOCK, "blocks_per_pull": BLOCKS, "cpus": os.cpu_count()}
@@ -321,8 +304,7 @@ async def main() -> None:
             shutil.rmtree(root, ignore_errors=True)
         else:
             print(f"kept {root}", file=sys.stderr)
-    json.dump(result, sys.stdout, indent=2)
-    print()
+    print(results.write(args.out, result))
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 decode) vs one process, for several prompt lengths; KV bytes moved, the pull's share of TTFT and the pull's
 GB/s next to bench/transfer.py's figure for the same block size (64 tokens x 256 floats = 64 KiB per tensor).
 
-    python -P bench/inference.py --out bench/results/inference.json
-    python -P bench/inference.py --lengths 16 256 --tokens 8 --out /tmp/quick.json
+    .venv/bin/python bench/inference.py                    # writes bench/results/inference.json
+    .venv/bin/python bench/inference.py --lengths 16 256 --tokens 8 --out /tmp/quick.json
 
 Needs the inference extra (./dev setup). Every process uses one BLAS thread. Not run in CI.
 """
@@ -14,7 +14,6 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import select
 import signal
 import statistics
@@ -22,12 +21,15 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchlib import results
+
+ROOT = results.ROOT
 BLOCK_SIZE = 64  # tokens; x 256 floats x 4 B = 64 KiB per tensor block
 THREADS = {k: "1" for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")}
+# -P: the working directory (the repository's root) off sys.path, so that the installed package (with its
+# compiled core) is imported, not the source tree's llm_datadist, which has none
 CLI = [sys.executable, "-P", "-m", "cachelink_inference"]
 
 
@@ -125,7 +127,7 @@ def median_of(runs: list[dict[str, Any]], key: str) -> float:
 
 def transfer_figure(path: str) -> float | None:
     try:
-        data = json.loads((ROOT / "bench/results/transfer.json").read_text())
+        data = json.loads(results.result_path("transfer").read_text())
     except OSError:
         return None
     for point in data["points"]:
@@ -135,12 +137,14 @@ def transfer_figure(path: str) -> float | None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--lengths", type=int, nargs="+", default=[16, 64, 256, 1024])
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--paths", nargs="+", default=["shm", "tcp"])
-    parser.add_argument("--out", default=str(ROOT / "bench/results/inference.json"))
+    parser.add_argument("--out", default=str(results.result_path("inference")), help="JSON file")
     parser.add_argument("--single-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     load_before = os.getloadavg()
@@ -150,7 +154,6 @@ def main() -> None:
     child = subprocess.run(
         [
             sys.executable,
-            "-P",
             __file__,
             "--single-child",
             "--lengths",
@@ -218,9 +221,7 @@ def main() -> None:
                 stop(proc)
     result = {
         "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
+            **results.machine(),
             "loadavg_1_5_15_before": load_before,
             "loadavg_1_5_15_after": os.getloadavg(),
             "note": "a 2-core machine shared with other sessions' builds and tests: latencies vary by tens of %",
@@ -235,7 +236,7 @@ def main() -> None:
         ),
         "points": points,
     }
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    results.write(args.out, result, indent=1)
 
 
 if __name__ == "__main__":

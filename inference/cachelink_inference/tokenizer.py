@@ -86,6 +86,12 @@ class Tokenizer:
         if self.add_space_prefix:
             text = " " + text
         symbols = list(text.replace(" ", SPACE))
+        nxt = self._spm_merge(symbols)
+        return self._spm_ids(symbols, nxt)
+
+    def _spm_merge(self, symbols: list[str]) -> list[int]:
+        """Merge neighbouring symbols, best-scored pair first, in place; return each symbol's next one
+        (-1 at the end; merged-away symbols are skipped by the chain from 0)."""
         n = len(symbols)
         prev = list(range(-1, n - 1))
         nxt = list(range(1, n + 1))
@@ -120,6 +126,10 @@ class Tokenizer:
             if prev[left] >= 0:
                 push(prev[left])
             push(left)
+        return nxt
+
+    def _spm_ids(self, symbols: list[str], nxt: list[int]) -> list[int]:
+        """The token ids of the merged symbols (bytes for a symbol not in the vocabulary)."""
         ids: list[int] = []
         i = 0
         while i >= 0:

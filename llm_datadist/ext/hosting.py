@@ -56,8 +56,12 @@ class CacheLayout:
     tensor_bytes: int
 
 
+# This module is llm_datadist's own reader of a live instance (the agent and attached workloads use it), so
+# it reads the engine, options and caches that LLMDataDist and CacheManager keep out of the compatible API.
+
+
 def _engine(datadist: LLMDataDist) -> _native.Engine:
-    return datadist._native_engine
+    return datadist._native_engine  # noqa: SLF001 - see above
 
 
 def blocks_keys(datadist: LLMDataDist) -> dict[int, BlocksCacheKey]:
@@ -112,8 +116,9 @@ def pool_files(datadist: LLMDataDist) -> list[PoolFile]:
 
 
 def _pool_path(datadist: LLMDataDist, placement: Placement) -> str:
-    opts = datadist._engine_options
-    stem = opts.get("cachelink.pool_name") or f"cachelink-{datadist.cluster_id}-{datadist._init_pid}"
+    opts = datadist._engine_options  # noqa: SLF001 - see _engine
+    pid = datadist._init_pid  # noqa: SLF001 - see _engine
+    stem = opts.get("cachelink.pool_name") or f"cachelink-{datadist.cluster_id}-{pid}"
     suffix = ".host" if placement == Placement.HOST else ".device"
     return f"{opts.get('cachelink.pool_dir', '/dev/shm')}/{stem}{suffix}"
 
@@ -138,7 +143,7 @@ def caches(datadist: LLMDataDist) -> list[tuple[Cache, list[CacheKey]]]:
     out = []
     for info in engine.list_caches():
         desc = desc_from_meta(info.meta)
-        cache = manager._make_cache(info, desc, info.blocks)
+        cache = manager._make_cache(info, desc, info.blocks)  # noqa: SLF001 - see _engine
         keys = [
             CacheKey(datadist.cluster_id, req_id=req, model_id=model, prefix_id=prefix)
             if prefix != 2**64 - 1

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from llm_datadist import _native
 from llm_datadist.status import LLMException, LLMStatusCode
@@ -38,9 +38,6 @@ from llm_datadist.v2.llm_types import (
     TransferConfig,
     TransferWithCacheKeyConfig,
 )
-
-if TYPE_CHECKING:
-    from llm_datadist.v2.llm_datadist import LLMDataDist
 
 _log = logging.getLogger("LLM_DATADIST")
 
@@ -151,6 +148,7 @@ class _LayerwiseTransfer:
     def __init__(
         self,
         manager: CacheManager,
+        transfer: Callable[..., None],
         src_cache: Cache,
         synchronizer: LayerSynchronizer,
         configs: Sequence[TransferConfig | TransferWithCacheKeyConfig],
@@ -158,6 +156,7 @@ class _LayerwiseTransfer:
         dst_block_bytes: int,
     ) -> None:
         self._manager = manager
+        self._transfer = transfer  # the manager's own transfer, for raw-address layers
         self._src_cache = src_cache
         self._synchronizer = synchronizer
         self._configs = list(configs)
@@ -231,7 +230,7 @@ class _LayerwiseTransfer:
             else:
                 local = _extent((tensor, 1), slot=config.src_batch_index, length=_native.WHOLE_SLOT)
                 remote = _extent((0, 1), length=_slot_bytes(cache))
-            self._manager._transfer(
+            self._transfer(
                 "transfer_cache_async",
                 is_pull=False,
                 cluster_id=config.dst_cluster_id,
@@ -256,10 +255,14 @@ class _LayerwiseTransfer:
 class CacheManager:
     """The caches of one initialized ``LLMDataDist`` (cache-manager mode)."""
 
-    def __init__(self, datadist: LLMDataDist) -> None:
-        self._datadist = datadist
-        self._engine = datadist._native_engine
-        self._options = datadist._engine_options
+    def __init__(
+        self, engine: _native.Engine, options: dict[str, str], linked_domain: Callable[[], bool]
+    ) -> None:
+        """Made by ``LLMDataDist.init`` from its engine, its completed options and whether it has linked a
+        communication domain yet (asked at each registration)."""
+        self._engine = engine
+        self._options = options
+        self._linked_domain = linked_domain
         self._dead = False
 
     def _mark_dead(self) -> None:
@@ -386,7 +389,7 @@ class CacheManager:
             return
         with _native.core_call(func):
             engine.deallocate(cache.cache_id, blocks)
-        cache._invalidate()
+        cache._invalidate()  # noqa: SLF001 - the manager that made a cache is the one that retires it
 
     def remove_cache_key(self, cache_key: CacheKey) -> None:
         """Release a key's reference without a pull; an absent key is a no-op."""
@@ -414,9 +417,9 @@ class CacheManager:
         check_param(all(addr != 0 for addr in addrs), "addrs contain 0")
         check_param(len(addrs) == desc.num_tensors, "addrs num:{0} not equal num_tensors", len(addrs))
         if remote_accessible is None:
-            remote_accessible = desc.placement == Placement.DEVICE and not self._datadist._linked_domain
+            remote_accessible = desc.placement == Placement.DEVICE and not self._linked_domain()
         check_param(
-            not (remote_accessible and self._datadist._linked_domain),
+            not (remote_accessible and self._linked_domain()),
             "remote_accessible=True is not supported after link()",
         )
         for addr in addrs:
@@ -859,5 +862,7 @@ class CacheManager:
         else:
             check_param(not dst_block_memory_size, "dst_block_memory_size needs dst_block_indices")
         return CacheTask(
-            _LayerwiseTransfer(self, src_cache, layer_synchronizer, transfer_configs, blocks, dst_block_bytes)
+            _LayerwiseTransfer(
+                self, self._transfer, src_cache, layer_synchronizer, transfer_configs, blocks, dst_block_bytes
+            )
         )

@@ -97,7 +97,7 @@ class LLMDataDist:
                 not self._multi_instance
                 and live is not None
                 and live is not self
-                and live._engine is not None
+                and self._holds_engine(live)
             ):
                 raise LLMException("Cannot init multiple LLMDataDists", status_code=LLMStatusCode.LLM_FAILED)
             engine = _native.Engine(config)
@@ -108,10 +108,15 @@ class LLMDataDist:
             self._init_pid = os.getpid()
             if not self._multi_instance:
                 LLMDataDist.llm_engine_instance = self
-        self._cache_manager = cache_manager_module.CacheManager(self)
+        self._cache_manager = cache_manager_module.CacheManager(engine, opts, lambda: self._linked_domain)
         _log.info(
             "LLMDataDist cluster %d initialized (%s)", self._cluster_id, engine.listen_address or "client"
         )
+
+    @staticmethod
+    def _holds_engine(other: LLMDataDist) -> bool:
+        """Whether ``other`` is initialized (an engine is running)."""
+        return other._engine is not None
 
     def _complete_options(self, options: dict[str, str]) -> dict[str, str]:
         return option_keys.complete_options(options, _ROLE_NAMES[self._role])
@@ -122,7 +127,7 @@ class LLMDataDist:
         if engine is None:
             return
         if self._cache_manager is not None:
-            self._cache_manager._mark_dead()
+            self._cache_manager._mark_dead()  # noqa: SLF001 - its caches die with this engine, not public API
         self._engine = None
         with _live_lock:
             if LLMDataDist.llm_engine_instance is self:

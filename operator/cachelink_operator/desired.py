@@ -36,7 +36,7 @@ from llm_datadist.configs import LLMConfig
 #: pod labels that name a pod's revision (Deployment/ReplicaSet, then StatefulSet/DaemonSet)
 REVISION_LABELS = ("pod-template-hash", "controller-revision-hash")
 #: agent role names of our roles
-AGENT_ROLE = {Role.PROMPT: "prompt", Role.DECODE: "decoder"}
+AGENT_ROLE: dict[Role, agent_models.Role] = {Role.PROMPT: "prompt", Role.DECODE: "decoder"}
 RANK_TABLE_VERSION = "1.0"
 ANNOTATION_PREFIX = "cachelink.io/"
 _NOT_LABEL = re.compile(r"[^a-z0-9-]+")
@@ -364,6 +364,17 @@ def choose_address(
     return sorted(candidates, key=lambda a: (ipaddress.ip_address(a).version, a))[0], None
 
 
+def _set_pools(cfg: LLMConfig, options: Options) -> None:
+    """The device and host pools' configuration (``llm.MemPoolConfig``, ``llm.HostMemPoolConfig``)."""
+    page_shift = options.page_shift if options.page_shift is not None else 16
+    if options.mem_pool_size_bytes:
+        cfg.mem_pool_cfg = json.dumps({"memory_size": options.mem_pool_size_bytes, "page_shift": page_shift})
+    if options.host_mem_pool_size_bytes:
+        cfg.host_mem_pool_cfg = json.dumps(
+            {"memory_size": options.host_mem_pool_size_bytes, "page_shift": page_shift}
+        )
+
+
 def engine_options(
     options: Options, *, listen: str | None, host_id: str, link_secret: str | None = None
 ) -> dict[str, str]:
@@ -374,13 +385,7 @@ def engine_options(
     cfg.enable_cache_manager = True
     if options.sync_kv_timeout_ms is not None:
         cfg.sync_kv_timeout = options.sync_kv_timeout_ms
-    page_shift = options.page_shift if options.page_shift is not None else 16
-    if options.mem_pool_size_bytes:
-        cfg.mem_pool_cfg = json.dumps({"memory_size": options.mem_pool_size_bytes, "page_shift": page_shift})
-    if options.host_mem_pool_size_bytes:
-        cfg.host_mem_pool_cfg = json.dumps(
-            {"memory_size": options.host_mem_pool_size_bytes, "page_shift": page_shift}
-        )
+    _set_pools(cfg, options)
     if options.enable_remote_cache_accessible is not None:
         cfg.enable_remote_cache_accessible = options.enable_remote_cache_accessible
     if options.link_total_time_seconds is not None:
@@ -432,7 +437,7 @@ class DesiredInstance:
         """The body of ``PUT /v1/instances/{name}``."""
         pod_uids = [self.member.pod.uid] if self.member.pod is not None and self.member.pod.uid else []
         return agent_models.InstanceSpec(
-            role=AGENT_ROLE[self.role],  # type: ignore[arg-type]
+            role=AGENT_ROLE[self.role],
             cluster_id=self.cluster_id,
             owner=owner,
             options=self.options,

@@ -10,12 +10,13 @@ incarnation differs from the one the link was made with, or when the peer now li
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from cachelink_agent import models as agent_models
 
 from cachelink_operator.desired import AGENT_ROLE, Desired, DesiredInstance, DesiredLink
+from cachelink_operator.models import LinkState
 
 IN_FLIGHT_STATES = frozenset({"pending", "preparing", "PREPARING"})
 BROKEN_STATES = frozenset({"broken", "failed", "FAILED"})
@@ -77,7 +78,7 @@ class PutCommLink(Action):
 class LinkView:
     """What the agents say about one desired link, for status."""
 
-    state: str  # Pending | Linking | Linked | Broken
+    state: LinkState  # Pending | Linking | Linked | Broken
     data_path: str | None = None
     address: str | None = None
     last_status_code: str | None = None
@@ -124,7 +125,7 @@ def _ready(want: DesiredInstance, have: agent_models.InstanceStatus | None, stal
     )
 
 
-def plan(  # noqa: PLR0915 - one pass over instances then links; split next session
+def plan(
     desired: Desired,
     owner: str,
     reported: Mapping[str, Sequence[agent_models.InstanceStatus]],
@@ -133,74 +134,120 @@ def plan(  # noqa: PLR0915 - one pass over instances then links; split next sess
     max_in_flight: int,
     recorded_pod_uids: Mapping[str, str] | None = None,
 ) -> Plan:
-    """The ordered agent calls that turn ``reported`` into ``desired``."""
-    recorded_pod_uids = recorded_pod_uids or {}
-    result = Plan()
-    ours: dict[str, tuple[str, agent_models.InstanceStatus]] = {}
-    for node, instances in sorted(reported.items()):
-        for inst in instances:
-            if inst.owner == owner:
-                ours[inst.name] = (node, inst)
-    unlinks: list[Action] = []
-    deletes: list[Action] = []
-    puts: list[Action] = []
-    links: list[Action] = []
+    """The ordered agent calls that turn ``reported`` into ``desired``: unlinks first, then deletes, puts
+    of instances, and links (see :class:`_Pass` for the steps)."""
+    ours = _ours(reported, owner)
+    step = _Pass(desired, link_timeout_ms, max_in_flight)
+    deletes = _deletes(desired, ours)
+    puts = step.put_instances(ours, owner, recorded_pod_uids or {})
+    for link in desired.links:
+        step.link(link)
+    step.unlink_unwanted()
+    step.result.live = step.live
+    step.result.actions = _dedupe([*step.unlinks, *deletes, *puts, *step.links])
+    return step.result
 
+
+def _ours(
+    reported: Mapping[str, Sequence[agent_models.InstanceStatus]], owner: str
+) -> dict[str, tuple[str, agent_models.InstanceStatus]]:
+    """``owner``'s instances as the agents report them: name -> (node, instance)."""
+    return {
+        inst.name: (node, inst)
+        for node, instances in sorted(reported.items())
+        for inst in instances
+        if inst.owner == owner
+    }
+
+
+def _deletes(desired: Desired, ours: Mapping[str, tuple[str, agent_models.InstanceStatus]]) -> list[Action]:
+    """Instances no longer desired, or desired on another node."""
+    deletes: list[Action] = []
     for name, (node, _inst) in sorted(ours.items()):
         want = desired.instances.get(name)
         if want is None or want.node != node:
             deletes.append(DeleteInstance(node, name))
+    return deletes
 
-    live: dict[str, agent_models.InstanceStatus] = {}
-    replaced: set[str] = set()
-    for name, want in sorted(desired.instances.items()):
-        if want.problem is not None:
-            continue
-        node, have = ours.get(name, (want.node, None))
-        have = have if node == want.node else None
-        if _needs_put(want, have, recorded_pod_uids.get(name)):
-            spec = want.agent_spec(owner).model_copy(update={"replace": have is not None})
-            puts.append(PutInstance(want.node, name, spec))
-            replaced.add(name)
-        if have is not None:
-            live[name] = have
 
-    def ready(name: str) -> bool:
-        want = desired.instances.get(name)
-        return want is not None and want.problem is None and _ready(want, live.get(name), name in replaced)
+@dataclass
+class _Pass:
+    """One planning pass over the desired state: puts of instances (:meth:`put_instances`), then each
+    desired link (:meth:`link`), then unlinks of what is no longer wanted (:meth:`unlink_unwanted`)."""
 
-    comm = desired.rank_table is not None
-    wanted_remote: dict[str, set[int]] = {}
-    wanted_comm: dict[str, set[str]] = {}
-    in_flight: dict[str, int] = {}
-    for name, inst in live.items():
-        in_flight[name] = sum(1 for link in inst.links if link.state in IN_FLIGHT_STATES)
-        in_flight[name] += sum(1 for link in inst.comm_links if link.state in IN_FLIGHT_STATES)
+    desired: Desired
+    link_timeout_ms: int
+    max_in_flight: int
+    result: Plan = field(default_factory=Plan)
+    #: desired instances the agents run now (on the desired node)
+    live: dict[str, agent_models.InstanceStatus] = field(default_factory=dict)
+    #: instances put again in this pass: their links go with them
+    replaced: set[str] = field(default_factory=set)
+    unlinks: list[Action] = field(default_factory=list)
+    links: list[Action] = field(default_factory=list)
+    #: per initiator, the remote cluster ids / communication domains it should be linked to
+    wanted_remote: dict[str, set[int]] = field(default_factory=dict)
+    wanted_comm: dict[str, set[str]] = field(default_factory=dict)
+    #: per instance, link setups in flight (reported, plus those planned in this pass)
+    in_flight: dict[str, int] = field(default_factory=dict)
 
-    for link in desired.links:
-        key = (link.prompt, link.decode)
-        view = _view(desired, link, live)
-        if comm:
-            _plan_comm(
-                desired,
-                link,
-                live,
-                ready,
-                wanted_comm,
-                unlinks,
-                links,
-                result,
-                view,
-                in_flight,
-                max_in_flight,
-            )
-            continue
+    def put_instances(
+        self,
+        ours: Mapping[str, tuple[str, agent_models.InstanceStatus]],
+        owner: str,
+        recorded_pod_uids: Mapping[str, str],
+    ) -> list[Action]:
+        """Puts of desired instances that are missing, failed or differ; records what is live."""
+        puts: list[Action] = []
+        for name, want in sorted(self.desired.instances.items()):
+            if want.problem is not None:
+                continue
+            node, have = ours.get(name, (want.node, None))
+            have = have if node == want.node else None
+            if _needs_put(want, have, recorded_pod_uids.get(name)):
+                spec = want.agent_spec(owner).model_copy(update={"replace": have is not None})
+                puts.append(PutInstance(want.node, name, spec))
+                self.replaced.add(name)
+            if have is not None:
+                self.live[name] = have
+        for name, inst in self.live.items():
+            self.in_flight[name] = sum(1 for link in inst.links if link.state in IN_FLIGHT_STATES)
+            self.in_flight[name] += sum(1 for link in inst.comm_links if link.state in IN_FLIGHT_STATES)
+        return puts
+
+    def ready(self, name: str) -> bool:
+        """Whether instance ``name`` runs as desired and can link (not being put again in this pass)."""
+        want = self.desired.instances.get(name)
+        return (
+            want is not None
+            and want.problem is None
+            and _ready(want, self.live.get(name), name in self.replaced)
+        )
+
+    def _take_slot(self, name: str) -> bool:
+        """Whether instance ``name`` may start one more link setup now (and count it if so)."""
+        if self.in_flight.get(name, 0) >= self.max_in_flight:
+            return False
+        self.in_flight[name] = self.in_flight.get(name, 0) + 1
+        return True
+
+    def link(self, link: DesiredLink) -> None:
+        """The view of one desired link, and the calls that link it (again)."""
+        view = _view(self.desired, link, self.live)
+        self.result.links[(link.prompt, link.decode)] = view
+        if self.desired.rank_table is not None:
+            self._comm_link(link)
+        else:
+            self._client_server_link(link)
+
+    def _client_server_link(self, link: DesiredLink) -> None:
+        """The initiator calls ``link_clusters`` to the target's listener."""
+        desired = self.desired
         initiator, target = desired.instances[link.initiator], desired.instances[link.target]
-        wanted_remote.setdefault(link.initiator, set()).add(target.cluster_id)
-        result.links[key] = view
-        if not (ready(link.initiator) and ready(link.target)):
-            continue
-        have_init, have_target = live[link.initiator], live[link.target]
+        self.wanted_remote.setdefault(link.initiator, set()).add(target.cluster_id)
+        if not (self.ready(link.initiator) and self.ready(link.target)):
+            return
+        have_init, have_target = self.live[link.initiator], self.live[link.target]
         existing = next((x for x in have_init.links if x.remote_cluster_id == target.cluster_id), None)
         stale = existing is not None and (
             existing.state in BROKEN_STATES
@@ -210,33 +257,53 @@ def plan(  # noqa: PLR0915 - one pass over instances then links; split next sess
             or existing.address != have_target.listen_address
         )
         if existing is not None and not stale:
-            continue
+            return
         if stale:
-            unlinks.append(DeleteLink(initiator.node, initiator.name, target.cluster_id))
-        if in_flight.get(link.initiator, 0) >= max_in_flight:
-            continue
-        in_flight[link.initiator] = in_flight.get(link.initiator, 0) + 1
+            self.unlinks.append(DeleteLink(initiator.node, initiator.name, target.cluster_id))
+        if not self._take_slot(link.initiator):
+            return
         link_spec = agent_models.LinkSpec(
             remote_address=have_target.listen_address,
             local_ip=initiator.address,
-            timeout_ms=min(link_timeout_ms, agent_models.MAX_TIMEOUT_MS),
+            timeout_ms=min(self.link_timeout_ms, agent_models.MAX_TIMEOUT_MS),
         )
-        links.append(PutLink(initiator.node, initiator.name, target.cluster_id, link_spec, relink=stale))
+        self.links.append(PutLink(initiator.node, initiator.name, target.cluster_id, link_spec, relink=stale))
 
-    for name, inst in sorted(live.items()):
-        want = desired.instances[name]
-        if name in replaced:
-            continue
-        for rl in inst.links:
-            if rl.remote_cluster_id not in wanted_remote.get(name, set()):
-                unlinks.append(DeleteLink(want.node, name, rl.remote_cluster_id))
-        for cl in inst.comm_links:
-            if cl.comm_name not in wanted_comm.get(name, set()):
-                unlinks.append(DeleteCommLink(want.node, name, cl.comm_name))
+    def _comm_link(self, link: DesiredLink) -> None:
+        """Both members of a communication domain call ``link`` with the same rank table."""
+        rank_table = self.desired.rank_table
+        assert rank_table is not None
+        assert link.comm_name is not None
+        for name in (link.prompt, link.decode):
+            self.wanted_comm.setdefault(name, set()).add(link.comm_name)
+        if not rank_table.complete or not (self.ready(link.prompt) and self.ready(link.decode)):
+            return
+        spec = agent_models.CommLinkSpec(cluster_rank_info=dict(link.rank_info), rank_table=rank_table.text)
+        for name in (link.prompt, link.decode):
+            existing = next((x for x in self.live[name].comm_links if x.comm_name == link.comm_name), None)
+            stale = existing is not None and existing.state == "FAILED"
+            if existing is not None and not stale:
+                continue
+            inst = self.desired.instances[name]
+            if stale:
+                self.unlinks.append(DeleteCommLink(inst.node, name, link.comm_name))
+            if not self._take_slot(name):
+                continue
+            self.links.append(PutCommLink(inst.node, name, link.comm_name, spec, relink=stale))
 
-    result.live = live
-    result.actions = _dedupe([*unlinks, *deletes, *puts, *links])
-    return result
+    def unlink_unwanted(self) -> None:
+        """Unlinks of the live instances' links that no desired link wants (a replaced instance's go
+        with it)."""
+        for name, inst in sorted(self.live.items()):
+            want = self.desired.instances[name]
+            if name in self.replaced:
+                continue
+            for rl in inst.links:
+                if rl.remote_cluster_id not in self.wanted_remote.get(name, set()):
+                    self.unlinks.append(DeleteLink(want.node, name, rl.remote_cluster_id))
+            for cl in inst.comm_links:
+                if cl.comm_name not in self.wanted_comm.get(name, set()):
+                    self.unlinks.append(DeleteCommLink(want.node, name, cl.comm_name))
 
 
 def _dedupe(actions: Iterable[Action]) -> list[Action]:
@@ -252,6 +319,11 @@ def _dedupe(actions: Iterable[Action]) -> list[Action]:
     return out
 
 
+#: an agent's link and comm-link states -> the link's state in the CacheLink's status (others: Linking)
+_LINK_STATES: dict[str, LinkState] = {"linked": "Linked", "broken": "Broken", "failed": "Broken"}
+_COMM_LINK_STATES: dict[str, LinkState] = {"OK": "Linked", "FAILED": "Broken"}
+
+
 def _view(desired: Desired, link: DesiredLink, live: Mapping[str, agent_models.InstanceStatus]) -> LinkView:
     p, d = live.get(link.prompt), live.get(link.decode)
     p_inc, d_inc = (p.incarnation if p else None), (d.incarnation if d else None)
@@ -262,13 +334,13 @@ def _view(desired: Desired, link: DesiredLink, live: Mapping[str, agent_models.I
         cl = next((x for x in init.comm_links if x.comm_name == link.comm_name), None)
         if cl is None:
             return LinkView("Pending", prompt_incarnation=p_inc, decode_incarnation=d_inc)
-        state = {"OK": "Linked", "FAILED": "Broken"}.get(cl.state, "Linking")
+        state = _COMM_LINK_STATES.get(cl.state, "Linking")
         return LinkView(state, "tcp", None, cl.last_status or None, cl.last_error or None, p_inc, d_inc)
     target_id = desired.instances[link.target].cluster_id
     rl = next((x for x in init.links if x.remote_cluster_id == target_id), None)
     if rl is None:
         return LinkView("Pending", prompt_incarnation=p_inc, decode_incarnation=d_inc)
-    state = {"linked": "Linked", "broken": "Broken", "failed": "Broken"}.get(rl.state, "Linking")
+    state = _LINK_STATES.get(rl.state, "Linking")
     return LinkView(
         state,
         rl.data_path or None,
@@ -278,44 +350,6 @@ def _view(desired: Desired, link: DesiredLink, live: Mapping[str, agent_models.I
         p_inc,
         d_inc,
     )
-
-
-def _plan_comm(
-    desired: Desired,
-    link: DesiredLink,
-    live: Mapping[str, agent_models.InstanceStatus],
-    ready: Callable[[str], bool],
-    wanted_comm: dict[str, set[str]],
-    unlinks: list[Action],
-    links: list[Action],
-    result: Plan,
-    view: LinkView,
-    in_flight: dict[str, int],
-    max_in_flight: int,
-) -> None:
-    """Both members of a communication domain call ``link`` with the same rank table."""
-    assert desired.rank_table is not None
-    assert link.comm_name is not None
-    result.links[(link.prompt, link.decode)] = view
-    for name in (link.prompt, link.decode):
-        wanted_comm.setdefault(name, set()).add(link.comm_name)
-    if not desired.rank_table.complete or not (ready(link.prompt) and ready(link.decode)):
-        return
-    spec = agent_models.CommLinkSpec(
-        cluster_rank_info=dict(link.rank_info), rank_table=desired.rank_table.text
-    )
-    for name in (link.prompt, link.decode):
-        existing = next((x for x in live[name].comm_links if x.comm_name == link.comm_name), None)
-        stale = existing is not None and existing.state == "FAILED"
-        if existing is not None and not stale:
-            continue
-        inst = desired.instances[name]
-        if stale:
-            unlinks.append(DeleteCommLink(inst.node, name, link.comm_name))
-        if in_flight.get(name, 0) >= max_in_flight:
-            continue
-        in_flight[name] = in_flight.get(name, 0) + 1
-        links.append(PutCommLink(inst.node, name, link.comm_name, spec, relink=stale))
 
 
 def sweep(node: str, owners: Mapping[str, Iterable[str]], live_owners: Iterable[str]) -> list[DeleteInstance]:

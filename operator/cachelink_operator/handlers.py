@@ -188,7 +188,7 @@ def register(registry: kopf.OperatorRegistry, rt: reconcile.Runtime) -> Kicks:
                     delay = await reconcile.reconcile(rt, body, _world(kwargs, namespace), full)
                 except asyncio.CancelledError:
                     raise
-                except Exception as error:  # an API or agent failure: retry with backoff, never crash
+                except Exception as error:  # noqa: BLE001 - any failure of a pass (API, agent, bug): retried with backoff, the daemon never dies
                     delay = reconcile.failed(rt, uid, error)
                 waiters = {asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stopped.wait())}
                 try:
@@ -221,7 +221,7 @@ async def caretaker(rt: reconcile.Runtime, stop: asyncio.Event) -> None:
             await care(rt)
         except asyncio.CancelledError:
             raise
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - any failure of a pass is logged; the next pass runs
             kopf_logger.warning("owner confirmation pass failed: %s: %s", type(error).__name__, error)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), rt.config.owner_confirm_interval_s)
@@ -248,7 +248,7 @@ async def care(rt: reconcile.Runtime) -> None:
         if confirm:
             try:
                 await rt.agents.confirm_owners(endpoint, confirm)
-            except Exception as error:
+            except Exception as error:  # noqa: BLE001 - one node's failure must not stop the others' pass
                 kopf_logger.warning("owner confirmation on %s failed: %s", node, error)
         orphans = diff.sweep(node, owners, live)
         if orphans:

@@ -9,7 +9,7 @@ second, for objects written before a schema change or by clients that skip valid
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
@@ -18,6 +18,24 @@ from pydantic.alias_generators import to_camel
 MAX_CLUSTER_ID = 2**53 - 1
 GROUP = "cachelink.io"
 VERSION = "v1alpha1"
+#: how many violating CacheLinks a policy's status names
+MAX_LISTED_VIOLATIONS = 20
+
+# Bounds and enums below are the CRDs' (crds/); tests/operator_unit/test_crd_schemas.py compares them.
+#: a node name (DNS subdomain)
+NodeName = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
+#: a pod or node name in an explicit pair
+MemberName = Annotated[str, Field(min_length=1, max_length=253)]
+#: a label value
+LabelValue = Annotated[str, Field(max_length=63)]
+#: ``status.phase`` of a CacheLink
+Phase = Literal["Pending", "Rejected", "Initializing", "Linking", "Ready", "Degraded", "Terminating"]
+#: ``state`` of an instance in a CacheLink's status
+InstanceState = Literal["Pending", "Initialized", "Failed", "Unreachable", "Finalizing"]
+#: ``state`` of a link in a CacheLink's status
+LinkState = Literal["Pending", "Linking", "Linked", "Broken", "Unlinking"]
+#: ``status`` of a condition
+ConditionStatus = Literal["True", "False", "Unknown"]
 
 
 class _Model(BaseModel):
@@ -52,16 +70,16 @@ class TopologyMode(StrEnum):
 class LabelSelectorRequirement(_Model):
     """One ``matchExpressions`` entry."""
 
-    key: str
-    operator: str = Field(pattern="^(In|NotIn|Exists|DoesNotExist)$")
-    values: tuple[str, ...] = ()
+    key: str = Field(min_length=1, max_length=317)
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: tuple[LabelValue, ...] = Field(default=(), max_length=64)
 
 
 class LabelSelector(_Model):
     """A Kubernetes label selector."""
 
-    match_labels: dict[str, str] = Field(default_factory=dict)
-    match_expressions: tuple[LabelSelectorRequirement, ...] = ()
+    match_labels: dict[str, LabelValue] = Field(default_factory=dict, max_length=32)
+    match_expressions: tuple[LabelSelectorRequirement, ...] = Field(default=(), max_length=16)
 
     def matches(self, labels: dict[str, str]) -> bool:
         """Whether ``labels`` satisfy the selector (an empty selector matches everything)."""
@@ -120,7 +138,9 @@ class InstanceOptions(_Model):
     mem_utilization: float | None = Field(default=None, ge=0.0, le=1.0)
     rdma_traffic_class: int | None = Field(default=None, ge=0, le=252, multiple_of=4)
     rdma_service_level: int | None = Field(default=None, ge=0, le=7)
-    listen_interface: str | None = Field(default=None, min_length=1, max_length=15)
+    listen_interface: str | None = Field(
+        default=None, min_length=1, max_length=15, pattern=r"^[A-Za-z0-9_.:-]+$"
+    )
     listen_cidr: str | None = Field(default=None, max_length=64)
 
 
@@ -141,7 +161,7 @@ class Side(_Model):
     """Where one side's instances live, and its option overrides."""
 
     pod_selector: LabelSelector | None = None
-    node_names: tuple[str, ...] | None = None
+    node_names: Annotated[tuple[NodeName, ...], Field(min_length=1, max_length=512)] | None = None
     options: InstanceOptions = InstanceOptions()
 
     @model_validator(mode="after")
@@ -158,15 +178,15 @@ class Side(_Model):
 class Pair(_Model):
     """One explicit link, by member name (pod name or node name)."""
 
-    prompt: str
-    decode: str
+    prompt: MemberName
+    decode: MemberName
 
 
 class Topology(_Model):
     """Which prompt x decode pairs link."""
 
     mode: TopologyMode = TopologyMode.ALL_TO_ALL
-    pairs: tuple[Pair, ...] = ()
+    pairs: tuple[Pair, ...] = Field(default=(), max_length=4096)
 
     @model_validator(mode="after")
     def _pairs_iff_mode(self) -> Topology:
@@ -206,8 +226,8 @@ class Limits(_Model):
     max_clusters_per_link_call: int | None = Field(default=None, ge=1, le=16)
     max_link_setups_in_flight: int | None = Field(default=None, ge=1, le=64)
     listen_port_range: PortRange | None = None
-    allowed_roles: tuple[Role, ...] | None = None
-    allowed_link_styles: tuple[LinkStyle, ...] | None = None
+    allowed_roles: Annotated[tuple[Role, ...], Field(max_length=2)] | None = None
+    allowed_link_styles: Annotated[tuple[LinkStyle, ...], Field(max_length=2)] | None = None
     required_timeouts: RequiredTimeouts | None = None
     require_link_authentication: bool | None = None
 
@@ -216,7 +236,7 @@ class CacheLinkPolicySpec(_Model):
     """``CacheLinkPolicy.spec``."""
 
     namespace_selector: LabelSelector = LabelSelector()
-    priority: int = 0
+    priority: int = Field(default=0, ge=-1_000_000, le=1_000_000)
     defaults: Options = Options()
     limits: Limits = Limits()
 
@@ -235,7 +255,7 @@ class Condition(_Model):
     """A status condition (``metav1.Condition`` shape)."""
 
     type: str
-    status: str
+    status: ConditionStatus
     reason: str = ""
     message: str = ""
     last_transition_time: str = ""
@@ -255,7 +275,7 @@ class InstanceStatus(_Model):
     cluster_id: int | None = None
     port: int | None = None
     address: str | None = None
-    state: str = "Pending"
+    state: InstanceState = "Pending"
     incarnation: str | None = None
     last_error: str | None = None
 
@@ -267,7 +287,7 @@ class LinkStatus(_Model):
     decode: str
     prompt_cluster_id: int | None = None
     decode_cluster_id: int | None = None
-    state: str = "Pending"
+    state: LinkState = "Pending"
     data_path: str | None = None
     address: str | None = None
     current: bool = True
@@ -283,17 +303,18 @@ class LinkStatus(_Model):
 
 
 class RankTableStatus(_Model):
-    """Where the communication-domain rank table lives and its content hash."""
+    """Where the communication-domain rank table lives and its content hash (the operator writes all three;
+    the CRD requires none, so one that lacks some reads as empty and is written again)."""
 
-    config_map_name: str
-    hash: str
-    complete: bool
+    config_map_name: str = ""
+    hash: str = ""
+    complete: bool = False
 
 
 class CacheLinkStatus(_Model):
     """``CacheLink.status`` (what the operator reads back of it)."""
 
-    phase: str | None = None
+    phase: Phase | None = None
     observed_generation: int | None = None
     desired_links: int = 0
     linked_links: int = 0
@@ -315,9 +336,5 @@ class CacheLinkPolicyStatus(_Model):
     selected_cache_links: int = 0
     violating_cache_links: int = 0
     #: ``namespace/name`` of violating CacheLinks, sorted, at most ``MAX_LISTED_VIOLATIONS``
-    violating: tuple[str, ...] = ()
+    violating: tuple[str, ...] = Field(default=(), max_length=MAX_LISTED_VIOLATIONS)
     conditions: tuple[Condition, ...] = ()
-
-
-#: how many violating CacheLinks a policy's status names
-MAX_LISTED_VIOLATIONS = 20

@@ -9,7 +9,8 @@ webhook, so both reject the same CacheLinks with the same rule names.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import itertools
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from cachelink_operator import models
@@ -38,10 +39,12 @@ BUILTIN_DEFAULTS = Options(
     cluster_id_range=models.ClusterIdRange(min=1, max=models.MAX_CLUSTER_ID),
 )
 #: limits that hold without any policy (LLM-DataDist: 512 links per device, 16 clusters per link call)
+#: the listen ports instances get when no policy narrows them
+BUILTIN_PORT_RANGE = PortRange(min=26000, max=27999)
 BUILTIN_LIMITS = models.Limits(
     max_links_per_instance=512,
     max_clusters_per_link_call=16,
-    listen_port_range=PortRange(min=26000, max=27999),
+    listen_port_range=BUILTIN_PORT_RANGE,
 )
 BUILTIN_POLICY = "(built-in)"
 #: a linkTotalTimeSeconds of 0 means the engine default, which is this
@@ -102,7 +105,7 @@ def side_options(spec: models.CacheLinkSpec, role: Role, merged: Options) -> Opt
 
 def port_range(ordered: Sequence[PolicyRef]) -> PortRange | None:
     """The listen ports every policy allows (None if their ranges do not overlap)."""
-    low, high = BUILTIN_LIMITS.listen_port_range.min, BUILTIN_LIMITS.listen_port_range.max  # type: ignore[union-attr]
+    low, high = BUILTIN_PORT_RANGE.min, BUILTIN_PORT_RANGE.max
     explicit = [p.spec.limits.listen_port_range for p in ordered if p.spec.limits.listen_port_range]
     if explicit:
         low = max(r.min for r in explicit)
@@ -115,47 +118,59 @@ def pool_bytes(options: Options) -> int:
     return (options.mem_pool_size_bytes or 0) + (options.host_mem_pool_size_bytes or 0)
 
 
-def _check_limits(
-    name: str, limits: models.Limits, merged: Options, sides: Mapping[Role, Options], usage: Usage
-) -> list[Violation]:
-    found: list[Violation] = []
+@dataclass(frozen=True)
+class _Subject:
+    """What one policy's limits are checked against: a CacheLink's merged options, each side's, its usage."""
 
-    def fail(rule: str, message: str) -> None:
-        if all(v.rule != rule for v in found):  # one violation per rule: the first instance found
-            found.append(Violation(name, rule, message))
+    merged: Options
+    sides: Mapping[Role, Options]
+    usage: Usage
 
-    if limits.max_pool_bytes_per_instance is not None:
-        for instance, used in sorted(usage.pool_bytes_per_instance.items()):
-            if used > limits.max_pool_bytes_per_instance:
-                fail(
-                    "maxPoolBytesPerInstance",
-                    f"instance {instance} needs {used} pool bytes"
-                    f", more than {limits.max_pool_bytes_per_instance}",
-                )
-                break
-    if limits.max_pool_bytes_per_node is not None:
-        for node, used in sorted(usage.pool_bytes_per_node.items()):
-            if used > limits.max_pool_bytes_per_node:
-                fail(
-                    "maxPoolBytesPerNode",
-                    f"node {node} would hold {used} pool bytes, more than {limits.max_pool_bytes_per_node}",
-                )
-                break
+
+#: ``(rule, message)`` of each violation one group of limits finds, in the order it finds them
+_Found = Iterator[tuple[str, str]]
+
+
+def _first_over(values: Mapping[str, int], limit: int | None) -> tuple[str, int] | None:
+    """The first entry (by key) whose value exceeds ``limit``, if there is a limit."""
+    if limit is None:
+        return None
+    return next(((key, value) for key, value in sorted(values.items()) if value > limit), None)
+
+
+def _pool_limits(limits: models.Limits, subject: _Subject) -> _Found:
+    over = _first_over(subject.usage.pool_bytes_per_instance, limits.max_pool_bytes_per_instance)
+    if over is not None:
+        yield (
+            "maxPoolBytesPerInstance",
+            f"instance {over[0]} needs {over[1]} pool bytes, more than {limits.max_pool_bytes_per_instance}",
+        )
+    over = _first_over(subject.usage.pool_bytes_per_node, limits.max_pool_bytes_per_node)
+    if over is not None:
+        yield (
+            "maxPoolBytesPerNode",
+            f"node {over[0]} would hold {over[1]} pool bytes, more than {limits.max_pool_bytes_per_node}",
+        )
+
+
+def _link_count_limits(limits: models.Limits, subject: _Subject) -> _Found:
+    usage = subject.usage
     if limits.max_links_per_cache_link is not None and usage.links > limits.max_links_per_cache_link:
-        fail("maxLinksPerCacheLink", f"{usage.links} links, more than {limits.max_links_per_cache_link}")
-    if limits.max_links_per_instance is not None:
-        for instance, count in sorted(usage.links_per_instance.items()):
-            if count > limits.max_links_per_instance:
-                fail(
-                    "maxLinksPerInstance",
-                    f"instance {instance} would have {count} links"
-                    f", more than {limits.max_links_per_instance}",
-                )
-                break
+        yield "maxLinksPerCacheLink", f"{usage.links} links, more than {limits.max_links_per_cache_link}"
+    over = _first_over(usage.links_per_instance, limits.max_links_per_instance)
+    if over is not None:
+        yield (
+            "maxLinksPerInstance",
+            f"instance {over[0]} would have {over[1]} links, more than {limits.max_links_per_instance}",
+        )
+
+
+def _link_call_limits(limits: models.Limits, subject: _Subject) -> _Found:
+    merged = subject.merged
     if limits.max_clusters_per_link_call is not None and (
         (merged.max_clusters_per_link_call or 0) > limits.max_clusters_per_link_call
     ):
-        fail(
+        yield (
             "maxClustersPerLinkCall",
             f"maxClustersPerLinkCall {merged.max_clusters_per_link_call}"
             f" exceeds {limits.max_clusters_per_link_call}",
@@ -163,54 +178,82 @@ def _check_limits(
     if limits.max_link_setups_in_flight is not None and (
         (merged.max_link_setups_in_flight or 0) > limits.max_link_setups_in_flight
     ):
-        fail(
+        yield (
             "maxLinkSetupsInFlight",
             f"maxLinkSetupsInFlight {merged.max_link_setups_in_flight}"
             f" exceeds {limits.max_link_setups_in_flight}",
         )
+
+
+def _allowed_kinds(limits: models.Limits, subject: _Subject) -> _Found:
     if limits.allowed_roles is not None:
-        for role in sorted(usage.roles - set(limits.allowed_roles)):
-            fail("allowedRoles", f"role {role.value} is not allowed here")
-    if limits.allowed_link_styles is not None and merged.link_style not in limits.allowed_link_styles:
-        fail("allowedLinkStyles", f"link style {merged.link_style} is not allowed here")
-    if limits.require_link_authentication and not merged.link_authentication:
-        fail(
+        for role in sorted(subject.usage.roles - set(limits.allowed_roles)):
+            yield "allowedRoles", f"role {role.value} is not allowed here"
+    style = subject.merged.link_style
+    if limits.allowed_link_styles is not None and style not in limits.allowed_link_styles:
+        yield "allowedLinkStyles", f"link style {style} is not allowed here"
+
+
+def _authentication(limits: models.Limits, subject: _Subject, builtin: bool) -> _Found:
+    if limits.require_link_authentication and not subject.merged.link_authentication:
+        yield (
             "requireLinkAuthentication",
             "link authentication must stay enabled (a CacheLinkPolicy with requireLinkAuthentication: false "
             "can allow turning it off)"
-            if name == BUILTIN_POLICY
+            if builtin
             else "link authentication must stay enabled",
         )
+
+
+def _side_timeouts(timeouts: models.RequiredTimeouts, role: Role, options: Options) -> _Found:
+    if timeouts.max_sync_kv_timeout_ms is not None and (
+        (options.sync_kv_timeout_ms or 0) > timeouts.max_sync_kv_timeout_ms
+    ):
+        yield (
+            "requiredTimeouts.maxSyncKvTimeoutMs",
+            f"{role.value} syncKvTimeoutMs {options.sync_kv_timeout_ms}"
+            f" exceeds {timeouts.max_sync_kv_timeout_ms}",
+        )
+    total = options.link_total_time_seconds or ENGINE_DEFAULT_LINK_TOTAL_TIME_S
+    if timeouts.max_link_total_time_seconds is not None and total > timeouts.max_link_total_time_seconds:
+        yield (
+            "requiredTimeouts.maxLinkTotalTimeSeconds",
+            f"{role.value} linkTotalTimeSeconds {total} exceeds {timeouts.max_link_total_time_seconds}",
+        )
+
+
+def _timeout_limits(limits: models.Limits, subject: _Subject) -> _Found:
     timeouts = limits.required_timeouts
-    if timeouts is not None:
-        for role, options in sorted(sides.items()):
-            if timeouts.max_sync_kv_timeout_ms is not None and (
-                (options.sync_kv_timeout_ms or 0) > timeouts.max_sync_kv_timeout_ms
-            ):
-                fail(
-                    "requiredTimeouts.maxSyncKvTimeoutMs",
-                    f"{role.value} syncKvTimeoutMs {options.sync_kv_timeout_ms}"
-                    f" exceeds {timeouts.max_sync_kv_timeout_ms}",
-                )
-            total = options.link_total_time_seconds or ENGINE_DEFAULT_LINK_TOTAL_TIME_S
-            if (
-                timeouts.max_link_total_time_seconds is not None
-                and total > timeouts.max_link_total_time_seconds
-            ):
-                fail(
-                    "requiredTimeouts.maxLinkTotalTimeSeconds",
-                    f"{role.value} linkTotalTimeSeconds {total}"
-                    f" exceeds {timeouts.max_link_total_time_seconds}",
-                )
-        if (
-            timeouts.max_link_timeout_ms is not None
-            and (merged.link_timeout_ms or 0) > timeouts.max_link_timeout_ms
-        ):
-            fail(
-                "requiredTimeouts.maxLinkTimeoutMs",
-                f"linkTimeoutMs {merged.link_timeout_ms} exceeds {timeouts.max_link_timeout_ms}",
-            )
-    return found
+    if timeouts is None:
+        return
+    for role, options in sorted(subject.sides.items()):
+        yield from _side_timeouts(timeouts, role, options)
+    link_timeout = subject.merged.link_timeout_ms
+    if timeouts.max_link_timeout_ms is not None and (link_timeout or 0) > timeouts.max_link_timeout_ms:
+        yield (
+            "requiredTimeouts.maxLinkTimeoutMs",
+            f"linkTimeoutMs {link_timeout} exceeds {timeouts.max_link_timeout_ms}",
+        )
+
+
+def _check_limits(
+    name: str, limits: models.Limits, merged: Options, sides: Mapping[Role, Options], usage: Usage
+) -> list[Violation]:
+    """The limits of policy ``name`` violated: one violation per rule (the first found), in the order of
+    the groups: pool bytes, link counts, link calls, allowed kinds, authentication, timeouts."""
+    subject = _Subject(merged, sides, usage)
+    found: dict[str, Violation] = {}
+    groups = itertools.chain(
+        _pool_limits(limits, subject),
+        _link_count_limits(limits, subject),
+        _link_call_limits(limits, subject),
+        _allowed_kinds(limits, subject),
+        _authentication(limits, subject, builtin=name == BUILTIN_POLICY),
+        _timeout_limits(limits, subject),
+    )
+    for rule, message in groups:
+        found.setdefault(rule, Violation(name, rule, message))
+    return list(found.values())
 
 
 def evaluate(

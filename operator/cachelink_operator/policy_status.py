@@ -211,7 +211,7 @@ async def sync_one(kube: PolicyKube, board: Board, view: PolicyView, retries: in
             }
             try:
                 await kube.post_event(body, "Warning", INVALID_POLICY, new_valid.message)
-            except Exception as error:  # an event is best effort
+            except Exception as error:  # noqa: BLE001 - an event is best effort: its failure only logged
                 log.warning("event on CacheLinkPolicy %s failed: %s", view.name, error)
         return True
     return False
@@ -247,7 +247,7 @@ async def run(kube: PolicyKube, board: Board, stop: asyncio.Event, settle_s: flo
             delay = settle_s
         except asyncio.CancelledError:
             raise
-        except Exception as error:  # retried on the next change or after a backoff
+        except Exception as error:  # noqa: BLE001 - any failure: retried on the next change or after a backoff
             log.warning("CacheLinkPolicy status pass failed: %s: %s", type(error).__name__, error)
             board.changed.set()
             delay = min(max(delay * 2, 1.0), 30.0)

@@ -177,7 +177,7 @@ async def reconcile_once(rt: Runtime, body: Mapping[str, Any], world: World, ful
                 members=sides_members,
                 options=sides,
                 link_options=merged,
-                port_range=ports or policy.BUILTIN_LIMITS.listen_port_range,  # type: ignore[arg-type]
+                port_range=ports or policy.BUILTIN_PORT_RANGE,
                 agent_addresses={n: e.address for n, e in world.endpoints.items()},
                 nodes=seen.nodes,
                 reported=seen.instances,

@@ -18,8 +18,12 @@ from cachelink_operator import agents, desired, diff
 from cachelink_operator.models import (
     CacheLinkStatus,
     Condition,
+    ConditionStatus,
+    InstanceState,
     InstanceStatus,
+    LinkState,
     LinkStatus,
+    Phase,
     RankTableStatus,
     Role,
 )
@@ -52,7 +56,7 @@ def condition(
     at: str,
 ) -> Condition:
     """A condition; its transition time moves only when its status changes."""
-    status = "Unknown" if ok is None else "True" if ok else "False"
+    status: ConditionStatus = "Unknown" if ok is None else "True" if ok else "False"
     old = next((c for c in previous if c.type == type_), None)
     since = (
         old.last_transition_time
@@ -159,7 +163,7 @@ def build(  # noqa: PLR0915 - to split into instance and link builders next sess
         )
         error = inst.problem or (failure.error if failure else None) or unreachable.get(inst.node)
         put = any(isinstance(a, diff.PutInstance) and a.instance == name for a in planned.actions)
-        state = (
+        inst_state: InstanceState = (
             "Unreachable"
             if inst.node in unreachable
             else "Failed"
@@ -182,7 +186,7 @@ def build(  # noqa: PLR0915 - to split into instance and link builders next sess
                 cluster_id=inst.cluster_id,
                 port=inst.port,
                 address=inst.address,
-                state=state,
+                state=inst_state,
                 incarnation=incarnation
                 or (old_instances[name].incarnation if name in old_instances else None),
                 last_error=error,
@@ -218,7 +222,7 @@ def build(  # noqa: PLR0915 - to split into instance and link builders next sess
         target_key = (link.initiator, link.comm_name or want.instances[link.target].cluster_id)
         action = attempted.get(target_key)
         outcome = link_failures.get(target_key)
-        state = view.state
+        state: LinkState = view.state
         if action is not None:
             state = (
                 "Linked"
@@ -319,7 +323,7 @@ def build(  # noqa: PLR0915 - to split into instance and link builders next sess
         condition(conds, POLICY_COMPLIANT, True, "Compliant", "no policy limit is violated", generation, at),
         condition(conds, READY, ready, "Ready" if ready else "NotReady", ready_msg, generation, at),
     )
-    phase = (
+    phase: Phase = (
         "Ready"
         if ready
         else "Degraded"
