@@ -1,9 +1,12 @@
 #include <gtest/gtest.h>
 
+#include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "channel.h"
+#include "ghash.h"
 
 namespace cachelink::channel {
 namespace {
@@ -35,11 +38,12 @@ bool open(Direction& d, const std::string& aad, Sealed s, std::string* text = nu
 struct Pair {
   Direction tx;
   Direction rx;
-  explicit Pair(Mode mode, const std::string& secret = "secret") {
+  explicit Pair(Mode mode, const std::string& secret = "secret", Backend backend = Backend::kAuto) {
     Keys keys = derive(secret, sha256("transcript"), "traffic");
-    tx.reset(mode, keys.client_to_server);
-    rx.reset(mode, keys.client_to_server);
+    tx.reset(mode, keys.client_to_server, backend);
+    rx.reset(mode, keys.client_to_server, backend);
   }
+  Pair(Mode mode, Backend backend) : Pair(mode, "secret", backend) {}
 };
 
 TEST(KeySchedule, DependsOnSecretTranscriptAndStage) {
@@ -52,10 +56,15 @@ TEST(KeySchedule, DependsOnSecretTranscriptAndStage) {
   EXPECT_EQ(sha256("").size(), 32u);
 }
 
-class Modes : public ::testing::TestWithParam<Mode> {};
+/// Every property below holds for both implementations of AES-GCM (OpenSSL's, and the wide GHASH).
+class Modes : public ::testing::TestWithParam<std::tuple<Mode, Backend>> {
+ protected:
+  Mode mode() const { return std::get<0>(GetParam()); }
+  Backend backend() const { return std::get<1>(GetParam()); }
+};
 
 TEST_P(Modes, RoundTrip) {
-  Pair p(GetParam());
+  Pair p(mode(), backend());
   for (int i = 0; i < 3; ++i) {
     Sealed s = seal(p.tx, "header" + std::to_string(i), "payload bytes");
     std::string text;
@@ -67,15 +76,15 @@ TEST_P(Modes, RoundTrip) {
 }
 
 TEST_P(Modes, EncryptionHidesTheBytesAndMacLeavesThem) {
-  Pair p(GetParam());
+  Pair p(mode(), backend());
   Sealed s = seal(p.tx, "h", "a prompt's KV cache");
   const std::string wire(s.bytes.begin(), s.bytes.end());
-  EXPECT_EQ(wire == "a prompt's KV cache", GetParam() == Mode::kMac);
+  EXPECT_EQ(wire == "a prompt's KV cache", mode() == Mode::kMac);
 }
 
 TEST_P(Modes, TamperedPayloadHeaderOrTagFails) {
   for (int what = 0; what < 3; ++what) {
-    Pair p(GetParam());
+    Pair p(mode(), backend());
     Sealed s = seal(p.tx, "header", "payload");
     std::string aad = "header";
     if (what == 0) s.bytes[3] ^= 1;
@@ -86,29 +95,29 @@ TEST_P(Modes, TamperedPayloadHeaderOrTagFails) {
 }
 
 TEST_P(Modes, ReplayFails) {
-  Pair p(GetParam());
+  Pair p(mode(), backend());
   Sealed s = seal(p.tx, "h", "write 1");
   ASSERT_TRUE(open(p.rx, "h", s));
   EXPECT_FALSE(open(p.rx, "h", s));  // the same record again: the receiver expects the next sequence number
 }
 
 TEST_P(Modes, ReorderFails) {
-  Pair p(GetParam());
+  Pair p(mode(), backend());
   Sealed first = seal(p.tx, "h", "first");
   Sealed second = seal(p.tx, "h", "second");
   EXPECT_FALSE(open(p.rx, "h", second));
 }
 
 TEST_P(Modes, DroppedRecordBreaksTheRest) {
-  Pair p(GetParam());
+  Pair p(mode(), backend());
   (void)seal(p.tx, "h", "dropped on the way");
   Sealed next = seal(p.tx, "h", "next");
   EXPECT_FALSE(open(p.rx, "h", next));
 }
 
 TEST_P(Modes, InjectedOrWrongKeyFails) {
-  Pair p(GetParam());
-  Pair attacker(GetParam(), "guessed");
+  Pair p(mode(), backend());
+  Pair attacker(mode(), "guessed", backend());
   EXPECT_FALSE(open(p.rx, "h", seal(attacker.tx, "h", "injected")));
   Sealed forged;
   forged.bytes = {1, 2, 3};
@@ -120,14 +129,14 @@ TEST_P(Modes, ReflectionFails) {
   Keys keys = derive("secret", sha256("t"), "traffic");
   Direction tx;
   Direction rx;
-  tx.reset(GetParam(), keys.client_to_server);
-  rx.reset(GetParam(), keys.server_to_client);
+  tx.reset(mode(), keys.client_to_server, backend());
+  rx.reset(mode(), keys.server_to_client, backend());
   EXPECT_FALSE(open(rx, "h", seal(tx, "h", "reflected")));
 }
 
 TEST_P(Modes, ScatteredInputSealsLikeContiguous) {
-  Pair a(GetParam());
-  Pair b(GetParam());
+  Pair a(mode(), backend());
+  Pair b(mode(), backend());
   std::string left = "scattered ";
   std::string right = "segments";
   std::vector<uint8_t> out((left + right).size());
@@ -136,18 +145,119 @@ TEST_P(Modes, ScatteredInputSealsLikeContiguous) {
   ASSERT_TRUE(a.tx.seal(nullptr, 0, in, out.data(), tag.data()).ok());
   Sealed whole = seal(b.tx, "", left + right);
   EXPECT_EQ(tag, whole.tag);
-  if (GetParam() == Mode::kAead) EXPECT_EQ(out, whole.bytes);
+  if (mode() == Mode::kAead) EXPECT_EQ(out, whole.bytes);
 }
 
 TEST_P(Modes, EmptyPayloadStillAuthenticatesTheHeader) {
-  Pair p(GetParam());
+  Pair p(mode(), backend());
   Sealed s = seal(p.tx, "goodbye header", "");
   EXPECT_TRUE(open(p.rx, "goodbye header", s));
   Sealed t = seal(p.tx, "goodbye header", "");
   EXPECT_FALSE(open(p.rx, "goodbye headeR", t));
 }
 
-INSTANTIATE_TEST_SUITE_P(Channel, Modes, ::testing::Values(Mode::kMac, Mode::kAead));
+INSTANTIATE_TEST_SUITE_P(Channel, Modes,
+                         ::testing::Combine(::testing::Values(Mode::kMac, Mode::kAead),
+                                            ::testing::Values(Backend::kAuto, Backend::kOpenSsl)));
+
+std::vector<uint8_t> unhex(const std::string& hex) {
+  std::vector<uint8_t> out;
+  for (size_t i = 0; i + 1 < hex.size(); i += 2)
+    out.push_back(static_cast<uint8_t>(std::stoi(hex.substr(i, 2), nullptr, 16)));
+  return out;
+}
+
+// AES-256-GCM known answers (McGrew and Viega, "The Galois/Counter Mode of Operation", test cases 13 and 14:
+// zero key, zero IV, which is this channel's nonce for sequence number 0).
+TEST(Backends, KnownAnswers) {
+  for (Backend backend : {Backend::kAuto, Backend::kOpenSsl}) {
+    Direction d;
+    d.reset(Mode::kAead, Key{}, backend);
+    std::vector<uint8_t> tag(kTagBytes);
+    ASSERT_TRUE(d.seal(nullptr, 0, {}, nullptr, tag.data()).ok());
+    EXPECT_EQ(tag, unhex("530f8afbc74536b9a963b4f1c4cb738b"));
+    d.reset(Mode::kAead, Key{}, backend);
+    std::vector<uint8_t> zeros(16);
+    std::vector<uint8_t> out(16);
+    ASSERT_TRUE(d.seal(nullptr, 0, {{zeros.data(), zeros.size()}}, out.data(), tag.data()).ok());
+    EXPECT_EQ(out, unhex("cea7403d4d606b6e074ec5d3baf39d18"));
+    EXPECT_EQ(tag, unhex("d0d1c8a799996bf0265b98b5d48ab919"));
+  }
+}
+
+/// `len` bytes split at `cuts` (offsets, ascending) into iovecs.
+std::vector<iovec> pieces(std::vector<uint8_t>& bytes, const std::vector<size_t>& cuts) {
+  std::vector<iovec> out;
+  size_t at = 0;
+  for (size_t cut : cuts) {
+    if (cut <= at || cut >= bytes.size()) continue;
+    out.push_back({bytes.data() + at, cut - at});
+    at = cut;
+  }
+  out.push_back({bytes.data() + at, bytes.size() - at});
+  return out;
+}
+
+// The wide GHASH computes exactly OpenSSL's AES-GCM: the same ciphertext and tags for every length (partial
+// blocks, the 512-byte steps and their tails), header and split, and each opens what the other sealed.
+TEST(Backends, WideMatchesOpenSslAndEachOpensTheOther) {
+  if (!Ghash::supported()) GTEST_SKIP() << "no VPCLMULQDQ / AVX-512 on this CPU: only OpenSSL's AES-GCM is used";
+  std::mt19937 rng(7);
+  const Keys keys = derive("secret", sha256("transcript"), "traffic");
+  for (Mode mode : {Mode::kMac, Mode::kAead}) {
+    Direction wide_tx;
+    Direction ossl_tx;
+    Direction wide_rx;
+    Direction ossl_rx;
+    wide_tx.reset(mode, keys.client_to_server, Backend::kAuto);
+    ossl_tx.reset(mode, keys.client_to_server, Backend::kOpenSsl);
+    wide_rx.reset(mode, keys.client_to_server, Backend::kAuto);
+    ossl_rx.reset(mode, keys.client_to_server, Backend::kOpenSsl);
+    ASSERT_TRUE(wide_tx.wide());
+    ASSERT_FALSE(ossl_tx.wide());
+    for (size_t len : {0, 1, 15, 16, 17, 511, 512, 513, 1000, 4096, 16384 + 7, 65536 + 33, 262144, 262144 + 5}) {
+      for (size_t aad_len : {0, 5, 16, 21}) {
+        std::vector<uint8_t> aad(aad_len);
+        std::vector<uint8_t> plain(len);
+        for (auto& b : aad) b = static_cast<uint8_t>(rng());
+        for (auto& b : plain) b = static_cast<uint8_t>(rng());
+        const std::vector<size_t> cuts{len / 3, len / 3 + 1, len / 2 + 7};
+        std::vector<uint8_t> out_wide(len);
+        std::vector<uint8_t> out_ossl(len);
+        std::vector<uint8_t> tag_wide(kTagBytes);
+        std::vector<uint8_t> tag_ossl(kTagBytes);
+        ASSERT_TRUE(wide_tx.seal(aad.data(), aad_len, pieces(plain, cuts), out_wide.data(), tag_wide.data()).ok());
+        ASSERT_TRUE(ossl_tx.seal(aad.data(), aad_len, pieces(plain, {}), out_ossl.data(), tag_ossl.data()).ok());
+        const std::string where = "mode " + std::to_string(static_cast<int>(mode)) + " len " + std::to_string(len) +
+                                  " aad " + std::to_string(aad_len);
+        ASSERT_EQ(tag_wide, tag_ossl) << where;
+        if (mode == Mode::kAead) ASSERT_EQ(out_wide, out_ossl) << where;
+        std::vector<uint8_t> wire = mode == Mode::kAead ? out_wide : plain;
+        std::vector<uint8_t> copy = wire;
+        ASSERT_TRUE(wide_rx.open(aad.data(), aad_len, pieces(wire, cuts), tag_ossl.data())) << where;
+        ASSERT_TRUE(ossl_rx.open(aad.data(), aad_len, pieces(copy, {len / 2}), tag_wide.data())) << where;
+        EXPECT_EQ(wire, plain) << where;
+        EXPECT_EQ(copy, plain) << where;
+      }
+    }
+  }
+}
+
+// A record opened where it lies, scattered over several pieces, fails when any byte of any piece changed.
+TEST_P(Modes, ScatteredRecordTamperedAnywhereFails) {
+  std::vector<uint8_t> plain(70000);
+  for (size_t i = 0; i < plain.size(); ++i) plain[i] = static_cast<uint8_t>(i * 31);
+  const std::vector<size_t> cuts{1000, 1001, 40000};
+  for (size_t flip : {size_t{0}, size_t{999}, size_t{1000}, size_t{1001}, size_t{39999}, size_t{69999}}) {
+    Pair p(mode(), backend());
+    std::vector<uint8_t> wire(plain.size());
+    std::vector<uint8_t> tag(kTagBytes);
+    ASSERT_TRUE(p.tx.seal(nullptr, 0, pieces(plain, {}), wire.data(), tag.data()).ok());
+    if (mode() == Mode::kMac) wire = plain;
+    wire[flip] ^= 0x10;
+    EXPECT_FALSE(p.rx.open(nullptr, 0, pieces(wire, cuts), tag.data())) << "byte " << flip;
+  }
+}
 
 }  // namespace
 }  // namespace cachelink::channel
