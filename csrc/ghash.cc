@@ -71,7 +71,11 @@ CL_GHASH_TARGET void absorb_wide(__m128i* x, const uint8_t (*powers)[64], const 
   const __m512i mask =
       _mm512_maskz_broadcast_i32x4(0xFFFF, _mm_set_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
   __m512i keys[Ghash::kLanes];
-  for (int z = 0; z < Ghash::kLanes; ++z) keys[z] = _mm512_loadu_si512(powers[z]);
+  __m512i cross[Ghash::kLanes];  // hi ^ lo of each key in both halves (Karatsuba)
+  for (int z = 0; z < Ghash::kLanes; ++z) {
+    keys[z] = _mm512_loadu_si512(powers[z]);
+    cross[z] = _mm512_xor_si512(keys[z], _mm512_maskz_shuffle_epi32(0xFFFF, keys[z], _MM_PERM_BADC));
+  }
   __m128i acc = *x;
   for (size_t s = 0; s < steps; ++s, p += kStep) {
     __m512i lo = _mm512_setzero_si512();
@@ -80,11 +84,12 @@ CL_GHASH_TARGET void absorb_wide(__m128i* x, const uint8_t (*powers)[64], const 
     for (int z = 0; z < Ghash::kLanes; ++z) {
       __m512i d = _mm512_shuffle_epi8(_mm512_loadu_si512(p + 64 * z), mask);
       if (z == 0) d = _mm512_xor_si512(d, _mm512_inserti32x4(_mm512_setzero_si512(), acc, 0));
+      const __m512i dx = _mm512_xor_si512(d, _mm512_maskz_shuffle_epi32(0xFFFF, d, _MM_PERM_BADC));
       lo = _mm512_xor_si512(lo, _mm512_clmulepi64_epi128(d, keys[z], 0x00));
       hi = _mm512_xor_si512(hi, _mm512_clmulepi64_epi128(d, keys[z], 0x11));
-      mid = _mm512_ternarylogic_epi64(mid, _mm512_clmulepi64_epi128(d, keys[z], 0x01),
-                                      _mm512_clmulepi64_epi128(d, keys[z], 0x10), 0x96);  // three-way XOR
+      mid = _mm512_xor_si512(mid, _mm512_clmulepi64_epi128(dx, cross[z], 0x00));
     }
+    mid = _mm512_ternarylogic_epi64(mid, lo, hi, 0x96);  // Karatsuba: (dh + dl)(kh + kl) + lo + hi
     acc = reduce(fold(lo), fold(mid), fold(hi));
   }
   *x = acc;

@@ -215,7 +215,8 @@ TEST(Backends, WideMatchesOpenSslAndEachOpensTheOther) {
     ossl_rx.reset(mode, keys.client_to_server, Backend::kOpenSsl);
     ASSERT_TRUE(wide_tx.wide());
     ASSERT_FALSE(ossl_tx.wide());
-    for (size_t len : {0, 1, 15, 16, 17, 511, 512, 513, 1000, 4096, 16384 + 7, 65536 + 33, 262144, 262144 + 5}) {
+    for (size_t len :
+         {0, 1, 15, 16, 17, 511, 512, 513, 1023, 1024, 1025, 4096, 16384 + 7, 65536 + 33, 262144, 262144 + 5}) {
       for (size_t aad_len : {0, 5, 16, 21}) {
         std::vector<uint8_t> aad(aad_len);
         std::vector<uint8_t> plain(len);
