@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "aes_ctr.h"
 #include "ghash.h"
 
 namespace cachelink::channel {
@@ -54,8 +55,7 @@ Keys derive(const std::string& secret, const std::string& transcript_hash, const
 namespace {
 
 constexpr size_t kChunk = 16u << 10;  // encrypted bytes are hashed while still in the L1 cache
-// GCM counts blocks in the nonce's last 32 bits from J0 + 1; OpenSSL's CTR carries into the whole block, so the
-// two agree while a record stays under 2^32 - 2 blocks. Records and frames are far smaller; longer ones fail.
+// GCM's limit on one message: 2^32 - 2 blocks (its 32-bit counter from J0 + 1). Records and frames are far smaller.
 constexpr uint64_t kMaxRecord = ((uint64_t{1} << 32) - 2) * 16;
 
 uint64_t total_of(const std::vector<iovec>& v) {
@@ -69,8 +69,7 @@ uint64_t total_of(const std::vector<iovec>& v) {
 struct Direction::Ctx {
   EVP_CIPHER_CTX* enc = nullptr;  // OpenSSL AES-256-GCM (Backend::kOpenSsl, or no wide GHASH)
   EVP_CIPHER_CTX* dec = nullptr;
-  EVP_CIPHER_CTX* block = nullptr;  // AES-256-ECB: the tag mask E_K(J0) and H = E_K(0) (wide GHASH)
-  EVP_CIPHER_CTX* ctr = nullptr;    // AES-256-CTR from J0 + 1: GCM's keystream (wide GHASH, kAead)
+  AesCtr aes;  // the wide path: H = E_K(0), the tag mask E_K(J0), the keystream from J0 + 1
   Ghash ghash;
   bool wide = false;
   Ctx() = default;
@@ -79,8 +78,6 @@ struct Direction::Ctx {
   ~Ctx() {
     EVP_CIPHER_CTX_free(enc);
     EVP_CIPHER_CTX_free(dec);
-    EVP_CIPHER_CTX_free(block);
-    EVP_CIPHER_CTX_free(ctr);
   }
 };
 
@@ -96,7 +93,7 @@ void Direction::reset(Mode mode, const Key& key, Backend backend) {
   if (mode == Mode::kNone) return;
   ctx_ = std::make_unique<Ctx>();
   Ctx& c = *ctx_;
-  c.wide = backend == Backend::kAuto && Ghash::supported();
+  c.wide = backend == Backend::kAuto && Ghash::supported() && AesCtr::supported();
   // The key schedule is expanded once here; every record only sets its nonce.
   if (!c.wide) {
     c.enc = EVP_CIPHER_CTX_new();
@@ -105,19 +102,12 @@ void Direction::reset(Mode mode, const Key& key, Backend backend) {
     EVP_DecryptInit_ex(c.dec, EVP_aes_256_gcm(), nullptr, key.data(), nullptr);
     return;
   }
-  c.block = EVP_CIPHER_CTX_new();
-  EVP_EncryptInit_ex(c.block, EVP_aes_256_ecb(), nullptr, key.data(), nullptr);
-  EVP_CIPHER_CTX_set_padding(c.block, 0);
-  uint8_t zero[Ghash::kBlock] = {};
+  c.aes.init(key.data());
+  const uint8_t zero[Ghash::kBlock] = {};
   uint8_t h[Ghash::kBlock] = {};
-  int len = 0;
-  EVP_EncryptUpdate(c.block, h, &len, zero, sizeof(zero));
+  c.aes.encrypt_block(zero, h);
   c.ghash.init(h);
   OPENSSL_cleanse(h, sizeof(h));
-  if (mode == Mode::kAead) {
-    c.ctr = EVP_CIPHER_CTX_new();
-    EVP_EncryptInit_ex(c.ctr, EVP_aes_256_ctr(), nullptr, key.data(), nullptr);
-  }
 }
 
 bool Direction::wide() const { return ctx_ && ctx_->wide; }
@@ -181,20 +171,11 @@ bool Direction::open(const uint8_t* aad, size_t aad_len, const std::vector<iovec
 namespace {
 
 /// E_K(J0), J0 = nonce | 0x00000001: the mask GCM puts on the GHASH result to make the tag.
-bool tag_mask(EVP_CIPHER_CTX* block, const uint8_t nonce[12], uint8_t mask[Ghash::kBlock]) {
+void tag_mask(const AesCtr& aes, const uint8_t nonce[12], uint8_t mask[Ghash::kBlock]) {
   uint8_t j0[Ghash::kBlock] = {};
   std::memcpy(j0, nonce, 12);
   j0[15] = 1;
-  int len = 0;
-  return EVP_EncryptUpdate(block, mask, &len, j0, sizeof(j0)) == 1 && len == static_cast<int>(Ghash::kBlock);
-}
-
-/// Starts GCM's keystream at J0 + 1 (the first counter block of the text).
-bool start_keystream(EVP_CIPHER_CTX* ctr, const uint8_t nonce[12]) {
-  uint8_t j1[Ghash::kBlock] = {};
-  std::memcpy(j1, nonce, 12);
-  j1[15] = 2;
-  return EVP_EncryptInit_ex(ctr, nullptr, nullptr, nullptr, j1) == 1;
+  aes.encrypt_block(j0, mask);
 }
 
 }  // namespace
@@ -205,7 +186,7 @@ bool Direction::seal_wide(const uint8_t nonce[12], const uint8_t* aad, size_t aa
   const uint64_t total = total_of(in);
   if (total > kMaxRecord) return false;
   uint8_t mask[Ghash::kBlock];
-  if (!tag_mask(c.block, nonce, mask)) return false;
+  tag_mask(c.aes, nonce, mask);
   c.ghash.start();
   if (aad_len > 0) c.ghash.update(aad, aad_len);
   if (mode_ == Mode::kMac) {  // GMAC: the bytes are more additional data
@@ -213,13 +194,12 @@ bool Direction::seal_wide(const uint8_t nonce[12], const uint8_t* aad, size_t aa
     c.ghash.finish(aad_len + total, 0, tag);
   } else {
     c.ghash.pad();
-    if (!start_keystream(c.ctr, nonce)) return false;
+    c.aes.start(nonce, 2);  // the text's keystream starts at J0 + 1
     for (const iovec& v : in) {
       const auto* p = static_cast<const uint8_t*>(v.iov_base);
       for (size_t at = 0; at < v.iov_len; at += kChunk) {
         const size_t n = std::min(kChunk, v.iov_len - at);
-        int len = 0;
-        if (EVP_EncryptUpdate(c.ctr, out, &len, p + at, static_cast<int>(n)) != 1) return false;
+        c.aes.apply(p + at, out, n);
         c.ghash.update(out, n);
         out += n;
       }
@@ -236,7 +216,7 @@ bool Direction::open_wide(const uint8_t nonce[12], const uint8_t* aad, size_t aa
   const uint64_t total = total_of(data);
   if (total > kMaxRecord) return false;
   uint8_t expected[kTagBytes];
-  if (!tag_mask(c.block, nonce, expected)) return false;
+  tag_mask(c.aes, nonce, expected);
   c.ghash.start();
   if (aad_len > 0) c.ghash.update(aad, aad_len);
   uint8_t hash[kTagBytes];
@@ -245,14 +225,13 @@ bool Direction::open_wide(const uint8_t nonce[12], const uint8_t* aad, size_t aa
     c.ghash.finish(aad_len + total, 0, hash);
   } else {
     c.ghash.pad();
-    if (!start_keystream(c.ctr, nonce)) return false;
+    c.aes.start(nonce, 2);
     for (const iovec& v : data) {
       auto* p = static_cast<uint8_t*>(v.iov_base);
       for (size_t at = 0; at < v.iov_len; at += kChunk) {
         const size_t n = std::min(kChunk, v.iov_len - at);
         c.ghash.update(p + at, n);  // the ciphertext is hashed, then decrypted where it lies
-        int len = 0;
-        if (EVP_EncryptUpdate(c.ctr, p + at, &len, p + at, static_cast<int>(n)) != 1) return false;
+        c.aes.apply(p + at, p + at, n);
       }
     }
     c.ghash.finish(aad_len, total, hash);

@@ -1,10 +1,12 @@
 #include <gtest/gtest.h>
+#include <openssl/evp.h>
 
 #include <random>
 #include <string>
 #include <tuple>
 #include <vector>
 
+#include "aes_ctr.h"
 #include "channel.h"
 #include "ghash.h"
 
@@ -185,6 +187,71 @@ TEST(Backends, KnownAnswers) {
   }
 }
 
+// FIPS 197, appendix C.3: AES-256 of one block.
+TEST(AesCtr, KnownAnswer) {
+  if (!AesCtr::supported()) GTEST_SKIP() << "no VAES / AVX-512 on this CPU: only OpenSSL's AES-GCM is used";
+  AesCtr aes;
+  aes.init(unhex("000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f").data());
+  std::vector<uint8_t> out(16);
+  aes.encrypt_block(unhex("00112233445566778899aabbccddeeff").data(), out.data());
+  EXPECT_EQ(out, unhex("8ea2b7ca516745bfeafc49904b496089"));
+}
+
+// The keystream is OpenSSL's AES-256-CTR from the same counter block, however the bytes are split across calls.
+TEST(AesCtr, MatchesOpenSslCounterMode) {
+  if (!AesCtr::supported()) GTEST_SKIP() << "no VAES / AVX-512 on this CPU: only OpenSSL's AES-GCM is used";
+  std::mt19937 rng(11);
+  std::vector<uint8_t> key(32);
+  for (auto& b : key) b = static_cast<uint8_t>(rng());
+  std::vector<uint8_t> nonce(12);
+  for (auto& b : nonce) b = static_cast<uint8_t>(rng());
+  AesCtr aes;
+  aes.init(key.data());
+  EVP_CIPHER_CTX* ossl = EVP_CIPHER_CTX_new();
+  for (size_t len : {1, 15, 16, 63, 64, 65, 255, 256, 257, 1000, 16384 + 9, 100000}) {
+    for (size_t split : {size_t{0}, size_t{1}, size_t{17}, len / 2}) {
+      std::vector<uint8_t> in(len);
+      for (auto& b : in) b = static_cast<uint8_t>(rng());
+      std::vector<uint8_t> iv(nonce);
+      iv.insert(iv.end(), {0, 0, 0, 2});
+      std::vector<uint8_t> want(len);
+      int n = 0;
+      ASSERT_EQ(EVP_EncryptInit_ex(ossl, EVP_aes_256_ctr(), nullptr, key.data(), iv.data()), 1);
+      ASSERT_EQ(EVP_EncryptUpdate(ossl, want.data(), &n, in.data(), static_cast<int>(len)), 1);
+      std::vector<uint8_t> got(len);
+      aes.start(nonce.data(), 2);
+      const size_t cut = std::min(split, len);
+      aes.apply(in.data(), got.data(), cut);
+      aes.apply(in.data() + cut, got.data() + cut, (len - cut) / 3);
+      const size_t third = cut + (len - cut) / 3;
+      aes.apply(in.data() + third, got.data() + third, len - third);
+      EXPECT_EQ(got, want) << "len " << len << " split " << split;
+    }
+  }
+  EVP_CIPHER_CTX_free(ossl);
+}
+
+// GCM's counter wraps in its last 32 bits (inc32), never carrying into the nonce.
+TEST(AesCtr, CounterWrapsInItsLastWord) {
+  if (!AesCtr::supported()) GTEST_SKIP() << "no VAES / AVX-512 on this CPU: only OpenSSL's AES-GCM is used";
+  AesCtr aes;
+  std::vector<uint8_t> key(32, 5);
+  aes.init(key.data());
+  std::vector<uint8_t> nonce(12, 9);
+  std::vector<uint8_t> zeros(64 * 20);
+  std::vector<uint8_t> stream(zeros.size());
+  aes.start(nonce.data(), 0xfffffff0u);
+  aes.apply(zeros.data(), stream.data(), stream.size());
+  for (size_t i = 0; i < zeros.size() / 16; ++i) {
+    std::vector<uint8_t> block(nonce);
+    const uint32_t counter = 0xfffffff0u + static_cast<uint32_t>(i);
+    for (int b = 3; b >= 0; --b) block.push_back(static_cast<uint8_t>(counter >> (8 * b)));
+    std::vector<uint8_t> want(16);
+    aes.encrypt_block(block.data(), want.data());
+    ASSERT_EQ(std::vector<uint8_t>(stream.begin() + 16 * i, stream.begin() + 16 * (i + 1)), want) << "block " << i;
+  }
+}
+
 /// `len` bytes split at `cuts` (offsets, ascending) into iovecs.
 std::vector<iovec> pieces(std::vector<uint8_t>& bytes, const std::vector<size_t>& cuts) {
   std::vector<iovec> out;
@@ -201,7 +268,7 @@ std::vector<iovec> pieces(std::vector<uint8_t>& bytes, const std::vector<size_t>
 // The wide GHASH computes exactly OpenSSL's AES-GCM: the same ciphertext and tags for every length (partial
 // blocks, the 512-byte steps and their tails), header and split, and each opens what the other sealed.
 TEST(Backends, WideMatchesOpenSslAndEachOpensTheOther) {
-  if (!Ghash::supported()) GTEST_SKIP() << "no VPCLMULQDQ / AVX-512 on this CPU: only OpenSSL's AES-GCM is used";
+  if (!Ghash::supported() || !AesCtr::supported()) GTEST_SKIP() << "no VAES / VPCLMULQDQ / AVX-512 on this CPU";
   std::mt19937 rng(7);
   const Keys keys = derive("secret", sha256("transcript"), "traffic");
   for (Mode mode : {Mode::kMac, Mode::kAead}) {
