@@ -68,6 +68,7 @@ constexpr int kWide = 4;  // 512-bit registers in flight: 16 blocks
 CL_AES_TARGET uint32_t ctr_wide(const uint8_t (*rk)[16], const uint8_t nonce[12], uint32_t counter, const uint8_t* in,
                                 uint8_t* out, size_t groups, size_t singles, uint8_t* spare) {
   __m512i keys[15];
+#pragma GCC unroll 15
   for (int r = 0; r < 15; ++r) keys[r] = _mm512_maskz_broadcast_i32x4(0xFFFF, load(rk[r]));
   // Counter blocks are kept with the counter little-endian in the last 32-bit word, added to there (wrapping as
   // GCM's inc32 does) and byte-swapped into place as each block is made.
@@ -80,14 +81,18 @@ CL_AES_TARGET uint32_t ctr_wide(const uint8_t (*rk)[16], const uint8_t nonce[12]
                                  _mm512_set_epi32(3, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0));
   const __m512i four = _mm512_set_epi32(4, 0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0);
   for (size_t g = 0; g < groups; ++g, in += 64 * kWide, out += 64 * kWide) {
-    __m512i b[kWide];
+    __m512i b[kWide];  // the loops are unrolled so that these stay in registers
+#pragma GCC unroll 4
     for (int w = 0; w < kWide; ++w) {
       b[w] = _mm512_xor_si512(_mm512_shuffle_epi8(ctr, order), keys[0]);
       ctr = _mm512_add_epi32(ctr, four);
     }
+#pragma GCC unroll 13
     for (int r = 1; r < 14; ++r) {
+#pragma GCC unroll 4
       for (int w = 0; w < kWide; ++w) b[w] = _mm512_aesenc_epi128(b[w], keys[r]);
     }
+#pragma GCC unroll 4
     for (int w = 0; w < kWide; ++w) {
       b[w] = _mm512_aesenclast_epi128(b[w], keys[14]);
       _mm512_storeu_si512(out + 64 * w, _mm512_xor_si512(b[w], _mm512_loadu_si512(in + 64 * w)));
@@ -97,6 +102,7 @@ CL_AES_TARGET uint32_t ctr_wide(const uint8_t (*rk)[16], const uint8_t nonce[12]
     if (s == singles && spare == nullptr) break;
     __m512i b = _mm512_xor_si512(_mm512_shuffle_epi8(ctr, order), keys[0]);
     ctr = _mm512_add_epi32(ctr, four);
+#pragma GCC unroll 13
     for (int r = 1; r < 14; ++r) b = _mm512_aesenc_epi128(b, keys[r]);
     b = _mm512_aesenclast_epi128(b, keys[14]);
     if (s == singles) {

@@ -72,6 +72,7 @@ CL_GHASH_TARGET void absorb_wide(__m128i* x, const uint8_t (*powers)[64], const 
       _mm512_maskz_broadcast_i32x4(0xFFFF, _mm_set_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
   __m512i keys[Ghash::kLanes];
   __m512i cross[Ghash::kLanes];  // hi ^ lo of each key in both halves (Karatsuba)
+#pragma GCC unroll 16
   for (int z = 0; z < Ghash::kLanes; ++z) {
     keys[z] = _mm512_loadu_si512(powers[z]);
     cross[z] = _mm512_xor_si512(keys[z], _mm512_maskz_shuffle_epi32(0xFFFF, keys[z], _MM_PERM_BADC));
@@ -81,6 +82,7 @@ CL_GHASH_TARGET void absorb_wide(__m128i* x, const uint8_t (*powers)[64], const 
     __m512i lo = _mm512_setzero_si512();
     __m512i hi = lo;
     __m512i mid = lo;
+#pragma GCC unroll 16  // the keys stay in registers
     for (int z = 0; z < Ghash::kLanes; ++z) {
       __m512i d = _mm512_shuffle_epi8(_mm512_loadu_si512(p + 64 * z), mask);
       if (z == 0) d = _mm512_xor_si512(d, _mm512_inserti32x4(_mm512_setzero_si512(), acc, 0));
