@@ -61,7 +61,7 @@ CL_AES_TARGET void encrypt_one(const uint8_t (*rk)[16], const uint8_t in[16], ui
   store(out, _mm_aesenclast_si128(b, load(rk[14])));
 }
 
-constexpr int kWide = 4;  // 512-bit registers in flight: 16 blocks
+constexpr size_t kWide = 4;  // 512-bit registers in flight: 16 blocks
 
 /// XORs keystream into `groups` runs of 4 kWide blocks, then `singles` runs of 4 blocks, then (when `spare` is
 /// set) writes one more register's keystream there; returns the next counter.
@@ -83,17 +83,17 @@ CL_AES_TARGET uint32_t ctr_wide(const uint8_t (*rk)[16], const uint8_t nonce[12]
   for (size_t g = 0; g < groups; ++g, in += 64 * kWide, out += 64 * kWide) {
     __m512i b[kWide];  // the loops are unrolled so that these stay in registers
 #pragma GCC unroll 4
-    for (int w = 0; w < kWide; ++w) {
-      b[w] = _mm512_xor_si512(_mm512_shuffle_epi8(ctr, order), keys[0]);
+    for (__m512i& block : b) {
+      block = _mm512_xor_si512(_mm512_shuffle_epi8(ctr, order), keys[0]);
       ctr = _mm512_add_epi32(ctr, four);
     }
 #pragma GCC unroll 13
     for (int r = 1; r < 14; ++r) {
 #pragma GCC unroll 4
-      for (int w = 0; w < kWide; ++w) b[w] = _mm512_aesenc_epi128(b[w], keys[r]);
+      for (__m512i& block : b) block = _mm512_aesenc_epi128(block, keys[r]);
     }
 #pragma GCC unroll 4
-    for (int w = 0; w < kWide; ++w) {
+    for (size_t w = 0; w < kWide; ++w) {
       b[w] = _mm512_aesenclast_epi128(b[w], keys[14]);
       _mm512_storeu_si512(out + 64 * w, _mm512_xor_si512(b[w], _mm512_loadu_si512(in + 64 * w)));
     }

@@ -140,6 +140,7 @@ Status Direction::seal(const uint8_t* aad, size_t aad_len, const std::vector<iov
   return Status::Ok();
 }
 
+// NOLINTNEXTLINE(readability-non-const-parameter): `data` is decrypted in place (through the iovec)
 bool Direction::open(const uint8_t* aad, size_t aad_len, uint8_t* data, size_t len, const uint8_t* tag) {
   return open(aad, aad_len, std::vector<iovec>{{data, len}}, tag);
 }

@@ -73,7 +73,7 @@ CL_GHASH_TARGET void absorb_wide(__m128i* x, const uint8_t (*powers)[64], const 
   __m512i keys[Ghash::kLanes];
   __m512i cross[Ghash::kLanes];  // hi ^ lo of each key in both halves (Karatsuba)
 #pragma GCC unroll 16
-  for (int z = 0; z < Ghash::kLanes; ++z) {
+  for (size_t z = 0; z < Ghash::kLanes; ++z) {
     keys[z] = _mm512_loadu_si512(powers[z]);
     cross[z] = _mm512_xor_si512(keys[z], _mm512_maskz_shuffle_epi32(0xFFFF, keys[z], _MM_PERM_BADC));
   }
@@ -83,7 +83,7 @@ CL_GHASH_TARGET void absorb_wide(__m128i* x, const uint8_t (*powers)[64], const 
     __m512i hi = lo;
     __m512i mid = lo;
 #pragma GCC unroll 16  // the keys stay in registers
-    for (int z = 0; z < Ghash::kLanes; ++z) {
+    for (size_t z = 0; z < Ghash::kLanes; ++z) {
       __m512i d = _mm512_shuffle_epi8(_mm512_loadu_si512(p + 64 * z), mask);
       if (z == 0) d = _mm512_xor_si512(d, _mm512_inserti32x4(_mm512_setzero_si512(), acc, 0));
       const __m512i dx = _mm512_xor_si512(d, _mm512_maskz_shuffle_epi32(0xFFFF, d, _MM_PERM_BADC));
@@ -110,14 +110,14 @@ CL_GHASH_TARGET void absorb(uint8_t x_bytes[16], const uint8_t (*powers)[64], co
 }
 
 CL_GHASH_TARGET void make_powers(const uint8_t h[16], uint8_t (*powers)[64], uint8_t h_bytes[16]) {
-  constexpr int kCount = 4 * Ghash::kLanes;
+  constexpr size_t kCount = 4 * Ghash::kLanes;
   const __m128i h1 = reflect(load(h));
   __m128i power[kCount + 1];
   power[1] = h1;
-  for (int k = 2; k <= kCount; ++k) power[k] = multiply(power[k - 1], h1);
+  for (size_t k = 2; k <= kCount; ++k) power[k] = multiply(power[k - 1], h1);
   // Register z, lane l (the l-th block of its four) multiplies H^(kCount - 4z - l).
-  for (int z = 0; z < Ghash::kLanes; ++z) {
-    for (int l = 0; l < 4; ++l) store(powers[z] + Ghash::kBlock * l, power[kCount - 4 * z - l]);
+  for (size_t z = 0; z < Ghash::kLanes; ++z) {
+    for (size_t l = 0; l < 4; ++l) store(powers[z] + Ghash::kBlock * l, power[kCount - 4 * z - l]);
   }
   store(h_bytes, h1);
   OPENSSL_cleanse(static_cast<void*>(power), sizeof(power));

@@ -16,7 +16,7 @@ namespace cachelink::channel {
 class Ghash {
  public:
   static constexpr size_t kBlock = 16;
-  static constexpr int kLanes = 16;  // 512-bit registers per step: 16 x 4 blocks between reductions
+  static constexpr size_t kLanes = 16;  // 512-bit registers per step: 16 x 4 blocks between reductions
 
   Ghash() = default;
   ~Ghash();
