@@ -289,6 +289,30 @@ def test_tampered_bulk_records_fail_the_transfer(setup, attack):
     finishes_cleanly(prompt, dd, relay, before)
 
 
+@pytest.mark.parametrize("record", [1, 3])
+def test_rewritten_later_record_keeps_the_checked_ones_and_wipes_the_rest(setup, record):
+    """Records are received into the destination and opened there: those before the rewritten one checked out
+    and stay; the rewritten one and every one after it in the batch are zeroed, never left unauthenticated."""
+    prompt, relay, dd = setup
+    assert link(dd, relay)[0] == Code.LLM_SUCCESS
+    before = digest(prompt)
+    relay.s2c = lambda conn, index, item: [flip(item, 1000) if index == 3 + record else item]
+    dst = dd.cache_manager.allocate_blocks_cache(ld.CacheDesc(1, [BLOCKS, BLOCK_BYTES], ld.DataType.DT_UINT8))
+    dst.numpy(0)[:] = 7  # so that a wiped record shows
+    blocks = list(range(BLOCKS))
+    with pytest.raises(ld.LLMException) as err:
+        dd.cache_manager.pull_blocks(ld.BlocksCacheKey(1, 0), dst, blocks, blocks)
+    assert err.value.status_code == Code.LLM_LINK_FAILED
+    assert "failed authentication" in str(err.value)
+    got = dst.numpy(0).reshape(-1)
+    cut = record * RECORD
+    assert np.array_equal(got[:cut], expected().reshape(-1)[:cut]), "records that checked out are genuine"
+    assert not got[cut:].any(), "the failed record and the unchecked ones after it are wiped"
+    dd.cache_manager.deallocate_blocks_cache(dst)
+    assert ext.counters(dd)["tampered_frames"] == 1
+    finishes_cleanly(prompt, dd, relay, before)
+
+
 # ----------------------------------------------------------------------------------------- listener
 
 
