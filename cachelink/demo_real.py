@@ -121,6 +121,8 @@ def where_each_part_runs(kube: Kube, namespaces: list[str]) -> list[str]:
     lines = []
     for namespace in namespaces:
         for pod in kube.get("pods", "-n", namespace)["items"]:
+            if pod["metadata"].get("deletionTimestamp"):
+                continue  # a replica of an earlier rollout, going away
             for status in pod["status"].get("containerStatuses") or []:
                 runtime_id = status.get("containerID", "")
                 where = f"{namespace}/{pod['metadata']['name']}"

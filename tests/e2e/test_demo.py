@@ -25,7 +25,17 @@ def demo(data_dir: Path, *args: str, timeout: float = 240) -> subprocess.Complet
     env = dict(os.environ)
     env["KUBECONFIG"] = str(data_dir / "does-not-exist.kubeconfig")  # must be ignored
     return subprocess.run(
-        [sys.executable, "-P", "-m", "cachelink.cli", "demo", "--data-dir", str(data_dir), *args],
+        [
+            sys.executable,
+            "-P",
+            "-m",
+            "cachelink.cli",
+            "demo",
+            "--simulated-nodes",
+            "--data-dir",
+            str(data_dir),
+            *args,
+        ],
         capture_output=True,
         text=True,
         timeout=timeout,
