@@ -33,10 +33,19 @@ def say(text: str) -> None:
     print(f"pod_exec: {text}", flush=True)
 
 
-def _mount(*args: str) -> None:
-    done = subprocess.run(["mount", *args], capture_output=True, text=True, check=False)
+def _mount(*args: str, pass_fds: tuple[int, ...] = ()) -> None:
+    done = subprocess.run(["mount", *args], capture_output=True, text=True, check=False, pass_fds=pass_fds)
     if done.returncode != 0:
         raise SystemExit(f"pod_exec: mount {' '.join(args)}: {done.stderr.strip()}")
+
+
+def _bind(source_fd: int, target: str) -> None:
+    """Bind the folder or file open as ``source_fd`` at ``target``.
+
+    The source is held open from before the first mount, as a kubelet mounts from the host's view: a
+    volume mounted over ``/tmp`` must not hide the source of a later volume that lives under ``/tmp``.
+    """
+    _mount("--no-canonicalize", "--bind", f"/proc/self/fd/{source_fd}", target, pass_fds=(source_fd,))
 
 
 def _needed_paths(env: dict[str, str]) -> list[Path]:
@@ -85,9 +94,10 @@ def setup_mounts(plan: dict[str, Any]) -> None:
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.touch(exist_ok=True)
-        mounts.append(mount)
-    for mount in mounts:
-        _mount("--bind", mount["source"], mount["target"])
+        mounts.append((mount, os.open(mount["source"], os.O_PATH | os.O_CLOEXEC)))
+    for mount, source_fd in mounts:
+        _bind(source_fd, mount["target"])
+        os.close(source_fd)
         if mount.get("read_only"):
             _mount("-o", "remount,bind,ro", mount["target"])
     if plan.get("read_only_root"):  # last: a bind mount made from a read-only mount is read-only too
