@@ -5,7 +5,7 @@
 
 Its parts are in ``bench/benchlib/`` (the audit log, /proc sampling, Prometheus counters, the watch, the
 driver of one count, the report); this file is the command line. For each count N, N CacheLinks
-(one prompt and one decode instance each, on two of the three simulated nodes, 1 MiB pools, agents in
+(one prompt and one decode instance each, on two of the three real nodes, 1 MiB pools, agents in
 their in-process mode) are applied at once (server-side apply, chunks of 100 as concurrent kubectl
 processes) into a fresh namespace, then measured:
 
@@ -18,24 +18,23 @@ processes) into a fresh namespace, then measured:
   after that (``--steady-seconds``, default 2.5 resync intervals), and while deleting (the leader
   Lease's renewals, a constant 0.5/s, are counted apart);
 - the operator's peak RSS (``/proc/<pid>/status`` sampled every 0.25 s) and CPU seconds, per phase;
-- the load average before each count (the machine may be shared), and listeners of other clusters'
-  instances on the node addresses (they take ports this operator cannot see);
+- the load average before each count (the machine may be shared);
 - for the why: the reasons CacheLinks were not Ready, which status fields each status write changed
   (before and after Ready), and the Events by reason.
 
-The product runs as ``cachelink demo`` runs it (:class:`cachelink.localstack.stack.LocalStack`): the
-chart installed by helm, real agents and the operator run as local processes from their pods, the
-operator under its pod's ServiceAccount token. ``--data-dir`` reuses a running development cluster
-(started with the audit log); otherwise one is started in a temporary directory and stopped at the end.
-A count that does not get all Ready (or finalized) within ``--timeout`` is reported with what it
-reached, and larger counts are skipped.
+The product runs as ``cachelink demo`` runs it (:class:`cachelink.realnodes.product.Product`): a control
+plane with the audit log, three real nodes (kubelet, containerd, kube-proxy) and the chart installed with
+``helm upgrade --install --wait``; the agents and both operator replicas are containers, the replica
+holding the leader Lease is measured. Needs root and what ``cachelink real-nodes build`` builds (run first,
+cached). Everything is started in ``--data-dir`` (default a temporary folder) and removed at the end. A
+count that does not get all Ready (or finalized) within ``--timeout`` is reported with what it reached,
+and larger counts are skipped.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -45,35 +44,51 @@ from pathlib import Path
 from typing import Any
 
 from benchlib import operator_report, results
-from benchlib.operator_driver import APPLY_CHUNK, POOL_BYTES, Bench
+from benchlib.operator_driver import APPLY_CHUNK, NODES, POOL_BYTES, Bench
 from benchlib.stats import rounded
 
 from cachelink.devcluster import DevCluster
-from cachelink.devcluster.fixtures import running_cluster
-from cachelink.localstack.stack import LocalStack
+from cachelink.localstack.chart import OPERATOR_FLAGS
+from cachelink.realnodes.cli import build
+from cachelink.realnodes.cluster import RealNodes
+from cachelink.realnodes.product import Product
+
+ROOT = Path(__file__).resolve().parents[1]
 
 BENCH = "operator_scale"
 
 
 @contextlib.contextmanager
-def _cluster(data_dir: str) -> Iterator[tuple[DevCluster, Path]]:
-    """The cluster of ``data_dir`` (kept running), or a fresh one in a temporary folder."""
-    with (
-        tempfile.TemporaryDirectory(prefix="cachelink-operator-bench-") as tmp,
-        running_cluster(data_dir or Path(tmp) / "cluster", reuse=bool(data_dir)) as cluster,
-    ):
-        yield cluster, Path(tmp)
+def _product(args: argparse.Namespace) -> Iterator[tuple[DevCluster, Product]]:
+    """The control plane, three real nodes and the chart (values for the benchmark); removed at the end."""
+    image = str(build(ROOT)["image"])
+    with tempfile.TemporaryDirectory(prefix="cachelink-operator-bench-") as tmp:
+        cluster = DevCluster(Path(args.data_dir or tmp) / "cluster", node_names=())
+        nodes = RealNodes(cluster, NODES, images=[image])
+        product = Product(nodes, image, _values(args))
+        try:
+            cluster.up()
+            nodes.up()
+            product.install()
+            yield cluster, product
+        finally:
+            if args.keep_logs:
+                _keep_logs(product, Path(args.keep_logs))
+            try:
+                nodes.down()
+            finally:
+                cluster.down()
 
 
-def _keep_logs(stack: LocalStack, folder: Path) -> None:
-    """Copy the operator's and the agents' logs into ``folder``."""
+def _keep_logs(product: Product, folder: Path) -> None:
+    """Save the operator replicas' and the agents' logs into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
-    logs = {f"agent-{node}.log": agent.log for node, agent in stack.agents.items()}
-    with contextlib.suppress(RuntimeError):
-        logs["operator.log"] = stack.operator.log
-    for name, path in logs.items():
-        with contextlib.suppress(OSError):
-            shutil.copyfile(path, folder / name)
+    with contextlib.suppress(Exception):
+        for pod in product.operator_pods():
+            name = pod["metadata"]["name"]
+            (folder / f"{name}.log").write_text(product.logs(name, "operator"))
+        for node, pod in product.agent_pods(ready=False).items():
+            (folder / f"agent-{node}.log").write_text(product.logs(pod["metadata"]["name"], "agent"))
 
 
 @dataclass
@@ -88,18 +103,22 @@ class Run:
     stack_values: dict[str, Any] | None = None
 
 
-def _stack(cluster: DevCluster, folder: Path, args: argparse.Namespace) -> LocalStack:
-    """The local stack (agents in-process), with the agents' link-repair loop and the operator's log level
-    at their production defaults (the local stack's 1 s loop and DEBUG logging are for tests)."""
-    stack = LocalStack(cluster, folder, agent_mode="in-process", resync_s=args.resync_seconds, max_pool="8Gi")
-    operator = stack.values["operator"]
-    operator["extraArgs"] = [a for a in operator["extraArgs"] if args.operator_verbose or a != "--verbose"]
-    agent_set = stack.values["agentDaemonSet"]
-    agent_set["extraArgs"] = [
-        *(a for a in agent_set["extraArgs"] if not a.startswith("--reconcile-interval=")),
-        f"--reconcile-interval={args.agent_reconcile_seconds:g}",
-    ]
-    return stack
+def _values(args: argparse.Namespace) -> dict[str, Any]:
+    """Chart values: agents in-process with room for every pool, the operator's resync interval, its
+    log level and the agents' link-repair loop as asked (the chart's defaults otherwise)."""
+    operator_flags = [a for a in OPERATOR_FLAGS if args.operator_verbose or a != "--verbose"]
+    return {
+        "operator": {
+            "resyncIntervalSeconds": max(1, round(args.resync_seconds)),
+            "extraArgs": operator_flags,
+        },
+        "agentDaemonSet": {
+            "inProcess": True,
+            "maxPoolBytes": "8Gi",
+            "logFormat": "text",
+            "extraArgs": [f"--reconcile-interval={args.agent_reconcile_seconds:g}"],
+        },
+    }
 
 
 def _counts(bench: Bench, counts: list[int], run: Run) -> None:
@@ -117,25 +136,16 @@ def _counts(bench: Bench, counts: list[int], run: Run) -> None:
 
 
 def _run(args: argparse.Namespace, counts: list[int]) -> Run:
-    """Every count on one stack (stopping at the first that fails)."""
+    """Every count on one installation (stopping at the first that fails)."""
     run = Run()
-    with _cluster(args.data_dir) as (cluster, tmp):
+    with _product(args) as (cluster, product):
         if not cluster.audit_log.exists():
-            raise SystemExit(f"no audit log at {cluster.audit_log}: restart the cluster (down, up)")
-        stack = _stack(cluster, tmp / "stack", args)
-        try:
-            stack.setup()
-            bench = Bench(cluster, stack, args)
-            bench.remove_leftovers()
-            start = bench.audit.offset()
-            stack.start_operator()
-            bench.audit.check_user(start)
-            _counts(bench, counts, run)
-        finally:
-            if args.keep_logs:  # before down(): that removes the pods' folders, logs included
-                _keep_logs(stack, Path(args.keep_logs))
-            stack.down()
-        run.stack_values = getattr(stack, "values", None)
+            raise SystemExit(f"no audit log at {cluster.audit_log}")
+        bench = Bench(cluster, product, args)
+        bench.remove_leftovers()
+        bench.audit.check_user(0)
+        _counts(bench, counts, run)
+        run.stack_values = product.values
         run.versions, run.rotated = dict(cluster.tools.versions), bench.audit.rotated
     return run
 
@@ -146,7 +156,9 @@ def _parser() -> argparse.ArgumentParser:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--counts", default="50,100,200,500", help="comma-separated CacheLink counts")
-    parser.add_argument("--data-dir", default="", help="reuse the development cluster of this data dir")
+    parser.add_argument(
+        "--data-dir", default="", help="where the cluster lives (default: a temporary folder)"
+    )
     parser.add_argument("--timeout", type=float, default=600.0, help="bound (s) of each wait")
     parser.add_argument("--resync-seconds", type=float, default=20.0, help="the operator's resync interval")
     parser.add_argument(
@@ -166,12 +178,6 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=5.0,
         help="after all are Ready, before the steady-state window (its writes count towards Ready)",
-    )
-    parser.add_argument(
-        "--foreign-wait",
-        type=float,
-        default=180.0,
-        help="before each count, wait up to this long for other clusters' instances to leave the ports",
     )
     parser.add_argument("--keep-logs", default="", help="copy the operator's and agents' logs to this folder")
     parser.add_argument("--out", default=str(results.result_path(BENCH)), help="JSON file")
@@ -194,6 +200,7 @@ def main() -> int:
         "machine": results.machine(),
         "versions": run.versions,
         "settings": {
+            "nodes": "three real nodes (kubelet + containerd + kube-proxy)",
             "agent_mode": "in-process",
             "pool_bytes": POOL_BYTES,
             "resync_s": args.resync_seconds,

@@ -200,12 +200,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         action="store_true",
         help="no cluster: a prompt and a decode process move the KV cache over each data path",
     )
-    parser.add_argument(
-        "--simulated-nodes",
-        action="store_true",
-        help="KWOK nodes with the chart's pods run as local processes (no root; being retired) instead of "
-        "real kubelet + containerd nodes",
-    )
     parser.add_argument("--layers", type=int, default=32, help="model layers (default 32)")
     parser.add_argument("--blocks", type=int, default=64, help="KV blocks per tensor (default 64)")
     parser.add_argument(

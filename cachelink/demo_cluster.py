@@ -1,12 +1,9 @@
-"""The cluster demo (``cachelink demo``): the whole product end to end on a local Kubernetes cluster.
+"""The cluster demo (``cachelink demo``): the whole product end to end on a Kubernetes cluster.
 
-Starts (building its tools on first use, cached) the local development cluster with a prompt node and a
-decode node, applies the CRDs, runs a node agent per node and the operator (under the chart's RBAC), applies
-the sample CacheLinkPolicy and a CacheLink (prompt on node-a, decode on node-b), waits until it is Ready,
-has a workload on the decode node pull a 32-layer paged KV cache written on the prompt node and verify
-every byte, prints a summary, then deletes the CacheLink and shows that everything was finalized.
-
-Only ``--kubeconfig`` points the demo at another cluster; an exported ``KUBECONFIG`` is never used.
+By default on a local cluster of real nodes (:mod:`cachelink.demo_real`); with ``--kubeconfig`` on an existing
+cluster where the chart is installed (:func:`run_external`); ``--down`` stops what ``--keep`` left running.
+This module holds what both share: the sample objects, the progress lines, the entry point. Only
+``--kubeconfig`` points the demo at another cluster; an exported ``KUBECONFIG`` is never used.
 """
 
 from __future__ import annotations
@@ -18,18 +15,14 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cachelink.localstack import resources
 from cachelink.localstack.kube import Kube, KubeError
 from cachelink.localstack.kvcache import KvShape
 from cachelink.localstack.procs import wait_for
 from cachelink.localstack.report import summary
-from cachelink.localstack.transfer import transfer
 from cachelink.localstack.watch import CACHELINK, Watch, is_ready
-
-if TYPE_CHECKING:
-    from cachelink.localstack.stack import LocalStack
 
 DEFAULT_DATA_DIR = Path(".cachelink/demo")
 NODES = ("node-a", "node-b")
@@ -63,115 +56,11 @@ def sample_objects(
 # ---------------------------------------------------------------------------------- the local demo
 
 
-def run_local(data_dir: Path, shape: KvShape, keep: bool) -> int:
-    """The demo on its own cluster in ``data_dir``; tears everything down unless ``keep``."""
-    from cachelink.devcluster import DevCluster  # noqa: PLC0415 - only the local demo needs it
-    from cachelink.localstack.stack import LocalStack, clean  # noqa: PLC0415
-
-    begun = time.monotonic()
-    say(f"CacheLink demo: the whole product on a local Kubernetes cluster (data: {data_dir})")
-    say(f"KV cache: {shape.describe()}")
-    stack_root = data_dir / "stack"
-    leftovers = clean(stack_root)
-    if leftovers:
-        say(f"==> stopped what an earlier --keep run left: {', '.join(leftovers)}")
-    cluster = DevCluster(data_dir / "cluster", node_names=NODES, log=say)
-    say(f"==> local cluster: etcd, control plane, KWOK nodes {NODES[0]} (prompt) and {NODES[1]} (decode)")
-    started = time.monotonic()
-    cluster.up()
-    stack: LocalStack | None = None
-    ok = False
-    try:
-        stack = LocalStack(cluster, stack_root, nodes=NODES, log=say)
-        stack.up()
-        say(f"==> CacheLink stack up {time.monotonic() - started:.1f}s after the start of the cluster")
-        status = _local_body(stack, shape, keep)
-        ok = status == 0
-        return status
-    finally:
-        if keep and ok:
-            say(kept_hint(data_dir, cluster.kubeconfig))
-        else:
-            say("==> stopping the operator, the agents and the cluster")
-            if stack is not None:
-                stack.down(remove_objects=False)  # the cluster stops next; the objects stay for next time
-            cluster.log = _quiet
-            cluster.down()
-            clean(stack_root)  # the nodes' files and pools too (the next run would drop them first anyway)
-            say(f"==> stopped; nothing of the demo runs any more ({time.monotonic() - begun:.0f}s in all)")
-
-
 def _quiet(_line: str) -> None:
     """Discard a progress line."""
 
 
-def _local_body(stack: LocalStack, shape: KvShape, keep: bool) -> int:
-    """Sample objects, Ready, the transfer, the summary; then (unless ``keep``) delete and finalize."""
-    kube = stack.kube
-    policy, namespace_obj, cachelink = sample_objects(*NODES)
-    namespace, name = cachelink["metadata"]["namespace"], cachelink["metadata"]["name"]
-    watch = Watch(kube, namespace, name, alive=stack.operator.check_alive, log=say)
-    if watch.get() is not None:
-        say(f"==> deleting the CacheLink {namespace}/{name} an earlier --keep run left")
-        kube.kubectl("delete", CACHELINK, name, "-n", namespace, "--wait=false")
-        watch.until(lambda o: o is None, 90, "to be deleted")
-    say(f"==> sample CacheLinkPolicy {policy['metadata']['name']} (namespaces labelled tier=inference)")
-    kube.apply(policy)
-    say(f"==> CacheLink {namespace}/{name}: prompt on {NODES[0]}, decode on {NODES[1]}; waiting for Ready")
-    kube.apply(namespace_obj, cachelink)
-    applied = time.monotonic()
-    obj = watch.until(lambda o: o is not None and is_ready(o), 120, "to be Ready")
-    ready_s = time.monotonic() - applied
-    uid, status = obj["metadata"]["uid"], obj["status"]
-    owned = stack.owned(uid)
-    link = status["links"][0]
-    prompt, decode = owned[link["prompt"]], owned[link["decode"]]
-    say("==> workloads attach to the instances' sockets, as an inference engine in a pod on the node would:")
-    say(f"    prompt on {NODES[0]}: {prompt.attach_socket}")
-    say(f"    decode on {NODES[1]}: {decode.attach_socket}")
-    moved = transfer(
-        prompt.attach_socket,
-        decode.attach_socket,
-        link["promptClusterId"],
-        shape,
-        log=say,
-        prompt_node=stack.on_node(NODES[0]),
-        decode_node=stack.on_node(NODES[1]),
-    )
-    obj = watch.get() or obj
-    if not obj["status"]["links"][0].get("dataPath"):
-        decode_links = decode.links
-        obj["status"]["links"][0]["dataPath"] = decode_links[0].data_path if decode_links else ""
-    say("")
-    say(summary(obj, ready_s, moved))
-    say("")
-    if not moved.verified:
-        say("FAILED: the pulled KV cache differs from what the prompt side wrote")
-        return 1
-    if keep:
-        return 0
-    say(f"==> deleting CacheLink {namespace}/{name}; the operator finalizes it")
-    kube.kubectl("delete", CACHELINK, name, "-n", namespace, "--wait=false")
-    watch.until(lambda o: o is None, 90, "to be finalized and gone")
-
-    def instances_gone() -> list[str] | None:
-        found = stack.instances()
-        if any(i.owner == uid for listed in found.values() for i in listed):
-            return None
-        return [f"{node}: {len(listed)} instances" for node, listed in sorted(found.items())]
-
-    counts = wait_for(instances_gone, 30, "the agents to have deleted the instances")
-    say(
-        "==> finalized: CacheLink gone (the operator removed its finalizer after deleting the instances); "
-        + ", ".join(counts)
-    )
-    secret = status.get("linkSecretName")
-    if secret:
-        say(f"==> link Secret {secret}: {_secret_fate(kube, namespace, secret)}")
-    return 0
-
-
-def _secret_fate(kube: Kube, namespace: str, secret: str, timeout: float = 3.0) -> str:
+def secret_fate(kube: Kube, namespace: str, secret: str, timeout: float = 3.0) -> str:
     """Whether Kubernetes' garbage collector deleted the link Secret (owned by the CacheLink) yet."""
     try:
         wait_for(lambda: kube.get("secret", secret, "-n", namespace) is None, timeout, "the link Secret")
@@ -183,11 +72,10 @@ def _secret_fate(kube: Kube, namespace: str, secret: str, timeout: float = 3.0) 
 def down(data_dir: Path) -> int:
     """``--down``: stop what ``--keep`` left running in ``data_dir``."""
     from cachelink.devcluster import DevCluster  # noqa: PLC0415
-    from cachelink.localstack.stack import clean  # noqa: PLC0415
     from cachelink.realnodes.cli import recorded_nodes  # noqa: PLC0415
     from cachelink.realnodes.cluster import RealNodes  # noqa: PLC0415
 
-    stopped = clean(data_dir / "stack")
+    stopped: list[str] = []
     if (data_dir / "cluster").is_dir():
         cluster = DevCluster(data_dir / "cluster", node_names=(), log=_quiet)
         real = recorded_nodes(cluster)
@@ -263,8 +151,6 @@ def run(args: argparse.Namespace) -> int:
         if external is not None:
             return run_external(args, external)
         shape = KvShape(layers=args.layers, blocks=args.blocks)
-        if args.simulated_nodes:
-            return run_local(data_dir, shape, keep=args.keep)
         from cachelink.demo_real import run_real  # noqa: PLC0415 - real nodes' imports are heavier
 
         return run_real(data_dir, shape, keep=args.keep, source=Path.cwd())

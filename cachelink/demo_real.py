@@ -18,10 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cachelink.demo_cluster import kept_hint, sample_objects, say
+from cachelink.demo_cluster import kept_hint, sample_objects, say, secret_fate
 from cachelink.devcluster import DevCluster
 from cachelink.devcluster.errors import DevClusterError
-from cachelink.localstack.chart import Release
 from cachelink.localstack.kube import Kube
 from cachelink.localstack.kvcache import KvShape
 from cachelink.localstack.procs import wait_for
@@ -30,6 +29,7 @@ from cachelink.localstack.transfer import Wrap, transfer
 from cachelink.localstack.watch import CACHELINK, Watch, is_ready
 from cachelink.realnodes.cli import build
 from cachelink.realnodes.cluster import RealNodes
+from cachelink.realnodes.product import Product
 
 NODES = ("node-a", "node-b")
 RELEASE_NAMESPACE = "cachelink-system"
@@ -42,7 +42,7 @@ READY_TIMEOUT_S = 240.0
 HELM_TIMEOUT_S = 300
 
 
-def _restricted_pod(
+def restricted_pod(
     name: str, namespace: str, node: str, labels: dict[str, str], image: str, link: str
 ) -> dict[str, Any]:
     """A workload pod that Pod Security ``restricted`` admits: non-root, read-only root, no capabilities,
@@ -99,13 +99,13 @@ def demo_objects(image: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, 
     cachelink["spec"]["decode"] = {"podSelector": {"matchLabels": DECODE_LABELS}}
     ns, link = namespace["metadata"]["name"], cachelink["metadata"]["name"]
     pods = [
-        _restricted_pod("demo-prefill", ns, NODES[0], PREFILL_LABELS, image, link),
-        _restricted_pod("demo-decode", ns, NODES[1], DECODE_LABELS, image, link),
+        restricted_pod("demo-prefill", ns, NODES[0], PREFILL_LABELS, image, link),
+        restricted_pod("demo-decode", ns, NODES[1], DECODE_LABELS, image, link),
     ]
     return policy, namespace, cachelink, pods
 
 
-def _in_pod(kube: Kube, namespace: str, pod: str) -> Wrap:
+def in_pod(kube: Kube, namespace: str, pod: str) -> Wrap:
     """Run a workload command inside the pod's container (``kubectl exec -i``), with the image's Python."""
 
     def wrap(argv: list[str]) -> list[str]:
@@ -149,8 +149,7 @@ def run_real(data_dir: Path, shape: KvShape, keep: bool, source: Path) -> int:
     try:
         cluster.up()
         nodes.up()
-        kube = Kube(cluster.kubectl_path, cluster.kubeconfig)
-        status = _body(cluster, kube, image, shape, keep)
+        status = _body(Product(nodes, image), shape, keep)
         ok = status == 0
         return status
     finally:
@@ -163,21 +162,29 @@ def run_real(data_dir: Path, shape: KvShape, keep: bool, source: Path) -> int:
             say(f"==> stopped; nothing of the demo runs any more ({time.monotonic() - begun:.0f}s in all)")
 
 
-def _install(cluster: DevCluster, image: str) -> None:
-    repository, tag = image.rsplit(":", 1)
-    release = Release(cluster.helm_path, cluster.kubeconfig, cluster.data_dir, RELEASE_NAMESPACE)
+def _install(product: Product) -> None:
     say("==> helm upgrade --install --wait: the chart's defaults (2 operator replicas, agents in worker mode")
     say("    with the CSI node plugin), only the image named")
     started = time.monotonic()
-    release.install(
-        {"image": {"repository": repository, "tag": tag, "pullPolicy": "Never"}},
-        wait_s=HELM_TIMEOUT_S,
-    )
+    product.install(wait_s=HELM_TIMEOUT_S)
     say(f"==> chart installed and every pod ready in {time.monotonic() - started:.1f}s")
 
 
-def _body(cluster: DevCluster, kube: Kube, image: str, shape: KvShape, keep: bool) -> int:
-    _install(cluster, image)
+def _finalized(product: Product, uid: str) -> str:
+    """Once the CacheLink is gone: what each node's agent still holds (none of its instances)."""
+
+    def instances_gone() -> list[str] | None:
+        found = {node: product.instances(node) for node in NODES}
+        if any(i.owner == uid for listed in found.values() for i in listed):
+            return None
+        return [f"{node}: {len(listed)} instances" for node, listed in sorted(found.items())]
+
+    return ", ".join(wait_for(instances_gone, 30, "the agents to have deleted the instances"))
+
+
+def _body(product: Product, shape: KvShape, keep: bool) -> int:
+    kube, image = product.kube, product.image
+    _install(product)
     policy, namespace_obj, cachelink, pods = demo_objects(image)
     namespace, name = namespace_obj["metadata"]["name"], cachelink["metadata"]["name"]
     say(f"==> sample CacheLinkPolicy {policy['metadata']['name']}")
@@ -211,8 +218,8 @@ def _body(cluster: DevCluster, kube: Kube, image: str, shape: KvShape, keep: boo
         link["promptClusterId"],
         shape,
         log=say,
-        prompt_node=_in_pod(kube, namespace, "demo-prefill"),
-        decode_node=_in_pod(kube, namespace, "demo-decode"),
+        prompt_node=in_pod(kube, namespace, "demo-prefill"),
+        decode_node=in_pod(kube, namespace, "demo-decode"),
     )
     say("")
     say(summary(watch.get() or obj, ready_s, moved))
@@ -225,5 +232,11 @@ def _body(cluster: DevCluster, kube: Kube, image: str, shape: KvShape, keep: boo
     say(f"==> deleting CacheLink {namespace}/{name}; the operator finalizes it")
     kube.kubectl("delete", CACHELINK, name, "-n", namespace, "--wait=false")
     watch.until(lambda o: o is None, 120, "to be finalized and gone")
-    say("==> finalized: CacheLink gone (the operator removed its finalizer after deleting the instances)")
+    say(
+        "==> finalized: CacheLink gone (the operator removed its finalizer after deleting the instances); "
+        + _finalized(product, obj["metadata"]["uid"])
+    )
+    secret = obj["status"].get("linkSecretName")
+    if secret:
+        say(f"==> link Secret {secret}: {secret_fate(kube, namespace, secret)}")
     return 0

@@ -26,18 +26,14 @@ from benchlib.stats import percentile, rounded
 from benchlib.watcher import GROUP, PLURAL, VERSION, Watcher
 from cachelink.devcluster import DevCluster
 from cachelink.devcluster.fixtures import wait_for
-from cachelink.localstack.agents import AGENT_NAMESPACE
-from cachelink.localstack.operator_runner import OPERATOR_SELECTOR
 from cachelink.localstack.procs import child_env
-from cachelink.localstack.stack import LocalStack
+from cachelink.realnodes.product import RELEASE_NAMESPACE, Product
 
 NODES = ("node-a", "node-b", "node-c")
 CACHELINK = f"{PLURAL}.{GROUP}"
 #: the chart's operator ServiceAccount (release ``cachelink``): whose requests are counted
-OPERATOR_USER = f"system:serviceaccount:{AGENT_NAMESPACE}:cachelink-operator"
+OPERATOR_USER = f"system:serviceaccount:{RELEASE_NAMESPACE}:cachelink-operator"
 APPLY_CHUNK = 100
-#: the operator's built-in listen port range of instances (no policy narrows it here)
-PORTS = (26000, 27999)
 POOL_BYTES = 1 << 20
 #: the operator's counters read from its /metrics (family names)
 COUNTERS = tuple(f"cachelink_operator_{name}" for name in ("agent_calls", "reconciles", "reconcile_errors"))
@@ -62,32 +58,48 @@ def cachelink(namespace: str, index: int) -> dict[str, Any]:
 
 
 class Bench:
-    """The stack, the audit log and an API client; :meth:`run_count` measures one count."""
+    """The product on real nodes, the audit log and an API client; :meth:`run_count` measures one count.
 
-    def __init__(self, cluster: DevCluster, stack: LocalStack, args: argparse.Namespace) -> None:
-        self.cluster, self.stack, self.args = cluster, stack, args
+    The operator measured is the replica holding the leader Lease (the other one stands by): its
+    container's process is sampled through ``/proc`` (containers are processes of this machine), its
+    log read with ``kubectl logs``, its counters scraped from its pod's metrics port inside the nodes'
+    network."""
+
+    def __init__(self, cluster: DevCluster, product: Product, args: argparse.Namespace) -> None:
+        self.cluster, self.product, self.args = cluster, product, args
+        self.kube = product.kube
         self.audit = audit.AuditLog(cluster.audit_log, OPERATOR_USER)
         api_client = k8s_config.new_client_from_config(config_file=str(cluster.kubeconfig))
         self.api = k8s_client.CustomObjectsApi(api_client)
-        self.hosts = {node.ip for node in cluster.nodes}
-        self.metrics_url = ""
+        self.leader = product.wait_leader()
+        self.restarts = product.restart_count(self.leader, "operator")
+        self.pid = product.task_pid(self.leader, "operator")
+        pod = product.pod(self.leader)
+        port = next(
+            p["containerPort"]
+            for c in pod["spec"]["containers"]
+            for p in c.get("ports", [])
+            if p["name"] == "metrics"
+        )
+        self.metrics_url = f"http://{pod['status']['podIP']}:{port}/metrics"
 
     def metrics(self) -> dict[str, float]:
-        """The operator's counters now (its pod IP and the chart's metrics port)."""
-        if not self.metrics_url:
-            pods = self.stack.kube.get("pods", "-n", AGENT_NAMESPACE, "-l", OPERATOR_SELECTOR) or {}
-            ips = [p["status"].get("podIP") for p in pods.get("items", []) if p["status"].get("podIP")]
-            port = ((getattr(self.stack, "values", None) or {}).get("operator") or {}).get("metricsPort")
-            if not ips or not port:
-                return {}
-            self.metrics_url = f"http://{ips[-1]}:{port}/metrics"
-        return prometheus.scrape(self.metrics_url, COUNTERS, prefix="cachelink_operator_")
+        """The leading operator's counters now."""
+        return self.product.in_hub(
+            lambda: prometheus.scrape(self.metrics_url, COUNTERS, prefix="cachelink_operator_")
+        )
+
+    def check_alive(self) -> None:
+        """Fail when the measured operator container restarted or lost the Lease."""
+        if self.product.restart_count(self.leader, "operator") != self.restarts:
+            raise RuntimeError(f"the operator container of {self.leader} restarted during the benchmark")
+        if self.product.leader() != self.leader:
+            raise RuntimeError(f"{self.leader} lost the leader Lease during the benchmark")
 
     def remove_leftovers(self) -> None:
-        """Before the operator starts: delete what an interrupted earlier run left (CacheLinks in
-        ``bench-*`` namespaces, their finalizers dropped: no agent holds their instances any more),
-        so that they are not measured too; refuse CacheLinks elsewhere."""
-        found = (self.stack.kube.get(CACHELINK, "-A") or {}).get("items", [])
+        """Delete what an interrupted earlier run left (CacheLinks in ``bench-*`` namespaces), so that
+        it is not measured too; refuse CacheLinks elsewhere."""
+        found = (self.kube.get(CACHELINK, "-A") or {}).get("items", [])
         namespaces = sorted({o["metadata"]["namespace"] for o in found})
         others = [n for n in namespaces if not n.startswith("bench-")]
         if others:
@@ -95,28 +107,23 @@ class Bench:
         if not namespaces:
             return
         print(f"==> removing {', '.join(namespaces)}, left by an earlier run", file=sys.stderr, flush=True)
-        self.stack.release_finalizers()
         for namespace in namespaces:
-            self.stack.kube.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+            self.kube.kubectl("delete", CACHELINK, "--all", "-n", namespace, "--wait=false", check=False)
+            self.kube.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
         for namespace in namespaces:
-            self.stack.kube.wait_namespace_gone(namespace, timeout=self.args.timeout)
+            self.kube.wait_namespace_gone(namespace, timeout=self.args.timeout)
 
-    def foreign(self) -> set[str]:
-        """Listeners in the instances' port range on the node addresses that this stack's agents do not
-        hold: another cluster's instances on this machine, invisible to the operator."""
-        pids = [agent.process.pid for agent in self.stack.agents.values() if agent.process is not None]
-        return procfs.foreign_listeners(self.hosts, pids, *PORTS)
+    def operator_log(self) -> str:
+        """The measured operator container's log so far."""
+        return self.product.logs(self.leader, "operator")
 
-    @property
-    def pid(self) -> int:
-        """The operator's process id."""
-        process = self.stack.operator.process
-        assert process is not None, "the operator is not running"
-        return int(process.pid)
+    def instances_left(self) -> int:
+        """Instances every node's agent still holds."""
+        return sum(len(self.product.instances(node)) for node in self.product.nodes.names)
 
     def apply(self, items: list[dict[str, Any]]) -> float:
         """Server-side apply of every item: chunks of APPLY_CHUNK as concurrent kubectl processes."""
-        kube = self.stack.kube
+        kube = self.kube
         argv = [kube.kubectl_path, f"--kubeconfig={kube.kubeconfig}", "apply", "--server-side"]
         argv += ["--field-manager=bench", "-f", "-"]
         with contextlib.ExitStack() as files:
@@ -147,10 +154,8 @@ class Bench:
         return time.monotonic() - started
 
     def _operator_log(self, start: int) -> dict[str, int]:
-        """Warning/error lines and tracebacks the operator logged from byte ``start`` on."""
-        with self.stack.operator.log.open("rb") as log:
-            log.seek(start)
-            text = log.read().decode(errors="replace")
+        """Warning/error lines and tracebacks the operator logged from character ``start`` on."""
+        text = self.operator_log()[start:]
         return {
             "lines": text.count("\n"),
             "warnings": sum(" WARNING " in line or "[WARNING" in line for line in text.splitlines()),
@@ -159,26 +164,24 @@ class Bench:
         }
 
     def wait(self, watcher: Watcher, done: Done, what: str) -> None:
-        """Wait for ``done(created, ready_now, ever_ready, deleted)``; fail if the operator exits."""
+        """Wait for ``done(created, ready_now, ever_ready, deleted)``; fail if the operator restarts."""
 
         def check() -> bool:
-            self.stack.operator.check_alive()
             return bool(done(*watcher.counts()))
 
-        wait_for(check, self.args.timeout, what, interval=0.05)
+        checked = [time.monotonic()]
 
-    def _wait_foreign_gone(self, result: dict[str, Any]) -> None:
-        """Instances of another cluster on this machine (same node addresses) take ports unseen: wait up
-        to ``--foreign-wait`` for them to go, and record what stayed."""
-        waited = time.monotonic()
-        while self.foreign() and time.monotonic() - waited < self.args.foreign_wait:
-            time.sleep(1.0)
-        result["foreign_listeners_before"] = sorted(self.foreign())[:20]
-        result["waited_for_foreign_listeners_s"] = rounded(time.monotonic() - waited)
+        def check_and_watch_operator() -> bool:
+            if time.monotonic() - checked[0] > 5.0:  # a kubectl call: not at every poll
+                self.check_alive()
+                checked[0] = time.monotonic()
+            return check()
+
+        wait_for(check_and_watch_operator, self.args.timeout, what, interval=0.05)
 
     def _clean_up(self, namespace: str, failed: bool) -> None:
         """Delete the count's namespace (its CacheLinks first, after a failure: they are finalized)."""
-        kube = self.stack.kube
+        kube = self.kube
         if failed:
             kube.kubectl("delete", CACHELINK, "--all", "-n", namespace, "--wait=false", check=False)
             with contextlib.suppress(TimeoutError):
@@ -195,19 +198,18 @@ class Bench:
         """Apply ``count`` CacheLinks at once, wait until all are Ready, hold still, delete them."""
         namespace = f"bench-{count}-{os.getpid()}"
         load = os.getloadavg()
-        self.stack.kube.kubectl("create", "namespace", namespace)
+        self.kube.kubectl("create", "namespace", namespace)
         wait_for(
-            lambda: self.stack.kube.get("serviceaccount", "default", "-n", namespace),
+            lambda: self.kube.get("serviceaccount", "default", "-n", namespace),
             60,
             f"the default ServiceAccount of {namespace}",
         )
         time.sleep(1.0)  # let the operator's reaction to the new namespace pass
-        audit_start, log_start = self.audit.offset(), self.stack.operator.log.stat().st_size
+        audit_start, log_start = self.audit.offset(), len(self.operator_log())
         watcher = Watcher(self.api, namespace)
         items = [cachelink(namespace, i) for i in range(count)]
         result: dict[str, Any] = {"cachelinks": count, "instances": 2 * count}
         result["load_average_before"] = [rounded(x) for x in load]
-        self._wait_foreign_gone(result)
         phases: dict[str, tuple[float, float]] = {}
         try:
             Count(self, watcher, count, namespace, result, phases).measure(items)
@@ -280,7 +282,7 @@ class Count:
         """Apply every CacheLink, wait until all are Ready; return when they were."""
         seen, result, count = self.watcher.seen, self.result, self.count
         timed_out: TimeoutError | None = None
-        with Sampler(self.bench.pid, self.bench.foreign) as sampler:
+        with Sampler(self.bench.pid) as sampler:
             try:
                 result["apply_s"] = rounded(self.bench.apply(items))
                 self._wait(lambda c, r, ever, d: r == count, f"{count} CacheLinks Ready")
@@ -340,7 +342,7 @@ class Count:
         result["steady"] = {"still_ready": ready_now, **sampler.figures()}
         with self.watcher.lock:
             result["status_changes_after_ready"] = dict(seen.after_ready.most_common(8))
-        found = self.bench.stack.kube.get("events", "-n", self.namespace) or {"items": []}
+        found = self.bench.kube.get("events", "-n", self.namespace) or {"items": []}
         result["events_by_reason"] = dict(
             Counter(f"{e.get('type')} {e.get('reason')}" for e in found["items"]).most_common()
         )
@@ -348,7 +350,7 @@ class Count:
 
     def delete(self) -> None:
         """Delete every CacheLink, wait until all are finalized (gone)."""
-        seen, result, count, kube = self.watcher.seen, self.result, self.count, self.bench.stack.kube
+        seen, result, count, kube = self.watcher.seen, self.result, self.count, self.bench.kube
         t_delete = time.time()
         with Sampler(self.bench.pid) as sampler:
             kube.kubectl("delete", CACHELINK, "--all", "-n", self.namespace, "--wait=false")
@@ -368,7 +370,7 @@ class Count:
             "gone_p99_s": rounded(percentile(gone, 0.99)),
             **sampler.figures(),
         }
-        result["instances_left"] = sum(len(v) for v in self.bench.stack.instances().values())
+        result["instances_left"] = self.bench.instances_left()
         pid = self.bench.pid
         result["operator_lifetime_peak_rss_mib"] = rounded(procfs.status_bytes(pid, "VmHWM:") / 2**20, 1)
         if seen.error:

@@ -31,15 +31,13 @@ NOTES = [
     "those of the settle window right after (the last ones' trailing Events and status writes).",
     "status_writes_seen / status_changes_after_ready: the status fields each status change seen by the "
     "watch changed (one key per change), before Ready and after the CacheLink was already Ready.",
-    "The stack runs the operator and the agents with the local stack's development flags (chart values "
-    "recorded in settings) but two, set to their production defaults: the operator logs at INFO (no "
-    "--verbose unless --operator-verbose), and the agents' link-repair loop runs every 5 s "
-    "(--agent-reconcile-seconds), not every 1 s.",
-    "foreign_listeners_*: listeners in the instances' port range on the node addresses not held by this "
-    "stack's agents (another development cluster on the same machine uses the same addresses); the "
-    "operator cannot see them, and an instance given such a port fails with 'Address already in use'.",
-    "The machine's 2 cores run the control plane (etcd, kube-apiserver, controller manager, scheduler, "
-    "KWOK), three agents, the operator, kubectl and this script; load_average_before shows other load.",
+    "The chart runs on three real nodes (kubelet, containerd, kube-proxy each) with its defaults (two "
+    "operator replicas: the one holding the Lease is measured) but the values recorded in settings: agents "
+    "in-process, the operator's resync interval, its log level INFO (no --verbose unless "
+    "--operator-verbose), the agents' link-repair loop every --agent-reconcile-seconds.",
+    "The machine's 2 cores run the control plane (etcd, kube-apiserver, controller manager, scheduler), "
+    "three kubelets, containerds and kube-proxies, three agents, two operator replicas, kubectl and this "
+    "script; load_average_before shows other load.",
 ]
 
 

@@ -6,7 +6,6 @@ import contextlib
 import math
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 from benchlib.procfs import cpu_seconds, status_bytes
@@ -15,14 +14,10 @@ from benchlib.stats import rounded
 
 class Sampler:
     """Peak RSS and CPU seconds of process ``pid`` while the ``with`` block runs (RSS every ``interval`` s,
-    a timeline point every 4 samples); ``foreign``, when given, is called about every second and what it
-    returns is collected (listeners of other stacks on the same addresses)."""
+    a timeline point every 4 samples)."""
 
-    def __init__(
-        self, pid: int, foreign: Callable[[], set[str]] | None = None, interval: float = 0.25
-    ) -> None:
-        self.pid, self.interval, self.foreign = pid, interval, foreign
-        self.foreign_seen: set[str] = set()
+    def __init__(self, pid: int, interval: float = 0.25) -> None:
+        self.pid, self.interval = pid, interval
         #: RSS (MiB) every second
         self.timeline: list[float] = []
         self._ticks = 0
@@ -43,9 +38,6 @@ class Sampler:
             if self._ticks % 4 == 0:
                 with contextlib.suppress(OSError):
                     self.timeline.append(rounded(status_bytes(self.pid) / 2**20, 1))
-            if self.foreign is not None and self._ticks % 4 == 1:  # every second
-                with contextlib.suppress(OSError):
-                    self.foreign_seen |= self.foreign()
 
     def __enter__(self) -> Sampler:
         self._cpu0, self.started = cpu_seconds(self.pid), time.monotonic()
@@ -70,6 +62,4 @@ class Sampler:
         }
         step = max(1, math.ceil(len(self.timeline) / 60))  # at most 60 points
         figures["rss_mib_every_s" if step == 1 else f"rss_mib_every_{step}_s"] = self.timeline[::step]
-        if self.foreign is not None:
-            figures["foreign_listeners_seen"] = sorted(self.foreign_seen)[:20]
         return figures

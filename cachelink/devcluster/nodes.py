@@ -7,6 +7,11 @@ from typing import Any
 
 from cachelink.devcluster.components import KWOK_ANNOTATION
 
+#: every simulated node carries this taint: KWOK runs no containers, so nothing of the product may land
+#: there (the chart does not tolerate it); a test pod that only checks scheduling tolerates it
+SIMULATED_TAINT = {"key": "cachelink.dev/simulated", "value": "true", "effect": "NoSchedule"}
+SIMULATED_TOLERATION = {"key": "cachelink.dev/simulated", "operator": "Exists", "effect": "NoSchedule"}
+
 
 @dataclass(frozen=True)
 class Node:
@@ -17,7 +22,8 @@ class Node:
 
 
 def node_manifest(node: Node, kubelet_version: str) -> dict[str, Any]:
-    """The Node object KWOK manages: its InternalIP is the node's loopback address."""
+    """The Node object KWOK manages: its InternalIP is the node's loopback address; tainted
+    (:data:`SIMULATED_TAINT`)."""
     resources = {"cpu": "32", "memory": "256Gi", "pods": "110"}
     return {
         "apiVersion": "v1",
@@ -33,7 +39,7 @@ def node_manifest(node: Node, kubelet_version: str) -> dict[str, Any]:
                 "cachelink.dev/dev-cluster": "true",
             },
         },
-        "spec": {},
+        "spec": {"taints": [SIMULATED_TAINT]},
         "status": {
             "addresses": [
                 {"type": "InternalIP", "address": node.ip},

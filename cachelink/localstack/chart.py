@@ -1,4 +1,4 @@
-"""The Helm release of the local stack: the product's chart with values for the development cluster."""
+"""The product's Helm release: ``helm upgrade --install`` / ``helm uninstall`` of its chart."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from cachelink.localstack.agents import AGENT_NAMESPACE, NODE_SELECTOR
 from cachelink.localstack.procs import child_env
 from cachelink.localstack.resources import chart_dir
 from llm_datadist.status import CacheLinkError
 
 RELEASE = "cachelink"
+RELEASE_NAMESPACE = "cachelink-system"
 #: operator flags that make a test or demo react in seconds (the defaults suit a production cluster)
 OPERATOR_FLAGS = [
     "--retry-delay=0.5",
@@ -23,45 +23,17 @@ OPERATOR_FLAGS = [
     "--log-format=plain",
     "--verbose",
 ]
-#: agent flags: every simulated node is a host of its own (the machine's boot id is shared)
-AGENT_FLAGS = ["--host-id=$(NODE_NAME)", "--reconcile-interval=1", "--restart-backoff-max=2"]
 
 
 class HelmError(CacheLinkError, RuntimeError):
     """A helm command failed."""
 
 
-def stack_values(
-    port: int, agent_mode: str, max_pool: str, resync_s: float, operator_ports: tuple[int, int]
-) -> dict[str, Any]:
-    """Values for one operator replica (metrics and health on ``operator_ports``) and an agent per
-    simulated node on ``port``."""
-    return {
-        "operator": {
-            "replicas": 1,
-            "metricsPort": operator_ports[0],
-            "healthPort": operator_ports[1],
-            "resyncIntervalSeconds": max(1, round(resync_s)),
-            "bindPodIP": True,
-            "extraArgs": OPERATOR_FLAGS,
-        },
-        "agentDaemonSet": {
-            "apiPort": port,
-            "nodeSelector": NODE_SELECTOR,
-            "maxPoolBytes": max_pool,
-            "inProcess": agent_mode == "in-process",
-            "logFormat": "text",
-            "extraArgs": AGENT_FLAGS,
-        },
-        "podDisruptionBudget": {"enabled": False},
-    }
-
-
 class Release:
     """``helm upgrade --install`` / ``helm uninstall`` of the chart against one kubeconfig."""
 
     def __init__(
-        self, helm: Path | str, kubeconfig: Path, root: Path, namespace: str = AGENT_NAMESPACE
+        self, helm: Path | str, kubeconfig: Path, root: Path, namespace: str = RELEASE_NAMESPACE
     ) -> None:
         self.helm, self.kubeconfig, self.root, self.namespace = str(helm), kubeconfig, root, namespace
         chart = chart_dir()

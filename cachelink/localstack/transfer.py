@@ -53,7 +53,7 @@ def transfer(
 ) -> Transfer:
     """Write the KV cache through ``prompt_socket``, pull and verify it through ``decode_socket``;
     ``prompt_node``/``decode_node`` wrap each command to run where a pod on that node would see the
-    sockets (:meth:`cachelink.localstack.stack.LocalStack.on_node`)."""
+    sockets (the demo runs them in the workload pods with ``kubectl exec``)."""
     shape_args = [f"--layers={shape.layers}", f"--blocks={shape.blocks}"]
     writer = subprocess.Popen(
         prompt_node(_workload("write", prompt_socket, *shape_args)),

@@ -17,31 +17,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
-import os
 import socket
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-CLONE_NEWNET = 0x40000000
+from cachelink.realnodes.netns import enter_netns
+
 #: longest CONNECT request head accepted (bytes) and how long a client may take to send it (seconds)
 MAX_REQUEST_HEAD = 8192
 REQUEST_TIMEOUT_S = 10.0
 CONNECT_TIMEOUT_S = 10.0
 COPY_CHUNK = 256 * 1024
-
-
-def _enter_netns(path: str) -> None:
-    """Move the calling thread into the network namespace at ``path``."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            errno = ctypes.get_errno()
-            raise OSError(errno, f"setns({path}): {os.strerror(errno)}")
-    finally:
-        os.close(fd)
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -74,7 +61,7 @@ class ApiProxy:
 
     def __init__(self, netns_path: str, upstream: tuple[str, int]) -> None:
         self.upstream = upstream
-        self._in_hub = ThreadPoolExecutor(1, "hub-netns", initializer=_enter_netns, initargs=(netns_path,))
+        self._in_hub = ThreadPoolExecutor(1, "hub-netns", initializer=enter_netns, initargs=(netns_path,))
 
     async def _hub_socket(self) -> socket.socket:
         sock = await asyncio.get_running_loop().run_in_executor(

@@ -184,28 +184,18 @@ def test_chart_crds_match_crds_dir_and_schema_matches_values():
         assert done.returncode == 0, done.stderr
 
 
-class _NoSources:
-    """Volumes at /vol/<name>; the chart's pods read no Secret or ConfigMap keys into their env."""
-
-    def secret_data(self, namespace: str, name: str) -> dict[str, bytes] | None:
-        return None
-
-    def config_map_data(self, namespace: str, name: str) -> dict[str, str] | None:
-        return None
-
-    def volume_dir(self, pod: dict[str, Any], volume: dict[str, Any]) -> str:
-        return f"/vol/{volume['name']}"
+def _container(doc: dict[str, Any]) -> dict[str, Any]:
+    (container,) = doc["spec"]["template"]["spec"]["containers"]
+    return container
 
 
-def _as_pod(template: dict[str, Any], node: str, ip: str) -> dict[str, Any]:
-    meta = {"name": "pod-x", "namespace": "cachelink-system", "uid": "u", **template["metadata"]}
-    return {"metadata": meta, "spec": {**template["spec"], "nodeName": node}, "status": {"podIP": ip}}
+def _env_fields(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"] if "valueFrom" in e}
 
 
 def test_pods_bind_their_own_ip_and_take_extra_args(helm):
-    """What the local stack runs: the agent on the pod's (node's) IP, extra flags with $(VAR) expanded."""
-    from cachelink.localstack import podspec
-
+    """The agent listens on its pod's IP, the operator binds it when asked; extra flags are passed on,
+    with the downward API giving what their ``$(VAR)`` names (the kubelet expands them)."""
     docs = objects(
         helm,
         "agentDaemonSet.apiPort=9470",
@@ -213,27 +203,28 @@ def test_pods_bind_their_own_ip_and_take_extra_args(helm):
         "operator.bindPodIP=true",
         "operator.extraArgs={--leader-duration=6}",
     )
-    agent = _as_pod(by_kind(docs, "DaemonSet")[0]["spec"]["template"], "node-b", "127.0.0.3")
-    plan = podspec.plan(agent, "agent", _NoSources(), {})
-    assert plan.argv[0] == "cachelink-agent"
-    assert {"--listen=127.0.0.3:9470", "--host-id=node-b"} <= set(plan.argv)
-    assert {m.target for m in plan.mounts} >= {
+    agent = _container(by_kind(docs, "DaemonSet")[0])
+    assert agent["command"] == ["cachelink-agent"]
+    assert {"--listen=$(POD_IP):9470", "--host-id=$(NODE_NAME)"} <= set(agent["args"])
+    assert {"POD_IP": "status.podIP", "NODE_NAME": "spec.nodeName"}.items() <= _env_fields(agent).items()
+    assert {m["mountPath"] for m in agent["volumeMounts"]} >= {
         "/run/cachelink",
         "/dev/shm/cachelink",
         "/etc/cachelink/secret",
     }
-    assert plan.read_only_root and plan.uid == 0 and not plan.drop_all_capabilities, (
-        "privileged: the CSI plugin"
+    context = agent["securityContext"]
+    assert context["readOnlyRootFilesystem"] and context["runAsUser"] == 0
+    assert context["privileged"] is True, "privileged: the CSI plugin"
+    unprivileged = _container(by_kind(objects(helm, "csi.enabled=false"), "DaemonSet")[0])["securityContext"]
+    assert (
+        unprivileged["capabilities"] == {"drop": ["ALL"]}
+        and unprivileged["allowPrivilegeEscalation"] is False
     )
-    unprivileged = _as_pod(
-        by_kind(objects(helm, "csi.enabled=false"), "DaemonSet")[0]["spec"]["template"], "node-b", "127.0.0.3"
-    )
-    plan_without_csi = podspec.plan(unprivileged, "agent", _NoSources(), {})
-    assert plan_without_csi.drop_all_capabilities and plan_without_csi.no_new_privileges
-    operator = _as_pod(by_kind(docs, "Deployment")[0]["spec"]["template"], "node-a", "127.1.0.9")
-    plan = podspec.plan(operator, "operator", _NoSources(), {})
-    assert {"--bind-address=127.1.0.9", "--leader-duration=6"} <= set(plan.argv)
-    assert plan.env["POD_NAME"] == "pod-x" and plan.uid == 65532
+    operator = _container(by_kind(docs, "Deployment")[0])
+    assert {"--bind-address=$(POD_IP)", "--leader-duration=6"} <= set(operator["args"])
+    assert _env_fields(operator)["POD_NAME"] == "metadata.name"
+    pod_context = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"].get("securityContext") or {}
+    assert (operator.get("securityContext") or {}).get("runAsUser", pod_context.get("runAsUser")) == 65532
     default_agent = by_kind(objects(helm), "DaemonSet")[0]["spec"]["template"]["spec"]["containers"][0]
     assert "--listen=$(POD_IP):8470" in default_agent["args"]
     default_operator = by_kind(objects(helm), "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]

@@ -90,18 +90,47 @@ def doc_workloads() -> dict[str, dict[str, Any]]:
     return found
 
 
-def demo_chart_sets() -> list[str]:
-    """The values the demo's local stack installs the chart with, as --set flags."""
-    from cachelink.localstack.chart import stack_values
+def flatten_values(prefix: str, value: Any) -> list[str]:
+    """Chart values as ``--set`` flags."""
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in flatten_values(f"{prefix}.{k}" if prefix else k, v)]
+    if isinstance(value, list):
+        return [f"{prefix}={{{','.join(str(v) for v in value)}}}"] if value else []
+    return [f"{prefix}={str(value).lower() if isinstance(value, bool) else value}"]
 
-    def flatten(prefix: str, value: Any) -> list[str]:
-        if isinstance(value, dict):
-            return [s for k, v in value.items() for s in flatten(f"{prefix}.{k}" if prefix else k, v)]
-        if isinstance(value, list):
-            return [f"{prefix}={{{','.join(str(v) for v in value)}}}"] if value else []
-        return [f"{prefix}={str(value).lower() if isinstance(value, bool) else value}"]
 
-    return flatten("", stack_values(8470, "worker", "1Gi", 5.0, (8080, 8081)))
+def e2e_chart_sets() -> list[str]:
+    """The values the operator's e2e tests install the chart with (the demo uses the defaults)."""
+    from cachelink.localstack.chart import OPERATOR_FLAGS
+
+    values = {
+        "operator": {"resyncIntervalSeconds": 20, "extraArgs": OPERATOR_FLAGS},
+        "agentDaemonSet": {"inProcess": True, "extraArgs": ["--reconcile-interval=1"]},
+    }
+    return flatten_values("", values)
+
+
+def test_the_demo_and_e2e_workload_pods_attach_through_csi_under_restricted():
+    """The pods the demo and the operator's e2e tests run as workloads: restricted, CSI, no host path."""
+    import importlib.util
+
+    from cachelink.demo_real import demo_objects
+
+    _policy, _namespace, _cachelink, pods = demo_objects("localhost/cachelink:test")
+    support = ROOT / "tests" / "e2e" / "support" / "cachelink_e2e_operator.py"
+    spec = importlib.util.spec_from_file_location("_e2e_operator_support_for_manifests", support)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    attaching = module.deployment("ns", "prefill", 1, image="localhost/cachelink:test", cachelink="kv")
+    idle = module.deployment("ns", "decode", 1, image="localhost/cachelink:test")
+    for doc in [*pods, attaching, idle]:
+        where = f"{doc['kind']} {doc['metadata']['name']}"
+        assert not host_paths(doc), f"{where} mounts a host path"
+        assert not restricted_violations(doc), (where, restricted_violations(doc))
+    for doc in [*pods, attaching]:
+        (volume,) = pod_spec(doc)["volumes"]
+        assert volume["csi"]["driver"] == "cachelink.io", doc["metadata"]["name"]
 
 
 def test_the_docs_show_a_workload_and_it_attaches_through_csi_under_restricted():
@@ -117,9 +146,9 @@ def test_the_docs_show_a_workload_and_it_attaches_through_csi_under_restricted()
     )
 
 
-@pytest.mark.parametrize("flavour", ["defaults", "demo", "csi-off"])
+@pytest.mark.parametrize("flavour", ["defaults", "e2e", "csi-off"])
 def test_only_the_agent_mounts_host_paths_in_what_the_chart_renders(helm, flavour):
-    sets = {"defaults": [], "demo": demo_chart_sets(), "csi-off": ["csi.enabled=false"]}[flavour]
+    sets = {"defaults": [], "e2e": e2e_chart_sets(), "csi-off": ["csi.enabled=false"]}[flavour]
     docs = [d for d in objects(helm, *sets) if d["kind"] in WORKLOAD_KINDS]
     agents = [d for d in docs if is_agent(d)]
     assert len(agents) == 1 and host_paths(agents[0]), "the agent is found (and does use host paths)"

@@ -13,7 +13,8 @@ names, so test modules import them normally (pytest runs with ``--import-mode=im
 module cannot import its siblings):
 
 * ``cachelink_e2e_target``: the cluster the suite targets (``KubeTarget``, the options);
-* ``cachelink_e2e_operator``: ``OperatorEnv`` (the local stack) and ``Workload``, for the operator tests.
+* ``cachelink_e2e_operator``: ``OperatorEnv`` (the product on real nodes) and ``Workload``, for the
+  operator tests in ``operator_suite/`` (whose conftest starts their cluster).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import importlib.util
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -58,9 +58,8 @@ def _load_support(name: str) -> ModuleType:
 
 
 target = _load_support("cachelink_e2e_target")
-_load_support("cachelink_e2e_operator")
+_load_support("cachelink_e2e_operator")  # for operator_suite/
 
-from cachelink_e2e_operator import OperatorEnv  # noqa: E402 (registered just above)
 from cachelink_e2e_target import KubeTarget, Settings  # noqa: E402
 
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
@@ -198,41 +197,3 @@ def e2e_image(request: pytest.FixtureRequest) -> str:
     if chosen.image is None:
         pytest.skip(target.NEEDS_IMAGE)
     return chosen.image
-
-
-# ------------------------------------------------------------------------------------ the operator
-
-
-@pytest.fixture(scope="session")
-def operator_env(dev_cluster: DevCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorEnv]:
-    """CRDs, agents (real processes) and the operator (real process, SA token) on the dev cluster."""
-    mode = os.environ.get("CACHELINK_E2E_AGENT_MODE", "in-process")
-    env = OperatorEnv(dev_cluster, tmp_path_factory.mktemp("operator-e2e"), mode)
-    try:
-        env.setup()
-        env.start_operator()
-    except BaseException:
-        env.teardown()
-        raise
-    try:
-        yield env
-    finally:
-        env.teardown()
-        print(f"\noperator log: {env.operator.log}")
-
-
-@pytest.fixture
-def namespace(operator_env: OperatorEnv) -> Iterator[str]:
-    """A fresh namespace; its CacheLinks are deleted (and finalized) at the end. An operator that exited
-    since the last test (it gives up the leader Lease when the API server is away longer than the Lease,
-    e.g. while another module restarts the control plane) is restarted first, as its pod's container would
-    be (restartPolicy Always)."""
-    if not operator_env.operator.running:
-        operator_env.start_operator()
-    name = f"op-{uuid.uuid4().hex[:8]}"
-    operator_env.kubectl("create", "namespace", name)
-    yield name
-    operator_env.kubectl(
-        "delete", "cachelinks.cachelink.io", "--all", "-n", name, "--timeout=60s", check=False
-    )
-    operator_env.kubectl("delete", "namespace", name, "--wait=false", check=False)

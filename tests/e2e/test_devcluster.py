@@ -14,6 +14,7 @@ import yaml
 
 from cachelink.devcluster import DevCluster
 from cachelink.devcluster.fixtures import get_json, wait_for
+from cachelink.devcluster.nodes import SIMULATED_TOLERATION
 from cachelink.devcluster.processes import check_port_free
 
 pytestmark = pytest.mark.e2e
@@ -81,7 +82,10 @@ def test_deployment_pods_are_scheduled_and_running(dev_cluster: DevCluster, name
                 "selector": {"matchLabels": {"app": "web"}},
                 "template": {
                     "metadata": {"labels": {"app": "web"}},
-                    "spec": {"containers": [{"name": "web", "image": "example.invalid/web:1"}]},
+                    "spec": {
+                        "tolerations": [SIMULATED_TOLERATION],
+                        "containers": [{"name": "web", "image": "example.invalid/web:1"}],
+                    },
                 },
             },
         },
@@ -104,6 +108,7 @@ def test_hostnetwork_daemonset_gets_node_loopback_ips(dev_cluster: DevCluster, n
                 "template": {
                     "metadata": {"labels": {"app": "agent"}},
                     "spec": {
+                        "tolerations": [SIMULATED_TOLERATION],
                         "hostNetwork": True,
                         "containers": [{"name": "agent", "image": "example.invalid/agent:1"}],
                     },
@@ -156,7 +161,10 @@ def test_deleting_an_owner_garbage_collects_dependents(dev_cluster: DevCluster, 
                 "selector": {"matchLabels": {"app": "gc"}},
                 "template": {
                     "metadata": {"labels": {"app": "gc"}},
-                    "spec": {"containers": [{"name": "c", "image": "example.invalid/c:1"}]},
+                    "spec": {
+                        "tolerations": [SIMULATED_TOLERATION],
+                        "containers": [{"name": "c", "image": "example.invalid/c:1"}],
+                    },
                 },
             },
         },
@@ -177,7 +185,8 @@ def test_namespace_deletion_completes(dev_cluster: DevCluster) -> None:
     name = f"del-{uuid.uuid4().hex[:8]}"
     dev_cluster.kubectl("create", "namespace", name)
     dev_cluster.kubectl("create", "configmap", "c", "-n", name, "--from-literal=k=v")
-    dev_cluster.kubectl("run", "p", "-n", name, "--image=example.invalid/p:1")
+    overrides = json.dumps({"spec": {"tolerations": [SIMULATED_TOLERATION]}})
+    dev_cluster.kubectl("run", "p", "-n", name, "--image=example.invalid/p:1", f"--overrides={overrides}")
     wait_for(lambda: running(pods(dev_cluster, name, "run=p"), 1), 60, "the pod to run")
     dev_cluster.kubectl("delete", "namespace", name, "--wait=false")
     dev_cluster.kubectl("wait", "--for=delete", f"namespace/{name}", "--timeout=120s", timeout=150)
@@ -344,7 +353,8 @@ def test_helm_installs_and_waits_for_a_chart(dev_cluster: DevCluster, namespace:
         return result.stdout
 
     helm("create", "demo")
-    helm("install", "demo", "./demo", "-n", namespace, "--wait", "--timeout=120s")
+    tolerations = f"tolerations={json.dumps([SIMULATED_TOLERATION])}"  # the simulated nodes' taint
+    helm("install", "demo", "./demo", "-n", namespace, "--set-json", tolerations, "--wait", "--timeout=120s")
     releases = json.loads(helm("list", "-n", namespace, "-o", "json"))
     assert [(r["name"], r["status"]) for r in releases] == [("demo", "deployed")]
     helm("uninstall", "demo", "-n", namespace, "--wait", "--timeout=120s")

@@ -155,10 +155,9 @@ def test_api_tests_run_against_a_named_cluster(dev_cluster: DevCluster, tmp_path
     # The option names the cluster here, and wins over its variable (which names no file).
     local_only = [
         "tests/e2e/test_devcluster.py::test_nodes_ready_with_loopback_ips",
-        "tests/e2e/test_operator.py::test_happy_path",
-        "tests/e2e/test_operator_more.py::test_policy_status",
+        "tests/e2e/operator_suite/test_operator.py::test_happy_path",
+        "tests/e2e/operator_suite/test_operator_more.py::test_policy_status",
         "tests/e2e/test_chart_install.py",
-        "tests/e2e/test_demo.py",
         "tests/e2e/test_external_mode.py::test_api_tests_run_against_a_named_cluster",
     ]
     image = "tests/e2e/test_external_mode.py::test_product_image_runs_on_the_cluster"

@@ -18,8 +18,12 @@ WHEEL_ONLY = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
 def test_dockerfile_passes_hadolint():
     hadolint = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
-    done = subprocess.run([hadolint, "--config", str(ROOT / ".hadolint.yaml"), str(ROOT / "Dockerfile")],
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [hadolint, "--config", str(ROOT / ".hadolint.yaml"), str(ROOT / "Dockerfile")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -36,12 +40,22 @@ def test_dockerfile_runs_the_tested_install_script_and_is_non_root():
 def test_install_script_builds_a_working_wheel(tmp_path):
     """Exactly what the builder stage runs, then a smoke run of both entrypoints and the engine."""
     venv = tmp_path / "venv"
-    done = subprocess.run([str(ROOT / "hack" / "install-wheel.sh"), str(tmp_path / "wheels"), str(venv)],
-                          capture_output=True, text=True, timeout=900, check=False)
+    done = subprocess.run(
+        [str(ROOT / "hack" / "install-wheel.sh"), str(tmp_path / "wheels"), str(venv)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     for entrypoint in ("cachelink-operator", "cachelink-agent", "cachelink"):
-        help_text = subprocess.run([str(venv / "bin" / entrypoint), "--help"], capture_output=True, text=True,
-                                   check=True, env=WHEEL_ONLY).stdout
+        help_text = subprocess.run(
+            [str(venv / "bin" / entrypoint), "--help"],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=WHEEL_ONLY,
+        ).stdout
         assert "usage" in help_text.lower()
     smoke = textwrap.dedent("""
         from llm_datadist import LLMDataDist, LLMRole, LLMConfig, CacheDesc, DataType
@@ -56,14 +70,28 @@ def test_install_script_builds_a_working_wheel(tmp_path):
         print(float(cache.numpy(0).sum()))
         dd.finalize()
     """)
-    out = subprocess.run([str(venv / "bin" / "python"), "-P", "-c", smoke], capture_output=True, text=True,
-                         cwd=tmp_path, check=True, env=WHEEL_ONLY).stdout
+    out = subprocess.run(
+        [str(venv / "bin" / "python"), "-P", "-c", smoke],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=True,
+        env=WHEEL_ONLY,
+    ).stdout
     assert out.strip() == "40.0"
     # the wheel carries the chart that `cachelink demo` installs, and finds it outside a checkout
     where = subprocess.run(
-        [str(venv / "bin" / "python"), "-P", "-c",
-         "from cachelink.localstack.resources import chart_dir; print(chart_dir())"],
-        capture_output=True, text=True, cwd=tmp_path, check=True, env=WHEEL_ONLY,
+        [
+            str(venv / "bin" / "python"),
+            "-P",
+            "-c",
+            "from cachelink.localstack.resources import chart_dir; print(chart_dir())",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=True,
+        env=WHEEL_ONLY,
     ).stdout.strip()
     assert where.startswith(str(venv)) and (Path(where) / "Chart.yaml").is_file(), where
     assert (Path(where) / "templates" / "agent-daemonset.yaml").is_file()

@@ -1,7 +1,13 @@
-"""``./dev demo``'s default: the product on real nodes, workloads as real pods, and nothing left after it."""
+"""``./dev demo``'s default, as the user runs it: the product on real nodes, workloads as real pods, a
+verified KV-cache pull, and nothing left after it; ``--keep`` leaves it running until ``--down``.
+
+An exported ``KUBECONFIG`` that points nowhere must be ignored by the demo.
+"""
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,14 +22,40 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def demo(data_dir: Path, *args: str, timeout: float = 1200) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "KUBECONFIG": str(data_dir / "does-not-exist.kubeconfig")}  # must be ignored
+    return subprocess.run(
+        [sys.executable, "-P", "-m", "cachelink.cli", "demo", "--data-dir", str(data_dir), "--layers=8", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+
+
+def pids_left(data_dir: Path) -> list[str]:
+    """Processes still running whose command line names the data directory."""
+    left = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if str(data_dir) in cmdline and int(proc.name) != os.getpid():
+                left.append(f"{proc.name}: {cmdline[:200]}")
+    return left
+
+
+def namespaces_left(data_dir: Path) -> list[str]:
+    """Network namespaces of the demo's real nodes still present."""
+    prefix = netns_prefix(data_dir / "cluster")
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    return [line for line in listed.splitlines() if line.startswith(prefix)]
+
+
 def test_demo_runs_on_real_nodes_and_leaves_nothing(
     node_tools: Tools, product_image: str, tmp_path: Path
 ) -> None:
     data_dir = tmp_path / "demo"
-    done = subprocess.run(
-        [sys.executable, "-P", "-m", "cachelink.cli", "demo", "--data-dir", str(data_dir), "--layers=8"],
-        cwd=ROOT, capture_output=True, text=True, timeout=1200, check=False,
-    )  # fmt: skip
+    done = demo(data_dir)
     log = f"stdout:\n{done.stdout[-6000:]}\nstderr:\n{done.stderr[-3000:]}"
     assert done.returncode == 0, log
     out = done.stdout
@@ -31,8 +63,36 @@ def test_demo_runs_on_real_nodes_and_leaves_nothing(
     # every part is a container of a node's containerd; the workloads are pods on the two nodes
     assert "inference/demo-prefill" in out and "inference/demo-decode" in out, log
     assert out.count("containerd://") >= 4, log
-    assert "Linked  tcp" in out and "every byte" in out, log
-    assert "finalized: CacheLink gone" in out and "nothing of the demo runs any more" in out, log
-    prefix = netns_prefix(data_dir / "cluster")
-    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
-    assert prefix not in namespaces
+    assert re.search(r"inference/demo-pd: phase Ready +linked/desired 1/1", out), log
+    assert re.search(r"phase Ready, 1/1 links ready, Ready [\d.]+s after apply", out), log
+    assert "policies: inference-defaults" in out, log
+    row = next(line for line in out.splitlines() if line.startswith("demo-pd-p-node-a"))
+    assert re.search(
+        r"\(node-a\) +demo-pd-d-node-b-\S+ \(node-b\) +Linked +tcp +\d+ +[\d.]+ +[\d.]+ +every byte", row
+    )
+    # finalized: the agents hold no instance of it any more, the link Secret goes with the CacheLink
+    assert "finalized: CacheLink gone" in out and "node-a: 0 instances, node-b: 0 instances" in out, log
+    assert "link Secret" in out, log
+    assert "nothing of the demo runs any more" in out, log
+    assert pids_left(data_dir) == [] and namespaces_left(data_dir) == []
+    assert not (data_dir / "does-not-exist.kubeconfig").exists()
+
+
+def test_demo_keep_then_down(node_tools: Tools, product_image: str, tmp_path: Path) -> None:
+    data_dir = tmp_path / "kept"
+    try:
+        done = demo(data_dir, "--keep")
+        assert done.returncode == 0, f"stdout:\n{done.stdout[-6000:]}\nstderr:\n{done.stderr[-3000:]}"
+        kubeconfig = data_dir / "cluster" / "kubeconfig"
+        assert f"export KUBECONFIG={kubeconfig}" in done.stdout
+        got = subprocess.run(
+            [str(node_tools.kubectl), f"--kubeconfig={kubeconfig}", "get", "cachelinks", "-A", "--no-headers"],
+            capture_output=True, text=True, timeout=60, check=True,
+        ).stdout.split()  # fmt: skip
+        assert got[:6] == ["inference", "demo-pd", "Ready", "1", "1", "True"], got
+        assert pids_left(data_dir) and namespaces_left(data_dir)  # the nodes and the cluster still run
+    finally:
+        stopped = demo(data_dir, "--down", timeout=300)
+    assert stopped.returncode == 0, stopped.stderr
+    assert "real node node-a" in stopped.stdout and "etcd" in stopped.stdout, stopped.stdout
+    assert pids_left(data_dir) == [] and namespaces_left(data_dir) == []

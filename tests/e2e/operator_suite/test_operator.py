@@ -1,17 +1,22 @@
 """The operator for real: kopf in its own process (under the chart's RBAC), real agents, real transfers.
 
-Everything runs against the development cluster (``dev_cluster``); the environment is the session fixture
-``operator_env`` of ``conftest.py``, its helpers are in ``support/cachelink_e2e_operator.py``.
+Everything runs on real nodes: the chart installed with ``helm --wait`` (the fixture ``operator_env`` of this
+folder's ``conftest.py``), workloads as pods; the helpers are in ``../support/cachelink_e2e_operator.py``.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from cachelink_e2e_operator import OperatorEnv, Workload, deployment, node_token, tail, wait_for
+from cachelink_e2e_operator import OperatorEnv, Workload, wait_for
+
+from cachelink.devcluster.errors import DevClusterError
 
 pytestmark = pytest.mark.e2e
 POOL = 4 << 20
@@ -60,11 +65,13 @@ def running_pods(env: OperatorEnv, namespace: str, app: str, count: int) -> list
 
 def test_happy_path(operator_env: OperatorEnv, namespace: str) -> None:
     env = operator_env
-    env.apply(deployment(namespace, "prefill", 1), deployment(namespace, "decode", 1))
-    wait_for(lambda: running_pods(env, namespace, "prefill", 1), 60, "prefill pod")
-    wait_for(lambda: running_pods(env, namespace, "decode", 1), 60, "decode pod")
+    # workload pods mount the CacheLink's CSI volume: they start once it grants them their instance
+    env.apply(
+        env.deployment(namespace, "prefill", 1, cachelink="kv"),
+        env.deployment(namespace, "decode", 1, cachelink="kv"),
+    )
     env.apply(cachelink(namespace))
-    obj = env.wait_cachelink(namespace, "kv", lambda o: ready(o, 1), "Ready with 1 link", 90)
+    obj = env.wait_cachelink(namespace, "kv", lambda o: ready(o, 1), "Ready with 1 link", 120)
     uid = obj["metadata"]["uid"]
     status = obj["status"]
     assert "cachelink.io/finalizer" in obj["metadata"]["finalizers"]
@@ -92,8 +99,8 @@ def test_happy_path(operator_env: OperatorEnv, namespace: str) -> None:
     assert decode_inst.links[0].remote_cluster_id == link["promptClusterId"]
 
     # a workload in the decode pod pulls blocks written by a workload in the prompt pod
-    (prompt_pod,) = running_pods(env, namespace, "prefill", 1) or []
-    (decode_pod,) = running_pods(env, namespace, "decode", 1) or []
+    (prompt_pod,) = wait_for(lambda: running_pods(env, namespace, "prefill", 1), 120, "prefill pod")
+    (decode_pod,) = wait_for(lambda: running_pods(env, namespace, "decode", 1), 120, "decode pod")
     wait_for(
         lambda: all(
             "cachelink.io/attach-socket"
@@ -103,17 +110,13 @@ def test_happy_path(operator_env: OperatorEnv, namespace: str) -> None:
         30,
         "attach annotations on the pods",
     )
-    p_ann = env.get("pod", prompt_pod["metadata"]["name"], "-n", namespace)["metadata"]["annotations"]
-    d_ann = env.get("pod", decode_pod["metadata"]["name"], "-n", namespace)["metadata"]["annotations"]
+    prompt_pod = env.get("pod", prompt_pod["metadata"]["name"], "-n", namespace)
+    decode_pod = env.get("pod", decode_pod["metadata"]["name"], "-n", namespace)
+    p_ann, d_ann = prompt_pod["metadata"]["annotations"], decode_pod["metadata"]["annotations"]
     assert (
         p_ann["cachelink.io/instance"] == link["prompt"] and d_ann["cachelink.io/instance"] == link["decode"]
     )
-    writer = Workload(
-        prompt_pod, p_ann["cachelink.io/attach-socket"], env.on_node(prompt_pod["spec"]["nodeName"])
-    )
-    reader = Workload(
-        decode_pod, d_ann["cachelink.io/attach-socket"], env.on_node(decode_pod["spec"]["nodeName"])
-    )
+    writer, reader = Workload(env, prompt_pod), Workload(env, decode_pod)
     try:
         wrote = writer.write(int(p_ann["cachelink.io/cluster-id"]))
         pulled = reader.pull(int(p_ann["cachelink.io/cluster-id"]))
@@ -135,7 +138,7 @@ def test_happy_path(operator_env: OperatorEnv, namespace: str) -> None:
 
     # scale the prompt side: links follow
     env.kubectl("scale", "deployment/prefill", "-n", namespace, "--replicas=3")
-    obj = env.wait_cachelink(namespace, "kv", lambda o: ready(o, 3), "Ready with 3 links", 90)
+    obj = env.wait_cachelink(namespace, "kv", lambda o: ready(o, 3), "Ready with 3 links", 120)
     assert len(env.owned(uid)) == 4
     assert {x["decode"] for x in obj["status"]["links"]} == {link["decode"]}
     env.kubectl("scale", "deployment/prefill", "-n", namespace, "--replicas=1")
@@ -343,9 +346,7 @@ def test_each_policy_limit_violated_once(operator_env: OperatorEnv, policies: li
 
 
 def agent_log_lines(env: OperatorEnv, text: str) -> list[str]:
-    return [
-        line for agent in env.agents.values() for line in tail(agent.log, 100000).splitlines() if text in line
-    ]
+    return [line for node in env.nodes for line in env.agent_log(node).splitlines() if text in line]
 
 
 def test_operator_killed_mid_reconcile_converges_without_duplicate_calls(
@@ -358,11 +359,11 @@ def test_operator_killed_mid_reconcile_converges_without_duplicate_calls(
         lambda: (env.cachelink(namespace, "kv") or {}).get("metadata", {}).get("uid"), 30, "the uid"
     )
     wait_for(lambda: env.owned(uid), 60, "the first instance", interval=0.02)
-    env.operator.kill()  # SIGKILL: no chance to finish the pass or write status
+    env.kill_operator()  # SIGKILL of the leader's container: no chance to finish the pass or write status
     at_kill = {name: inst.incarnation for name, inst in env.owned(uid).items()}
-    env.start_operator()
+    # the standby replica takes the Lease over (or the kubelet restarts the killed one first)
     obj = env.wait_cachelink(
-        namespace, "kv", lambda o: ready(o, 9), "Ready with 9 links after the restart", 90
+        namespace, "kv", lambda o: ready(o, 9), "Ready with 9 links after the takeover", 150
     )
     owned = env.owned(uid)
     assert len(owned) == 6
@@ -384,11 +385,13 @@ def test_operator_killed_mid_reconcile_converges_without_duplicate_calls(
 def test_agent_killed_degrades_then_recovers(operator_env: OperatorEnv, namespace: str) -> None:
     env = operator_env
     env.apply(node_cachelink(namespace, "kv", ["node-b"], ["node-c"]))
-    obj = env.wait_cachelink(namespace, "kv", lambda o: ready(o, 1), "Ready", 60)
+    obj = env.wait_cachelink(namespace, "kv", lambda o: ready(o, 1), "Ready", 90)
     uid = obj["metadata"]["uid"]
     before = {i["node"]: i["incarnation"] for i in obj["status"]["instances"]}
-    agent = env.agents["node-b"]
-    agent.kill()
+    agent = env.product.agent_pods()["node-b"]["metadata"]["name"]
+    restarts = env.product.restart_count(agent, "agent")
+    # frozen first (the kubelet would restart a dead container at once): the agent stops answering
+    env.product.ctr_task(agent, "agent", "pause")
     try:
         degraded = env.wait_cachelink(
             namespace,
@@ -400,28 +403,53 @@ def test_agent_killed_degrades_then_recovers(operator_env: OperatorEnv, namespac
                 )
             ),
             "Degraded with node-b Unreachable",
-            60,
+            90,
         )
         assert condition(degraded, "Ready")["status"] == "False"  # type: ignore[index]
         assert "AgentUnreachable" in [e["reason"] for e in env.events(namespace, "kv")]
-    finally:
-        agent.start()
-    obj = env.wait_cachelink(namespace, "kv", lambda o: ready(o, 1), "Ready after the agent returned", 90)
+        # then it dies: the kubelet starts the container again
+        env.product.ctr_task(agent, "agent", "kill", "--signal", "SIGKILL")
+    finally:  # thawed, unless the kill already ended it (a frozen task takes SIGKILL)
+        with contextlib.suppress(DevClusterError):
+            env.product.ctr_task(agent, "agent", "resume")
+    wait_for(
+        lambda: env.product.restart_count(agent, "agent") > restarts, 60, "the kubelet to restart the agent"
+    )
+    obj = env.wait_cachelink(namespace, "kv", lambda o: ready(o, 1), "Ready after the agent returned", 120)
     after = {i["node"]: i["incarnation"] for i in obj["status"]["instances"]}
     assert after["node-b"] != before["node-b"]  # the restart is detected (new incarnation)...
     (link,) = obj["status"]["links"]
     assert link["promptIncarnation"] == after["node-b"]
     assert link["relinks"] >= 1  # ...and the link was made again
-    assert len(env.owned(uid)) == 2
+    # both agents report them (the restarted agent's pod turns Ready after its probe passes)
+    wait_for(lambda: len(env.owned(uid)) == 2, 60, "both instances reported by Ready agents")
 
 
 def test_wrong_agent_token_is_reported(operator_env: OperatorEnv, namespace: str) -> None:
+    """An agent that refuses the operator's token (its Secret rotated under it): a 401 in status, and
+    Ready once both hold the same secret again."""
     env = operator_env
-    agent = env.agents["node-c"]
-    agent.kill()
-    agent.secret_file.write_bytes(b"another-secret-of-at-least-16-bytes")
-    agent.token = node_token(b"another-secret-of-at-least-16-bytes", agent.node)
-    agent.start()
+    product = env.product
+    secret = product.kube.get("secret", "cachelink-agent-token", "-n", product.namespace)
+    original = secret["data"]["secret"]
+    other = base64.b64encode(b"another-secret-of-at-least-16-bytes").decode()
+
+    def use_secret(value: str) -> None:
+        patch = json.dumps({"data": {"secret": value}})
+        env.kubectl("patch", "secret", "cachelink-agent-token", "-n", product.namespace, "-p", patch)
+        # a new agent pod mounts the Secret as it is now (a running pod's volume follows it only later)
+        old = product.agent_pods()["node-c"]["metadata"]["name"]
+        env.kubectl("delete", "pod", old, "-n", product.namespace, "--wait=true", "--timeout=60s")
+        wait_for(
+            lambda: (
+                (product.agent_pods().get("node-c") or {}).get("metadata", {}).get("name") not in (None, old)
+            ),
+            90,
+            "a new agent pod on node-c",
+        )
+
+    # only node-c's agent restarts with the other secret; the operator still holds the original
+    use_secret(other)
     try:
         env.apply(node_cachelink(namespace, "kv", ["node-a"], ["node-c"]))
         obj = env.wait_cachelink(
@@ -432,15 +460,12 @@ def test_wrong_agent_token_is_reported(operator_env: OperatorEnv, namespace: str
                 for i in (o.get("status") or {}).get("instances", [])
             ),
             "the 401 of node-c in status",
-            60,
+            120,
         )
         assert obj["status"]["phase"] != "Ready"
     finally:
-        agent.kill()
-        agent.secret_file.write_bytes(env.secret)
-        agent.token = node_token(env.secret, agent.node)
-        agent.start()
-    env.wait_cachelink(namespace, "kv", lambda o: ready(o, 1), "Ready with the right token", 90)
+        use_secret(original)
+    env.wait_cachelink(namespace, "kv", lambda o: ready(o, 1), "Ready with the right token", 120)
 
 
 def test_api_server_restart(operator_env: OperatorEnv, namespace: str) -> None:
@@ -449,17 +474,14 @@ def test_api_server_restart(operator_env: OperatorEnv, namespace: str) -> None:
     obj = env.wait_cachelink(namespace, "kv", lambda o: ready(o, 1), "Ready", 60)
     uid = obj["metadata"]["uid"]
     incarnations = {n: i.incarnation for n, i in env.owned(uid).items()}
-    apiserver = env.cluster.process("kube-apiserver")
+    cluster = env.product.nodes.cluster
+    apiserver = cluster.process("kube-apiserver")
     assert apiserver.stop()
-    env.cluster.up()
-    # the operator either rode it out or lost its Lease and exited non-zero (its Deployment restarts it)
-    if not env.operator.running:
-        assert env.operator.process is not None and env.operator.process.returncode == 2
-        env.start_operator()
-    else:
-        env.wait_leader(60)
+    cluster.up()
+    # a replica rode it out, or lost the Lease and exited non-zero (the kubelet restarts it)
+    env.product.wait_leader(120)
     env.apply(node_cachelink(namespace, "after", ["node-c"], ["node-b"]))
-    env.wait_cachelink(namespace, "after", lambda o: ready(o, 1), "a new CacheLink Ready", 90)
+    env.wait_cachelink(namespace, "after", lambda o: ready(o, 1), "a new CacheLink Ready", 120)
     env.wait_cachelink(namespace, "kv", lambda o: ready(o, 1), "the old one still Ready", 30)
     assert {n: i.incarnation for n, i in env.owned(uid).items()} == incarnations
 

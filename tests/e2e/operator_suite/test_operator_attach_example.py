@@ -8,15 +8,14 @@ instance and attach socket) and the prompt's cluster id, pulls blocks 0-2 into 5
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cachelink_e2e_operator import OperatorEnv, Workload, deployment, wait_for
+from cachelink_e2e_operator import OperatorEnv, Workload, wait_for
 
 pytestmark = pytest.mark.e2e
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 EXAMPLE = ROOT / "examples" / "attach_workload.py"
 
 _WRITER = r"""
@@ -45,7 +44,10 @@ def annotated_pod(env: OperatorEnv, namespace: str, app: str) -> dict[str, Any] 
 
 def test_attach_workload_example_pulls_the_prompt_blocks(operator_env: OperatorEnv, namespace: str) -> None:
     env = operator_env
-    env.apply(deployment(namespace, "prefill", 1), deployment(namespace, "decode", 1))
+    env.apply(
+        env.deployment(namespace, "prefill", 1, cachelink="kv"),
+        env.deployment(namespace, "decode", 1, cachelink="kv"),
+    )
     env.apply(
         {
             "apiVersion": "cachelink.io/v1alpha1",
@@ -59,18 +61,14 @@ def test_attach_workload_example_pulls_the_prompt_blocks(operator_env: OperatorE
         }
     )
     env.wait_cachelink(
-        namespace, "kv", lambda o: (o.get("status") or {}).get("phase") == "Ready", "Ready", 90
+        namespace, "kv", lambda o: (o.get("status") or {}).get("phase") == "Ready", "Ready", 120
     )
-    prompt_pod = wait_for(lambda: annotated_pod(env, namespace, "prefill"), 30, "the prefill pod annotated")
-    decode_pod = wait_for(lambda: annotated_pod(env, namespace, "decode"), 30, "the decode pod annotated")
+    prompt_pod = wait_for(lambda: annotated_pod(env, namespace, "prefill"), 120, "the prefill pod annotated")
+    decode_pod = wait_for(lambda: annotated_pod(env, namespace, "decode"), 120, "the decode pod annotated")
     p_ann, d_ann = prompt_pod["metadata"]["annotations"], decode_pod["metadata"]["annotations"]
 
-    prompt_socket = p_ann["cachelink.io/attach-socket"]
-    writer = Workload(prompt_pod, prompt_socket, env.on_node(prompt_pod["spec"]["nodeName"]))
-    reader = Workload(
-        decode_pod, d_ann["cachelink.io/attach-socket"], env.on_node(decode_pod["spec"]["nodeName"])
-    )
-    process = writer.spawn([sys.executable, "-P", "-c", _WRITER, prompt_socket])
+    writer, reader = Workload(env, prompt_pod), Workload(env, decode_pod)
+    process = writer.spawn(["python", "-c", _WRITER, writer.socket_path])
     try:
         assert process.stdout is not None
         line = process.stdout.readline()
@@ -78,19 +76,13 @@ def test_attach_workload_example_pulls_the_prompt_blocks(operator_env: OperatorE
         wrote = json.loads(line)
         assert wrote["cluster_id"] == int(p_ann["cachelink.io/cluster-id"])
 
-        # exactly the example's command line, with what the decode pod's annotations say
-        run_dir = str(Path(d_ann["cachelink.io/attach-socket"]).parent)
+        # exactly the example's program (read from stdin) and command line, with what the decode pod's
+        # annotations say, the socket folder being where the pod mounts its CSI volume
+        run_dir = str(Path(reader.socket_path).parent)
         example = reader.spawn(
-            [
-                sys.executable,
-                "-P",
-                str(EXAMPLE),
-                run_dir,
-                d_ann["cachelink.io/instance"],
-                str(wrote["cluster_id"]),
-            ]
+            ["python", "-", run_dir, d_ann["cachelink.io/instance"], str(wrote["cluster_id"])]
         )
-        out, err = example.communicate(timeout=120)
+        out, err = example.communicate(EXAMPLE.read_text(), timeout=120)
         assert example.returncode == 0, err
         assert out.strip() == f"first K block of layer 0: {wrote['block0']}", out
     finally:

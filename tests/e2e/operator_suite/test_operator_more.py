@@ -1,6 +1,6 @@
 """The operator for real, part two: policy status, contested pods, annotation clean-up, rollouts.
 
-Same environment as ``test_operator.py`` (the session fixture ``operator_env`` of ``conftest.py``).
+Same environment as ``test_operator.py`` (the fixture ``operator_env`` of this folder's ``conftest.py``).
 """
 
 from __future__ import annotations
@@ -13,11 +13,10 @@ from typing import Any
 
 import pytest
 from cachelink_e2e_operator import OperatorEnv, wait_for
-from cachelink_e2e_operator import deployment as support_deployment
 
 pytestmark = pytest.mark.e2e
 POOL = 4 << 20
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 OUR_ANNOTATIONS = ("cachelink.io/cachelink", "cachelink.io/instance", "cachelink.io/cluster-id")
 
 
@@ -32,13 +31,14 @@ ROLLING = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavail
 
 
 def deployment(
+    env: OperatorEnv,
     namespace: str,
     name: str,
     replicas: int,
     node_selector: dict[str, str] | None = None,
     template_annotations: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    return support_deployment(
+    return env.deployment(
         namespace,
         name,
         replicas,
@@ -100,7 +100,7 @@ def ours(env: OperatorEnv, namespace: str, pod: str) -> dict[str, str]:
 
 
 def start_workloads(env: OperatorEnv, namespace: str, prompts: int = 1) -> None:
-    env.apply(deployment(namespace, "prefill", prompts), deployment(namespace, "decode", 1))
+    env.apply(deployment(env, namespace, "prefill", prompts), deployment(env, namespace, "decode", 1))
     wait_for(lambda: running_pods(env, namespace, "prefill", prompts), 60, "prefill pods")
     wait_for(lambda: running_pods(env, namespace, "decode", 1), 60, "decode pod")
 
@@ -272,7 +272,7 @@ def test_ready_waits_for_the_controllers_current_revision(operator_env: Operator
     (old,) = running_pods(env, namespace, "prefill", 1) or []
     # a rollout whose new pod cannot be scheduled: only the old pod is a member, and it is the newest
     # pod selected - yet not of the Deployment's current revision, so the CacheLink is not Ready
-    env.apply(deployment(namespace, "prefill", 1, {"cachelink.dev/no-such-node": "true"}))
+    env.apply(deployment(env, namespace, "prefill", 1, {"cachelink.dev/no-such-node": "true"}))
     stalled = env.wait_cachelink(
         namespace,
         "kv",
@@ -287,7 +287,7 @@ def test_ready_waits_for_the_controllers_current_revision(operator_env: Operator
     (link,) = stalled["status"]["links"]
     assert link["current"] is False and link["promptPodUID"] == old["metadata"]["uid"]
     # the rollout completes: Ready again, linked to the new pod
-    env.apply(deployment(namespace, "prefill", 1, template_annotations={"example.com/rev": "3"}))
+    env.apply(deployment(env, namespace, "prefill", 1, template_annotations={"example.com/rev": "3"}))
     obj = env.wait_cachelink(
         namespace,
         "kv",
@@ -313,10 +313,11 @@ def test_a_port_held_on_the_node_moves_the_instance(operator_env: OperatorEnv, n
     node_ip = env.nodes["node-b"]
     used = {
         int(i.listen_address.rpartition(":")[2])
-        for i in env.agents["node-b"].instances()
+        for i in env.instances("node-b")
         if i.listen_address and ":" in i.listen_address
     }
-    with socket.socket() as holder:
+    # a socket made in node-b's network namespace (the agent pod shares the node's network)
+    with env.in_node_network("node-b", socket.socket) as holder:
         holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # over a finished instance's TIME_WAIT
         port = next(p for p in range(26000, 28000) if p not in used and _binds(holder, node_ip, p))
         holder.listen()
@@ -325,7 +326,5 @@ def test_a_port_held_on_the_node_moves_the_instance(operator_env: OperatorEnv, n
         (prompt,) = [i for i in obj["status"]["instances"] if i["role"] == "Prompt"]
         assert prompt["node"] == "node-b" and prompt["port"] != port, prompt
         assert port not in {
-            int(i.listen_address.rpartition(":")[2])
-            for i in env.agents["node-b"].instances()
-            if i.listen_address
+            int(i.listen_address.rpartition(":")[2]) for i in env.instances("node-b") if i.listen_address
         }

@@ -1,21 +1,15 @@
-"""Operator e2e environment on the development cluster: ``cachelink.localstack.LocalStack`` plus helpers.
+"""Operator e2e environment: the chart on a cluster of three real nodes, and helpers to drive it.
 
 Loaded once by ``tests/e2e/conftest.py`` and registered as the top-level module ``cachelink_e2e_operator``
-(test modules import ``OperatorEnv``, ``Workload``, ``wait_for``, ``node_token`` from it); the session
-fixture ``operator_env`` and the per-test ``namespace`` live in the conftest.
+(test modules import ``OperatorEnv``, ``Workload``, ``deployment``, ``wait_for`` from it); the fixture
+``operator_env`` and the per-test ``namespace`` live in the conftest.
 
-What runs (all on loopback, all stopped by process id at teardown) is the product's local stack:
-
-* the chart installed with helm: CRDs, the operator's RBAC, the agents' shared Secret and a hostNetwork
-  DaemonSet whose pods KWOK runs on every simulated node (pod IP = the node's loopback address);
-* one real ``cachelink-agent`` process per node, bound to that node's address and the DaemonSet's port,
-  standing in for the DaemonSet pod's container (``CACHELINK_E2E_AGENT_MODE=worker`` runs instances in
-  worker processes instead of in the agent);
-* the operator (``python -m cachelink_operator``) under a ServiceAccount token (TokenRequest) in a
-  kubeconfig holding nothing else, so a permission the chart does not grant fails the tests.
-
-Workloads (``Workload``) are real processes that attach to an instance's socket the way a pod on the node
-would: each joins a cgroup whose path names its pod's UID, which is what the agent checks.
+What runs is what a user runs (:mod:`cachelink.realnodes.product`): a control plane, three real nodes
+(kubelet, containerd and kube-proxy each) and the chart installed with ``helm upgrade --install --wait``
+(two operator replicas, an agent pod per node). Workloads are pods of the product's image under Pod
+Security ``restricted`` that attach through their CacheLink's CSI volume; a test runs code in them with
+``kubectl exec``. Faults are made the way they happen on a cluster: a container killed or frozen through
+its node's containerd, the kubelet restarting it.
 """
 
 from __future__ import annotations
@@ -23,40 +17,78 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
-import sys
-import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-from cachelink_agent.tokens import node_token
-
-from cachelink.devcluster import DevCluster
-from cachelink.localstack.agents import AGENT_NAMESPACE, AgentProcess
-from cachelink.localstack.operator_runner import OperatorProcess
-from cachelink.localstack.procs import child_env, tail, wait_for
-from cachelink.localstack.stack import LocalStack
+from cachelink.localstack.chart import OPERATOR_FLAGS
+from cachelink.localstack.procs import wait_for
+from cachelink.realnodes.netns import call_in_netns
+from cachelink.realnodes.product import Product
 
 ROOT = Path(__file__).resolve().parents[3]
-GROUP = "cachelink.io"
+NODES = ("node-a", "node-b", "node-c")
+#: where workload pods mount their CacheLink's CSI volume
+ATTACH_DIR = "/run/cachelink"
 
-__all__ = [
-    "AGENT_NAMESPACE",
-    "AgentProcess",
-    "OperatorEnv",
-    "OperatorProcess",
-    "Workload",
-    "deployment",
-    "node_token",
-    "tail",
-    "wait_for",
-]
+__all__ = ["NODES", "OperatorEnv", "Workload", "deployment", "e2e_values", "wait_for"]
 
 
-def _env() -> dict[str, str]:
-    return child_env()
+def e2e_values(agent_mode: str) -> dict[str, Any]:
+    """The chart's defaults, with operator and agent flags that react in seconds (a test waits for them)."""
+    return {
+        "operator": {"resyncIntervalSeconds": 20, "extraArgs": OPERATOR_FLAGS},
+        "agentDaemonSet": {
+            "inProcess": agent_mode == "in-process",
+            "logFormat": "text",
+            "extraArgs": ["--reconcile-interval=1", "--restart-backoff-max=2"],
+        },
+    }
+
+
+def workload_pod_spec(
+    image: str, cachelink: str | None, node_selector: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """A workload container that idles under Pod Security ``restricted``; with ``cachelink``'s CSI volume
+    unless that is None (a pod that never attaches starts without waiting for its grant)."""
+    spec: dict[str, Any] = {
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "runAsGroup": 1000,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "terminationGracePeriodSeconds": 1,
+        "containers": [
+            {
+                "name": "server",
+                "image": image,
+                "imagePullPolicy": "Never",
+                "command": ["python", "-c", "import signal; signal.pause()"],
+                "securityContext": {
+                    "allowPrivilegeEscalation": False,
+                    "readOnlyRootFilesystem": True,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+                "volumeMounts": [{"name": "cachelink", "mountPath": ATTACH_DIR, "readOnly": True}],
+            }
+        ],
+        "volumes": [
+            {
+                "name": "cachelink",
+                "csi": {
+                    "driver": "cachelink.io",
+                    "readOnly": True,
+                    "volumeAttributes": {"cachelink": cachelink},
+                },
+            }
+        ],
+    }
+    if cachelink is None:
+        del spec["volumes"], spec["containers"][0]["volumeMounts"]
+    if node_selector:
+        spec["nodeSelector"] = node_selector
+    return spec
 
 
 def deployment(
@@ -65,21 +97,20 @@ def deployment(
     replicas: int,
     labels: dict[str, str] | None = None,
     *,
+    image: str,
+    cachelink: str | None = None,
     node_selector: dict[str, str] | None = None,
     template_annotations: dict[str, str] | None = None,
     strategy: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A Deployment of placeholder servers on the simulated nodes (pods KWOK runs without containers)."""
+    """A Deployment of idle workload pods of the product's image (:func:`workload_pod_spec`)."""
     labels = labels or {"app": name}
     spec: dict[str, Any] = {
         "replicas": replicas,
         "selector": {"matchLabels": labels},
         "template": {
             "metadata": {"labels": labels, "annotations": template_annotations or {}},
-            "spec": {
-                "nodeSelector": node_selector or {"cachelink.dev/dev-cluster": "true"},
-                "containers": [{"name": "server", "image": "example.invalid/llm-server:1"}],
-            },
+            "spec": workload_pod_spec(image, cachelink, node_selector),
         },
     }
     if strategy is not None:
@@ -97,12 +128,9 @@ def deployment(
 _WORKLOAD = r"""
 import hashlib, json, os, sys
 import numpy as np
-cgroup, socket_path, mode, own_id, peer_id = sys.argv[1:6]
-if cgroup:
-    with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
-        f.write(str(os.getpid()))
 from cachelink_agent.attach import attach
 from llm_datadist import BlocksCacheKey, CacheDesc, DataType
+socket_path, mode, own_id, peer_id = sys.argv[1:5]
 DESC = CacheDesc(4, [16, 4096], DataType.DT_FLOAT16)
 def digest(cache, blocks):
     h = hashlib.sha256()
@@ -126,57 +154,32 @@ with attach(run_dir, name) as cm:
 """
 
 
-def _cgroup_root() -> Path | None:
-    """A cgroup hierarchy this process may create groups in (kubelet's pods live in ``.../pod<UID>``)."""
-    for base in (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup")):
-        probe = base / f"cachelink-e2e-probe-{uuid.uuid4().hex[:6]}"
-        try:
-            probe.mkdir()
-        except OSError:
-            continue
-        probe.rmdir()
-        return base / "cachelink-e2e"
-    return None
+def pod_socket(pod: dict[str, Any]) -> str:
+    """Where the pod sees its instance's socket: in its CSI volume, named as the annotation says."""
+    annotated = pod["metadata"]["annotations"]["cachelink.io/attach-socket"]
+    return f"{ATTACH_DIR}/{Path(annotated).name}"
 
 
 class Workload:
-    """A process standing in for a container of pod ``pod``: in the pod's cgroup (the agent checks the
-    pod's UID) and, through ``on_node`` (``OperatorEnv.on_node``), with the host paths a pod on its node
-    mounts, so the attach socket of the pod's annotation is found where the annotation says."""
+    """Code run in a workload pod's container (``kubectl exec -i``), attached through its CSI volume."""
 
-    def __init__(
-        self, pod: dict[str, Any], socket_path: str, on_node: Callable[[list[str]], list[str]]
-    ) -> None:
-        root = _cgroup_root()
-        if root is None:
-            pytest.skip("no writable cgroup hierarchy: a workload cannot pose as a pod's container")
-        self.cgroup = root / f"pod{pod['metadata']['uid']}"
-        self.cgroup.mkdir(parents=True, exist_ok=True)
-        self.socket_path, self.on_node = socket_path, on_node
+    def __init__(self, env: OperatorEnv, pod: dict[str, Any]) -> None:
+        self.env, self.pod = env, pod
+        self.socket_path = pod_socket(pod)
         self.process: subprocess.Popen[str] | None = None
 
     def spawn(self, argv: list[str]) -> subprocess.Popen[str]:
-        """Start ``argv`` as a process of this pod (joins the cgroup, then execs)."""
-        join = 'echo $$ > "$0/cgroup.procs" && exec "$@"'
+        """Run ``argv`` in the pod's container; stdin, stdout and stderr are pipes."""
+        kube = self.env.product.kube
+        meta = self.pod["metadata"]
         return subprocess.Popen(
-            self.on_node(["sh", "-c", join, str(self.cgroup), *argv]),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=_env(),
-        )
+            [kube.kubectl_path, f"--kubeconfig={kube.kubeconfig}", "exec", "-i", "-n", meta["namespace"],
+             meta["name"], "--", *argv],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
 
     def _popen(self, mode: str, own_id: int, peer_id: int) -> subprocess.Popen[str]:
-        argv = [sys.executable, "-P", "-c", _WORKLOAD, str(self.cgroup), self.socket_path, mode, str(own_id)]
-        return subprocess.Popen(
-            self.on_node([*argv, str(peer_id)]),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=_env(),
-        )
+        return self.spawn(["python", "-c", _WORKLOAD, self.socket_path, mode, str(own_id), str(peer_id)])
 
     def write(self, cluster_id: int) -> dict[str, Any]:
         """Prompt side: allocate ``BlocksCacheKey(cluster_id, 0)``, fill it, keep it until ``close``."""
@@ -192,45 +195,36 @@ class Workload:
     def pull(self, peer_cluster_id: int) -> dict[str, Any]:
         """Decode side: pull 8 blocks of the peer's ``BlocksCacheKey(peer, 0)``; returns their digest."""
         process = self._popen("decode", 0, peer_cluster_id)
-        out, err = process.communicate(timeout=60)
+        out, err = process.communicate(timeout=120)
         if process.returncode != 0:
             raise RuntimeError(f"decode workload failed ({process.returncode}): {err}")
         result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
         return result
 
     def close(self) -> None:
-        """End the session (the prompt's caches are freed) and remove the cgroup."""
+        """End the session (the prompt's caches are freed)."""
         if self.process is not None and self.process.poll() is None:
             assert self.process.stdin is not None
             with contextlib.suppress(OSError):
                 self.process.stdin.write("done\n")
                 self.process.stdin.flush()
             try:
-                self.process.communicate(timeout=20)
+                self.process.communicate(timeout=30)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.communicate()
-        for _ in range(50):
-            try:
-                self.cgroup.rmdir()
-                break
-            except FileNotFoundError:
-                break
-            except OSError:
-                time.sleep(0.1)
-        with contextlib.suppress(OSError):  # the last workload removes the parent too
-            self.cgroup.parent.rmdir()
 
 
 # ------------------------------------------------------------------------------------------ the env
 
 
-class OperatorEnv(LocalStack):
-    """The local stack, with helpers to drive and observe CacheLinks as the admin."""
+class OperatorEnv:
+    """The product on real nodes, with helpers to drive and observe CacheLinks as the admin."""
 
-    def __init__(self, cluster: DevCluster, root: Path, mode: str) -> None:
-        # the stack installs the chart (its RBAC included): the operator runs under the chart's rights
-        super().__init__(cluster, root, agent_mode=mode)
+    def __init__(self, product: Product) -> None:
+        self.product = product
+        self.image = product.image
+        self.nodes = {a.name: a.address for a in product.nodes.addressing}
 
     # -- kubectl helpers ------------------------------------------------------------------------------
 
@@ -238,15 +232,19 @@ class OperatorEnv(LocalStack):
         self, *args: str, input: str | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
         """kubectl with admin credentials (the test's, not the operator's)."""
-        return self.cluster.kubectl(*args, input=input, check=check)
+        return self.product.kube.kubectl(*args, input=input, check=check)
 
     def apply(self, *objects: dict[str, Any], check: bool = True) -> subprocess.CompletedProcess[str]:
         """``kubectl apply`` of these objects."""
-        return self.kube.apply(*objects, check=check)
+        return self.product.kube.apply(*objects, check=check)
 
     def get(self, *args: str) -> Any:
         """``kubectl get ARGS -o json`` (None when not found)."""
-        return self.kube.get(*args)
+        return self.product.kube.get(*args)
+
+    def deployment(self, namespace: str, name: str, replicas: int, **kwargs: Any) -> dict[str, Any]:
+        """:func:`deployment` of the product's image."""
+        return deployment(namespace, name, replicas, image=self.image, **kwargs)
 
     def cachelink(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The CacheLink object."""
@@ -265,7 +263,6 @@ class OperatorEnv(LocalStack):
         seen: list[dict[str, Any]] = []
 
         def check() -> dict[str, Any] | None:
-            self.operator.check_alive()
             obj = self.cachelink(namespace, name)
             if obj is not None:
                 seen[:] = [obj]
@@ -277,9 +274,8 @@ class OperatorEnv(LocalStack):
             return wait_for(check, timeout, f"CacheLink {namespace}/{name}: {what}")
         except TimeoutError as error:
             status = json.dumps(seen[0].get("status") if seen else None, indent=1)[:6000]
-            raise TimeoutError(
-                f"{error}\nstatus: {status}\noperator log:\n{tail(self.operator.log)}"
-            ) from None
+            log = "\n".join(self.operator_log().splitlines()[-60:])
+            raise TimeoutError(f"{error}\nstatus: {status}\noperator log:\n{log}") from None
 
     def events(self, namespace: str, name: str) -> list[dict[str, Any]]:
         """Events about a CacheLink, oldest first."""
@@ -299,6 +295,37 @@ class OperatorEnv(LocalStack):
         items: list[dict[str, Any]] = self.get("pods", "-n", namespace, "-l", selector)["items"]
         return items
 
-    def teardown(self) -> None:
-        """Stop the operator and agents; remove what was applied cluster-wide."""
-        self.down()
+    # -- the product ----------------------------------------------------------------------------------
+
+    def owned(self, uid: str) -> dict[str, Any]:
+        """Instances owned by a CacheLink UID, by instance name (what every Ready agent reports)."""
+        return self.product.owned(uid)
+
+    def instances(self, node: str) -> list[Any]:
+        """What the node's agent reports."""
+        return self.product.instances(node)
+
+    def agent_log(self, node: str) -> str:
+        """The node's agent container's log, its previous run's first."""
+        pod = self.product.agent_pods(ready=False)[node]["metadata"]["name"]
+        return self.product.logs(pod, "agent", previous=True) + self.product.logs(pod, "agent")
+
+    def operator_log(self) -> str:
+        """The log of the replica holding the Lease (empty when none does)."""
+        leader = self.product.leader()
+        return self.product.logs(leader, "operator") if leader else ""
+
+    def kill_operator(self) -> str:
+        """SIGKILL the leading replica's container (no chance to finish a pass); its pod's name."""
+        leader = self.product.wait_leader()
+        self.product.ctr_task(leader, "operator", "kill", "--signal", "SIGKILL")
+        return leader
+
+    def in_node_network(self, node: str, func: Callable[[], Any]) -> Any:
+        """Run ``func`` in a thread inside ``node``'s network namespace."""
+        netns = self.product.nodes.containerd(node).netns
+        return call_in_netns(f"/run/netns/{netns}", func)
+
+    def wait_pods_gone(self, namespace: str, timeout: float = 60.0) -> None:
+        """Wait until no pod is left in ``namespace``."""
+        wait_for(lambda: not self.get("pods", "-n", namespace)["items"], timeout, f"no pods in {namespace}")

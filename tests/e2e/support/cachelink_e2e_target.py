@@ -37,7 +37,7 @@ IMAGE_OPTION = "--e2e-image"
 IMAGE_ENV = "CACHELINK_E2E_IMAGE"
 
 #: why a test that needs the local development cluster skips in external mode
-LOCAL_ONLY = "needs the local development cluster (local agents on simulated nodes); external cluster given"
+LOCAL_ONLY = "needs a local cluster of its own (development cluster or real nodes); external cluster given"
 #: why a test that runs containers of the product skips without an image
 NEEDS_IMAGE = (
     f"needs the product's container image on the external cluster: pass {IMAGE_OPTION} IMAGE "
