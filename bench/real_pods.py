@@ -1,6 +1,6 @@
 """The product on real nodes, timed: set-up steps, apply -> Ready, and KV-cache pulls between two real pods.
 
-    sudo .venv/bin/python -P bench/real_pods.py [--layers 32] [--blocks 64] [--runs 3]
+    .venv/bin/python bench/real_pods.py [--layers 32] [--blocks 64] [--runs 3]    # as root
 
 Writes ``bench/results/real_pods.json`` (not run in CI). Needs root; everything it starts is removed.
 

@@ -20,7 +20,6 @@ from typing import Any
 from cachelink.localstack import resources
 from cachelink.localstack.kube import Kube, KubeError
 from cachelink.localstack.kvcache import KvShape
-from cachelink.localstack.procs import wait_for
 from cachelink.localstack.report import summary
 from cachelink.localstack.watch import CACHELINK, Watch, is_ready
 
@@ -58,15 +57,6 @@ def sample_objects(
 
 def _quiet(_line: str) -> None:
     """Discard a progress line."""
-
-
-def secret_fate(kube: Kube, namespace: str, secret: str, timeout: float = 3.0) -> str:
-    """Whether Kubernetes' garbage collector deleted the link Secret (owned by the CacheLink) yet."""
-    try:
-        wait_for(lambda: kube.get("secret", secret, "-n", namespace) is None, timeout, "the link Secret")
-    except TimeoutError:
-        return "owned by the CacheLink; Kubernetes' garbage collector deletes it (not yet)"
-    return "deleted by Kubernetes' garbage collector (owned by the CacheLink)"
 
 
 def down(data_dir: Path) -> int:

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cachelink.demo_cluster import kept_hint, sample_objects, say, secret_fate
+from cachelink.demo_cluster import kept_hint, sample_objects, say
 from cachelink.devcluster import DevCluster
 from cachelink.devcluster.errors import DevClusterError
 from cachelink.localstack.kube import Kube
@@ -236,7 +236,4 @@ def _body(product: Product, shape: KvShape, keep: bool) -> int:
         "==> finalized: CacheLink gone (the operator removed its finalizer after deleting the instances); "
         + _finalized(product, obj["metadata"]["uid"])
     )
-    secret = obj["status"].get("linkSecretName")
-    if secret:
-        say(f"==> link Secret {secret}: {secret_fate(kube, namespace, secret)}")
     return 0

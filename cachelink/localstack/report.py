@@ -42,5 +42,5 @@ def summary(obj: dict[str, Any], ready_s: float, moved: Transfer | None) -> str:
     return (
         f"CacheLink {meta['namespace']}/{meta['name']}: phase {status.get('phase')}, "
         f"{status.get('readyLinks')}/{status.get('desiredLinks')} links ready, Ready {ready_s:.1f}s after "
-        f"apply; policies: {policies}; link Secret: {status.get('linkSecretName')}\n" + table(headers, rows)
+        f"apply; policies: {policies}\n" + table(headers, rows)
     )

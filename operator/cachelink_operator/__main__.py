@@ -20,9 +20,10 @@ import kopf
 from aiohttp import web
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
 from prometheus_client import start_http_server
 
-from cachelink_operator import agents, handlers, kube, leader, logs, policy_status, reconcile
+from cachelink_operator import agents, handlers, kube, leader, link_keys, logs, policy_status, reconcile
 from cachelink_operator.config import Config
 from cachelink_operator.no_diffbase import NoDiffBase
 
@@ -55,6 +56,17 @@ def parse(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Namespace
         "--agent-secret", default=d.agent_secret_name, help="Secret holding the agents' shared secret"
     )
     p.add_argument("--agent-secret-key", default=d.agent_secret_key)
+    p.add_argument(
+        "--link-master-secret",
+        default=d.link_master_secret_name,
+        help="Secret in the operator's namespace holding the master key of the link secrets",
+    )
+    p.add_argument("--link-master-secret-key", default=d.link_master_secret_key)
+    p.add_argument(
+        "--namespace",
+        default=os.environ.get("POD_NAMESPACE") or d.operator_namespace,
+        help="the operator's own namespace (its link master Secret's; default $POD_NAMESPACE)",
+    )
     p.add_argument("--agent-timeout", type=float, default=d.agent_timeout_s, help="seconds per agent call")
     p.add_argument("--api-timeout", type=float, default=d.api_timeout_s, help="seconds per API request")
     p.add_argument(
@@ -88,6 +100,9 @@ def parse(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Namespace
         agent_selector=a.agent_selector,
         agent_secret_name=a.agent_secret,
         agent_secret_key=a.agent_secret_key,
+        link_master_secret_name=a.link_master_secret,
+        link_master_secret_key=a.link_master_secret_key,
+        operator_namespace=a.namespace,
         agent_timeout_s=a.agent_timeout,
         api_timeout_s=a.api_timeout,
         api_concurrency=a.api_concurrency,
@@ -204,12 +219,10 @@ async def run(cfg: Config, args: argparse.Namespace) -> int:
     runner = await _health(args.health_port, args.bind_address, elector) if args.health_port else None
     try:
         await elector.acquire()
-        secret = (
-            await kube_api.read_secret(cfg.agent_namespace, cfg.agent_secret_name, cfg.agent_secret_key)
-        ).strip()
-        rt = reconcile.Runtime(cfg, kube_api, agents.Agents(secret, cfg.agent_timeout_s))
-        registry = kopf.OperatorRegistry()
-        handlers.register(registry, rt)
+        made = await _runtime(cfg, kube_api)
+        if made is None:
+            return 2
+        rt, registry = made
         stop: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
 
         @kopf.on.login(registry=registry)
@@ -253,6 +266,34 @@ async def run(cfg: Config, args: argparse.Namespace) -> int:
             await runner.cleanup()
         kube_api.close()
         api.close()  # type: ignore[no-untyped-call]
+
+
+async def _runtime(
+    cfg: Config, kube_api: kube.Kube
+) -> tuple[reconcile.Runtime, kopf.OperatorRegistry] | None:
+    """What the handlers share, and the registry they are in; None (after an error line naming the
+    Secret) when the agents' secret or the link master key cannot be read or is not a usable key."""
+    wanted = {
+        "agent secret": (cfg.agent_namespace, cfg.agent_secret_name, cfg.agent_secret_key, 16),
+        "link master key": (
+            cfg.operator_namespace,
+            cfg.link_master_secret_name,
+            cfg.link_master_secret_key,
+            link_keys.MIN_MASTER_BYTES,
+        ),
+    }
+    found = []
+    for what, (namespace, name, key, minimum) in wanted.items():
+        try:
+            found.append(link_keys.check_key(await kube_api.read_secret(namespace, name, key), minimum))
+        except (ApiException, KeyError, ValueError) as error:
+            reason = error.reason if isinstance(error, ApiException) else str(error)
+            log.error("cannot use the %s: Secret %s/%s, key %r: %s", what, namespace, name, key, reason)
+            return None
+    rt = reconcile.Runtime(cfg, kube_api, agents.Agents(found[0], cfg.agent_timeout_s), link_master=found[1])
+    registry = kopf.OperatorRegistry()
+    handlers.register(registry, rt)
+    return rt, registry
 
 
 def main(argv: Sequence[str] | None = None) -> int:

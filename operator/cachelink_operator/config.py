@@ -13,6 +13,10 @@ class Config:
     agent_selector: dict[str, str] = field(default_factory=lambda: {"app.kubernetes.io/component": "agent"})
     agent_secret_name: str = "cachelink-agent-token"  # noqa: S105 - a Secret's name, not a secret
     agent_secret_key: str = "secret"  # noqa: S105 - a key name in that Secret
+    #: the Secret (in the operator's namespace) holding the master key link secrets derive from
+    link_master_secret_name: str = "cachelink-link-master"  # noqa: S105 - a Secret's name, not a secret
+    link_master_secret_key: str = "master"  # noqa: S105 - a key name in that Secret
+    operator_namespace: str = "cachelink-system"
     agent_timeout_s: float = 10.0
     api_timeout_s: float = 15.0
     api_concurrency: int = 16

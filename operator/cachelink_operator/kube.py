@@ -13,7 +13,6 @@ import base64
 import datetime
 import functools
 import json
-import secrets
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -25,7 +24,6 @@ from cachelink_operator.models import GROUP, VERSION
 
 PLURAL = "cachelinks"
 POLICY_PLURAL = "cachelinkpolicies"
-SECRET_KEY = "link-secret"  # noqa: S105 - the data key, not the secret
 
 
 class Kube:
@@ -151,28 +149,6 @@ class Kube:
         """One key of a Secret, decoded."""
         secret = await self._run(self.core.read_namespaced_secret, name, namespace)
         return base64.b64decode((secret.data or {})[key])
-
-    async def ensure_link_secret(self, namespace: str, name: str, owner: Mapping[str, Any]) -> str:
-        """The CacheLink's link secret: its Secret (owned by it) is created unless it exists, in which
-        case the existing one is read."""
-        value = secrets.token_hex(32)
-        body = k8s.V1Secret(
-            metadata=k8s.V1ObjectMeta(
-                name=name,
-                namespace=namespace,
-                labels={"app.kubernetes.io/managed-by": "cachelink-operator"},
-                owner_references=[_owner_ref(owner)],
-            ),
-            type="Opaque",
-            data={SECRET_KEY: base64.b64encode(value.encode()).decode()},
-        )
-        try:
-            await self._send(self.core.create_namespaced_secret, namespace, body)
-        except ApiException as error:
-            if error.status != 409:
-                raise
-            return (await self.read_secret(namespace, name, SECRET_KEY)).decode()
-        return value
 
     async def apply_config_map(
         self, namespace: str, name: str, data: Mapping[str, str], owner: Mapping[str, Any]

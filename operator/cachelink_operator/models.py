@@ -319,7 +319,6 @@ class CacheLinkStatus(_Model):
     desired_links: int = 0
     linked_links: int = 0
     ready_links: int = 0
-    link_secret_name: str | None = None
     rank_table: RankTableStatus | None = None
     policies: tuple[str, ...] = ()
     #: the policies whose limits this CacheLink violates (set while it is Rejected for PolicyViolation)

@@ -22,6 +22,7 @@ from cachelink_operator import (
     diff,
     events,
     kube,
+    link_keys,
     metrics,
     policy,
     policy_status,
@@ -51,7 +52,8 @@ class Runtime:
     agents: agents.Agents
     failures: dict[str, int] = field(default_factory=dict)
     linked_once: set[str] = field(default_factory=set)
-    link_secrets: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    #: the master key link secrets are derived from (:mod:`cachelink_operator.link_keys`)
+    link_master: bytes = b""
     #: per CacheLink UID: (status the object had, status we wrote over it)
     written: dict[str, tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=dict)
     #: what the CacheLinkPolicy status loop works from
@@ -70,8 +72,6 @@ class Runtime:
         self.written.pop(uid, None)
         self.linked_once.discard(uid)
         self.port_claims.release(uid)
-        for key in [k for k in self.link_secrets if k[2] == uid]:
-            del self.link_secrets[key]
 
 
 @dataclass(frozen=True)
@@ -90,11 +90,6 @@ class World:
 
 class StatusConflict(CacheLinkError):
     """The API server answered 409 to a status patch: the object changed under us."""
-
-
-def secret_name(name: str) -> str:
-    """The link Secret of a CacheLink."""
-    return f"{name}-link-secret"[:253]
 
 
 def rank_table_name(name: str) -> str:
@@ -162,10 +157,9 @@ async def reconcile_once(rt: Runtime, body: Mapping[str, Any], world: World, ful
     if full:
         nodes |= set(world.endpoints)
     seen = await rt.agents.observe(nodes, world.endpoints, uid)
-    link_secret_name, link_secret = None, None
+    link_secret = None
     if merged.link_authentication:
-        link_secret_name = previous.link_secret_name or secret_name(name)
-        link_secret = await _link_secret(rt, namespace, link_secret_name, body)
+        link_secret = link_keys.link_secret(rt.link_master, namespace, name, uid)
     _note_foreign_ports(rt.port_claims, previous.instances)
     try:
         want = desired.compute(
@@ -229,7 +223,6 @@ async def reconcile_once(rt: Runtime, body: Mapping[str, Any], world: World, ful
         outcomes,
         seen.unreachable,
         [p.name for p in ordered],
-        link_secret_name,
         cm_name,
         world.revisions,
     )
@@ -341,14 +334,6 @@ async def _publish_rank_table(
             meta["namespace"], cm_name, {"rank_table.json": table.text, "hash": table.hash}, body
         )
     return cm_name
-
-
-async def _link_secret(rt: Runtime, namespace: str, name: str, owner: Mapping[str, Any]) -> str:
-    """The CacheLink's link secret (its Secret is created on first use and read once per process)."""
-    key = (namespace, name, str(owner["metadata"]["uid"]))
-    if key not in rt.link_secrets:
-        rt.link_secrets[key] = await rt.kube.ensure_link_secret(namespace, name, owner)
-    return rt.link_secrets[key]
 
 
 def _note_foreign_ports(claims: PortClaims, instances: Iterable[InstanceStatus]) -> None:

@@ -142,7 +142,6 @@ def build(  # noqa: PLR0915 - to split into instance and link builders next sess
     outcomes: Sequence[agents.Outcome],
     unreachable: Mapping[str, str],
     policies: Sequence[str],
-    secret_name: str | None,
     rank_table_cm: str | None,
     revisions: desired.Revisions | None = None,
 ) -> tuple[CacheLinkStatus, list[Transition]]:
@@ -340,7 +339,6 @@ def build(  # noqa: PLR0915 - to split into instance and link builders next sess
         desired_links=len(links),
         linked_links=linked,
         ready_links=ready_links,
-        link_secret_name=secret_name,
         rank_table=RankTableStatus(
             config_map_name=rank_table_cm, hash=want.rank_table.hash, complete=want.rank_table.complete
         )

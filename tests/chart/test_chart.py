@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import subprocess
 import sys
 from pathlib import Path
@@ -60,8 +61,22 @@ def test_operator_rbac_is_least_privilege_and_agent_has_none(helm):
     rules = [rule for role in by_kind(docs, "ClusterRole") + by_kind(docs, "Role") for rule in role["rules"]]
     for rule in rules:
         assert "*" not in rule["verbs"] and "*" not in rule.get("resources", []), rule
+    # Secrets: no cluster-wide rule; in the release namespace, get of the two Secrets the operator reads
+    assert not [
+        r for role in by_kind(docs, "ClusterRole") for r in role["rules"] if "secrets" in r["resources"]
+    ]
     secrets = [r for r in rules if "secrets" in r.get("resources", [])]
-    assert all(not {"list", "watch", "delete"} & set(r["verbs"]) for r in secrets), "secrets: get/create only"
+    assert secrets == [
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": ["cachelink-agent-token", "cachelink-link-master"],
+            "verbs": ["get"],
+        }
+    ]
+    (master,) = [s for s in by_kind(docs, "Secret") if s["metadata"]["name"] == "cachelink-link-master"]
+    assert len(base64.b64decode(master["data"]["master"])) == 48
+    assert master["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     agent_sa = [d for d in by_kind(docs, "ServiceAccount") if d["metadata"]["name"].endswith("-agent")]
     assert agent_sa and agent_sa[0]["automountServiceAccountToken"] is False
     bound = {

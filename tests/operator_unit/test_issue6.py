@@ -59,9 +59,6 @@ class FakeKube:
     async def annotate_pod(self, namespace: str, name: str, annotations: dict[str, Any]) -> None:
         self.annotations.append((name, annotations))
 
-    async def ensure_link_secret(self, namespace: str, name: str, owner: Any) -> str:
-        return "s3cr3t"
-
 
 class FakeAgents:
     def __init__(self, instances: dict[str, list[agent_models.InstanceStatus]] | None = None) -> None:
@@ -427,13 +424,11 @@ def test_current_revision_comes_from_the_controller_not_the_newest_pod():
     ]
     want = compute(spec(), pods)
     planned = diff.plan(want, UID, {}, link_timeout_ms=3000, max_in_flight=4)
-    new_status, _ = reconcile.status.build(
-        CacheLinkStatus(), 1, want, planned, [], {}, [], None, None, revisions
-    )
+    new_status, _ = reconcile.status.build(CacheLinkStatus(), 1, want, planned, [], {}, [], None, revisions)
     current = {want.instances[link.prompt].member.key: link.current for link in new_status.links}
     assert current == {"p-old": False, "p-new": True}
     # without the controllers, the newest pod's label would have picked the wrong one
-    fallback, _ = reconcile.status.build(CacheLinkStatus(), 1, want, planned, [], {}, [], None, None)
+    fallback, _ = reconcile.status.build(CacheLinkStatus(), 1, want, planned, [], {}, [], None)
     assert {want.instances[link.prompt].member.key: link.current for link in fallback.links} == {
         "p-old": True,
         "p-new": False,

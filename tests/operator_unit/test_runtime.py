@@ -9,7 +9,7 @@ from cachelink_agent import models as agent_models
 from cachelink_operator import __main__ as main
 from cachelink_operator import agents, desired, diff, handlers, reconcile, status
 from cachelink_operator.config import Config
-from cachelink_operator.models import CacheLinkStatus
+from cachelink_operator.models import CacheLinkStatus, RankTableStatus
 from kubernetes import client as k8s
 
 from .helpers import UID, compute, pod, running, spec
@@ -44,7 +44,7 @@ def _linked(want: desired.Desired, incarnation: int = 7) -> dict[str, list[agent
 def _build(
     previous: CacheLinkStatus, want: desired.Desired, planned: diff.Plan, outcomes=(), unreachable=None
 ):
-    return status.build(previous, 1, want, planned, list(outcomes), unreachable or {}, [], "s", None)
+    return status.build(previous, 1, want, planned, list(outcomes), unreachable or {}, [], None)
 
 
 def _plan(want: desired.Desired, reported: Any) -> diff.Plan:
@@ -137,14 +137,9 @@ def test_unreachable_agent_degrades():
 class _Kube:
     def __init__(self) -> None:
         self.patches: list[dict[str, Any]] = []
-        self.secrets = 0
 
     async def patch_status(self, namespace: str, name: str, body: dict[str, Any]) -> None:
         self.patches.append(body)
-
-    async def ensure_link_secret(self, namespace: str, name: str, owner: Any) -> str:
-        self.secrets += 1
-        return "s3cr3t"
 
 
 def _runtime(kube: Any = None) -> reconcile.Runtime:
@@ -170,18 +165,9 @@ def test_unchanged_status_is_not_written_and_removed_fields_are_nulled():
     body = {"metadata": {"namespace": "ns", "name": "cl", "uid": UID}}
     same = CacheLinkStatus(phase="Ready")
     assert not asyncio.run(reconcile._write_status(rt, body, same, same))
-    old = CacheLinkStatus(phase="Ready", link_secret_name="s")
+    old = CacheLinkStatus(phase="Ready", rank_table=RankTableStatus(config_map_name="c", hash="h"))
     assert asyncio.run(reconcile._write_status(rt, body, old, CacheLinkStatus(phase="Ready")))
-    assert rt.kube.patches[-1]["linkSecretName"] is None
-
-
-def test_link_secret_is_read_once_per_cachelink():
-    kube = _Kube()
-    rt = _runtime(kube)
-    owner = {"metadata": {"uid": UID}}
-    for _ in range(3):
-        assert asyncio.run(reconcile._link_secret(rt, "ns", "cl-link-secret", owner)) == "s3cr3t"
-    assert kube.secrets == 1
+    assert rt.kube.patches[-1]["rankTable"] is None
 
 
 def test_failures_back_off_up_to_the_maximum():

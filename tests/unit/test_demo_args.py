@@ -97,7 +97,6 @@ def test_summary_table() -> None:
             "readyLinks": 1,
             "desiredLinks": 1,
             "policies": ["inference-defaults"],
-            "linkSecretName": "demo-pd-link-secret",
             "instances": [{"name": "p0", "node": "node-a"}, {"name": "d0", "node": "node-b"}],
             "links": [{"prompt": "p0", "decode": "d0", "state": "Linked", "dataPath": "tcp"}],
         },
