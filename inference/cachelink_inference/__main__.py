@@ -13,7 +13,15 @@ def _ready(payload: dict[str, Any]) -> None:
 
 
 def _server_args(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--cluster-id", type=int, required=True)
+    sub.add_argument("--cluster-id", type=int, default=None, help="required unless --attach-dir")
+    sub.add_argument(
+        "--attach-dir",
+        default=None,
+        help="attach to a node agent's instance through this socket folder (a pod's CacheLink CSI volume); "
+        "the operator links, this server only pulls",
+    )
+    sub.add_argument("--instance", default=None, help="instance to attach to (default: the only one)")
+    sub.add_argument("--attach-timeout", type=float, default=60.0, help="s to wait for the instance socket")
     sub.add_argument("--host", default="127.0.0.1")
     sub.add_argument("--port", type=int, default=0, help="HTTP port (0: a free one, printed when ready)")
     sub.add_argument("--kv-port", type=int, default=0, help="CacheLink listen / device port (0: a free one)")
@@ -60,6 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--block-size", type=int, default=16)
     gen.add_argument("--cache-dir", default=None)
     args = parser.parse_args(argv)
+    if args.cmd in ("prefill", "decode"):
+        if (args.cluster_id is None) == (args.attach_dir is None):
+            parser.error("pass exactly one of --cluster-id and --attach-dir")
+        if args.attach_dir is not None and (args.registered or args.link_mode != "clusters"):
+            parser.error("--attach-dir uses the agent's allocated caches and the operator's links")
 
     if args.cmd == "prepare":
         from cachelink_inference import weights  # noqa: PLC0415 (after runtime.reproducible())
@@ -71,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = server.ServerConfig(
             role=args.cmd,
-            cluster_id=args.cluster_id,
+            cluster_id=args.cluster_id or 0,
             host=args.host,
             port=args.port,
             kv_port=args.kv_port,
@@ -86,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
             notify_timeout_s=args.notify_timeout,
             cache_dir=args.cache_dir,
             debug=args.debug,
+            attach_dir=args.attach_dir,
+            instance=args.instance,
+            attach_timeout_s=args.attach_timeout,
         )
         server.die_during_pull_hook()
         server.run_server(cfg, lambda port: _ready({"port": port, "kv_port": cfg.kv_port}))

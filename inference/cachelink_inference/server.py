@@ -24,6 +24,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,7 @@ import llm_datadist as ld
 from cachelink_inference import weights
 from cachelink_inference.connector import (
     LINK_CLUSTERS,
+    LINK_EXTERNAL,
     LINK_RANK_TABLE,
     ConnectorMetadata,
     KVTransferParams,
@@ -144,10 +146,44 @@ class ServerConfig:
     cache_dir: str | None = None
     debug: bool = False  # allows the negative-control knobs in kv_transfer_params
     extra_options: dict[str, str] = field(default_factory=dict)
+    #: attach to a node agent's instance through its socket folder (on Kubernetes: the pod's CSI volume)
+    #: instead of owning an LLMDataDist; the operator makes the links, this side only pulls
+    attach_dir: str | None = None
+    #: the instance to attach to (default: the only socket in ``attach_dir``)
+    instance: str | None = None
+    attach_timeout_s: float = 60.0
+
+
+def attached_instance(attach_dir: str, instance: str | None, timeout_s: float) -> Any:
+    """Attach to ``instance`` (default: the only ``*.sock`` in ``attach_dir``, waited for up to ``timeout_s``:
+    the agent adds the socket when the operator has made the instance)."""
+    from cachelink_agent.attach import attach  # noqa: PLC0415 - only workloads on a node need it
+
+    folder = Path(attach_dir)
+    deadline = time.monotonic() + timeout_s
+    while instance is None:
+        found = sorted(p.stem for p in folder.glob("*.sock"))
+        if len(found) == 1:
+            instance = found[0]
+        elif len(found) > 1:
+            raise ValueError(f"{attach_dir} holds {len(found)} instances ({', '.join(found)}); pick one")
+        elif time.monotonic() > deadline:
+            raise TimeoutError(f"no instance socket in {attach_dir} after {timeout_s} s")
+        else:
+            time.sleep(0.2)
+    remaining = max(1.0, deadline - time.monotonic())
+    while True:
+        try:
+            return attach(folder, instance, timeout=remaining)
+        except FileNotFoundError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 class Node:
-    """What both servers share: the model, the LLMDataDist instance, the KV cache and one compute thread."""
+    """What both servers share: the model, the LLMDataDist instance (or an agent's instance it attached to),
+    the KV cache and one compute thread."""
 
     def __init__(self, cfg: ServerConfig) -> None:
         self.cfg = cfg
@@ -155,8 +191,34 @@ class Node:
         self.model = Gemma3(files)
         self.tokenizer = Tokenizer(files.metadata)
         mc = self.model.cfg
-        block_bytes = cfg.block_size * mc.kv_dim * np.dtype(KV_DTYPE).itemsize
-        pool = 2 * mc.n_layers * cfg.num_blocks * block_bytes + (8 << 20)
+        self.dd: Any = None
+        self.attached: Any = None
+        if cfg.attach_dir is not None:
+            self.attached = attached_instance(cfg.attach_dir, cfg.instance, cfg.attach_timeout_s)
+            cfg.cluster_id, cfg.link_mode = int(self.attached.cluster_id), LINK_EXTERNAL
+            cache_manager = self.attached
+        else:
+            cache_manager = self._init_datadist(mc.n_layers, mc.kv_dim)
+        self.kv = CacheLinkKV(
+            cache_manager,
+            mc.n_layers,
+            cfg.num_blocks,
+            cfg.block_size,
+            mc.kv_dim,
+            registered=cfg.registered,
+            blocks_cache_key=ld.BlocksCacheKey(cfg.cluster_id, 0),
+        )
+        self.engine = Engine(self.model, self.kv, allow_prefill=cfg.role == "prefill")
+        self.engine.eos_id = self.tokenizer.eos_id
+        self.compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
+        self.transfers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="transfer")
+        self.max_prompt = cfg.num_blocks * cfg.block_size // 2
+
+    def _init_datadist(self, n_layers: int, kv_dim: int) -> Any:
+        """An LLMDataDist of this process, initialised; returns its cache manager."""
+        cfg = self.cfg
+        block_bytes = cfg.block_size * kv_dim * np.dtype(KV_DTYPE).itemsize
+        pool = 2 * n_layers * cfg.num_blocks * block_bytes + (8 << 20)
         role = ld.LLMRole.PROMPT if cfg.role == "prefill" else ld.LLMRole.DECODER
         self.dd = ld.LLMDataDist(role, cfg.cluster_id)
         conf = ld.LLMConfig()
@@ -172,20 +234,7 @@ class Node:
             options["cachelink.force_tcp"] = "1"
         options.update(cfg.extra_options)
         self.dd.init(options)
-        self.kv = CacheLinkKV(
-            self.dd.cache_manager,
-            mc.n_layers,
-            cfg.num_blocks,
-            cfg.block_size,
-            mc.kv_dim,
-            registered=cfg.registered,
-            blocks_cache_key=ld.BlocksCacheKey(cfg.cluster_id, 0),
-        )
-        self.engine = Engine(self.model, self.kv, allow_prefill=cfg.role == "prefill")
-        self.engine.eos_id = self.tokenizer.eos_id
-        self.compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
-        self.transfers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="transfer")
-        self.max_prompt = cfg.num_blocks * cfg.block_size // 2
+        return self.dd.cache_manager
 
     def worker(
         self, request_link: Callable[[KVTransferParams, str, dict[int, int], str], None] | None = None
@@ -195,6 +244,7 @@ class Node:
         worker = WorkerConnector(
             self.dd,
             cluster_id=cfg.cluster_id,
+            cache_manager=self.attached,
             link_mode=cfg.link_mode,
             local_host=cfg.host,
             device_port=cfg.kv_port,
@@ -211,7 +261,10 @@ class Node:
         self.compute.shutdown(wait=True)
         self.transfers.shutdown(wait=True)
         self.kv.close()
-        self.dd.finalize()
+        if self.attached is not None:
+            self.attached.close()
+        else:
+            self.dd.finalize()
 
     def status(self) -> dict[str, Any]:
         c = self.engine.counters
@@ -228,6 +281,8 @@ class Node:
 
 
 def _data_path(dd: Any) -> str:
+    if dd is None:
+        return "external"  # the operator's link: its data path is in the CacheLink's status
     try:
         paths = sorted({link.data_path for link in ext.links(dd)})
     except RuntimeError:  # finalized

@@ -88,6 +88,20 @@ def test_the_operator_contract_names_every_agent_module_but_the_client_side():
     assert modules - client_side == forbidden
 
 
+def test_the_inference_contract_leaves_a_workload_only_the_attach_client():
+    """The inference engine attaches as a workload would; any other agent module, new ones included, is
+    forbidden to it."""
+    import tomllib
+
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    (inference,) = [c for c in contracts if c["id"] == "inference-is-a-user"]
+    forbidden = {m for m in inference["forbidden_modules"] if m.startswith("cachelink_agent.")}
+    package = PACKAGES["cachelink_agent"]
+    modules = {f"cachelink_agent.{p.stem}" for p in package.glob("*.py")} - {"cachelink_agent.__init__"}
+    modules |= {f"cachelink_agent.{p.parent.name}" for p in package.glob("*/__init__.py")}
+    assert modules - {"cachelink_agent.attach"} == forbidden
+
+
 def test_the_tree_keeps_every_contract(tmp_path):
     _copy_sources(tmp_path)
     result = _lint(tmp_path)
