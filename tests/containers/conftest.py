@@ -12,14 +12,12 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import NoReturn
 
 import pytest
 
-from cachelink.realnodes.images import BaseImage, Podman, context_digest
+from cachelink.realnodes.images import Podman
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
@@ -30,18 +28,9 @@ def podman(real_node_part_missing: Callable[[str], NoReturn]) -> Podman:
 
 
 @pytest.fixture(scope="session")
-def image(podman: Podman, real_node_part_missing: Callable[[str], NoReturn]) -> str:
-    if os.environ.get("CACHELINK_TEST_IMAGE"):  # an image named explicitly (e.g. one built elsewhere)
-        return os.environ["CACHELINK_TEST_IMAGE"]
-    base = podman.image_id(BaseImage().ref)
-    if base is None:
-        real_node_part_missing("no base image: run `cachelink real-nodes build` (root)")
-    ref = f"localhost/cachelink:ctx-{context_digest(ROOT, base)[:16]}"
-    if podman.image_id(ref) is None:
-        real_node_part_missing(
-            f"no image of the current source ({ref}): run `cachelink real-nodes build` (root)"
-        )
-    return ref
+def image(product_image: str) -> str:
+    """The image of the current source (``tests/conftest.py``'s ``product_image``)."""
+    return product_image
 
 
 class Containers:
