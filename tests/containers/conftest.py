@@ -19,7 +19,6 @@ import pytest
 from cachelink.realnodes.images import Podman
 
 
-
 @pytest.fixture(scope="session")
 def podman(real_node_part_missing: Callable[[str], NoReturn]) -> Podman:
     if os.geteuid() != 0 or shutil.which("podman") is None:
