@@ -97,8 +97,9 @@ class ManagedProcess:
             record: dict[str, Any] = json.loads(self.pid_file.read_text())
         except (OSError, ValueError):
             return None
-        pid = int(record["pid"])
-        return pid if start_time(pid) == record.get("start_time") else None
+        pid, started = int(record["pid"]), record.get("start_time")
+        # no start time recorded: the process had already exited when it was started
+        return pid if started is not None and start_time(pid) == started else None
 
     @property
     def running(self) -> bool:
