@@ -21,7 +21,7 @@ from typing import Any
 import kopf
 from cachelink_agent import client as agent_client
 
-from cachelink_operator import agents, desired, diff, finalize, policy, reconcile
+from cachelink_operator import agents, desired, diff, finalize, policy, quota, reconcile
 from cachelink_operator.config import Config
 from cachelink_operator.models import GROUP, VERSION, CacheLinkPolicySpec, PolicyRef
 
@@ -77,6 +77,14 @@ def _world(kwargs: Mapping[str, Any], namespace: str) -> reconcile.World:
     )
     cachelinks = list(kwargs["cachelink_objects"].get(namespace, []))
     return reconcile.World(list(pods), endpoints, policies, labels, cachelinks, revisions)
+
+
+def _sharing_a_quota(kwargs: Mapping[str, Any], body: kopf.Body) -> list[str]:
+    """The CacheLinks created after this one in its namespace, when a policy gives the namespace a quota."""
+    world = _world(kwargs, body.metadata.namespace or "")
+    if not quota.has_quota(policy.selecting(world.policies, world.namespace_labels)):
+        return []
+    return quota.later(desired.cachelink_ref(body), world.cachelinks)
 
 
 def _register_indices(registry: kopf.OperatorRegistry, cfg: Config) -> Callable[..., bool]:
@@ -141,10 +149,13 @@ def _register_kickers(
         if changed and type != "DELETED":
             kicks.kick(uid)
         # who holds a contested pod changes when a CacheLink goes away or its selectors change
+        namespace = body.metadata.namespace
+        neighbours = kwargs["cachelink_objects"].get(namespace, [])
         if changed:
-            namespace = body.metadata.namespace
-            neighbours = kwargs["cachelink_objects"].get(namespace, [])
             kicks.kick(*desired.contenders(changed, neighbours, kwargs["cachelink_pods"].get(namespace, [])))
+        # a namespace quota is shared in creation order: the ones created later may now fit, or not
+        if changed or type == "DELETED":
+            kicks.kick(*_sharing_a_quota(kwargs, body))
 
     @kopf.on.event("pods", registry=registry, id="pod_changed")
     def pod_changed(body: kopf.Body, **kwargs: Any) -> None:

@@ -26,6 +26,8 @@ MAX_LISTED_VIOLATIONS = 20
 NodeName = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
 #: a pod or node name in an explicit pair
 MemberName = Annotated[str, Field(min_length=1, max_length=253)]
+#: a network interface name (Linux: at most 15 characters)
+InterfaceName = Annotated[str, Field(min_length=1, max_length=15, pattern=r"^[A-Za-z0-9_.:-]+$")]
 #: a label value
 LabelValue = Annotated[str, Field(max_length=63)]
 #: ``status.phase`` of a CacheLink
@@ -138,9 +140,7 @@ class InstanceOptions(_Model):
     mem_utilization: float | None = Field(default=None, ge=0.0, le=1.0)
     rdma_traffic_class: int | None = Field(default=None, ge=0, le=252, multiple_of=4)
     rdma_service_level: int | None = Field(default=None, ge=0, le=7)
-    listen_interface: str | None = Field(
-        default=None, min_length=1, max_length=15, pattern=r"^[A-Za-z0-9_.:-]+$"
-    )
+    listen_interface: InterfaceName | None = None
     listen_cidr: str | None = Field(default=None, max_length=64)
 
 
@@ -230,6 +230,10 @@ class Limits(_Model):
     allowed_link_styles: Annotated[tuple[LinkStyle, ...], Field(max_length=2)] | None = None
     required_timeouts: RequiredTimeouts | None = None
     require_link_authentication: bool | None = None
+    allowed_nodes: Annotated[tuple[NodeName, ...], Field(max_length=512)] | None = None
+    allowed_listen_interfaces: Annotated[tuple[InterfaceName, ...], Field(max_length=32)] | None = None
+    max_instances_per_namespace: int | None = Field(default=None, ge=0)
+    max_pool_bytes_per_namespace: int | None = Field(default=None, ge=0)
 
 
 class CacheLinkPolicySpec(_Model):

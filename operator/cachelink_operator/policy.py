@@ -194,6 +194,26 @@ def _allowed_kinds(limits: models.Limits, subject: _Subject) -> _Found:
         yield "allowedLinkStyles", f"link style {style} is not allowed here"
 
 
+def _placement_limits(limits: models.Limits, subject: _Subject) -> _Found:
+    if limits.allowed_nodes is not None:
+        outside = sorted(set(subject.usage.pool_bytes_per_node) - set(limits.allowed_nodes))
+        if outside:
+            yield (
+                "allowedNodes",
+                f"node{'s' if len(outside) > 1 else ''} {', '.join(outside)} not allowed here",
+            )
+    if limits.allowed_listen_interfaces is not None:
+        for role in sorted(subject.usage.roles):
+            interface = subject.sides[role].listen_interface
+            if interface not in limits.allowed_listen_interfaces:
+                shown = repr(interface) if interface else "unset (the node's address)"
+                yield (
+                    "allowedListenInterfaces",
+                    f"{role.value} listen interface {shown} is not allowed here"
+                    f" (allowed: {', '.join(limits.allowed_listen_interfaces) or 'none'})",
+                )
+
+
 def _authentication(limits: models.Limits, subject: _Subject, builtin: bool) -> _Found:
     if limits.require_link_authentication and not subject.merged.link_authentication:
         yield (
@@ -240,7 +260,7 @@ def _check_limits(
     name: str, limits: models.Limits, merged: Options, sides: Mapping[Role, Options], usage: Usage
 ) -> list[Violation]:
     """The limits of policy ``name`` violated: one violation per rule (the first found), in the order of
-    the groups: pool bytes, link counts, link calls, allowed kinds, authentication, timeouts."""
+    the groups: pool bytes, link counts, link calls, allowed kinds, placement, authentication, timeouts."""
     subject = _Subject(merged, sides, usage)
     found: dict[str, Violation] = {}
     groups = itertools.chain(
@@ -248,6 +268,7 @@ def _check_limits(
         _link_count_limits(limits, subject),
         _link_call_limits(limits, subject),
         _allowed_kinds(limits, subject),
+        _placement_limits(limits, subject),
         _authentication(limits, subject, builtin=name == BUILTIN_POLICY),
         _timeout_limits(limits, subject),
     )
@@ -314,11 +335,28 @@ def contradictions(spec: models.CacheLinkPolicySpec) -> list[str]:
             )
     if lim.require_link_authentication and d.link_authentication is False:
         found.append("defaults.linkAuthentication is false but limits.requireLinkAuthentication is true")
+    found.extend(_allow_list_problems(spec))
+    return found
+
+
+def _allow_list_problems(spec: models.CacheLinkPolicySpec) -> list[str]:
+    """Allow-lists that allow nothing, or that the policy's own defaults break."""
+    d, lim = spec.defaults, spec.limits
+    found: list[str] = []
     if lim.allowed_link_styles is not None:
         if not lim.allowed_link_styles:
             found.append("limits.allowedLinkStyles is empty: no CacheLink can comply")
         elif d.link_style is not None and d.link_style not in lim.allowed_link_styles:
             found.append(f"defaults.linkStyle {d.link_style} is not in limits.allowedLinkStyles")
+    if lim.allowed_listen_interfaces is not None:
+        if not lim.allowed_listen_interfaces:
+            found.append("limits.allowedListenInterfaces is empty: no CacheLink can comply")
+        elif d.listen_interface is not None and d.listen_interface not in lim.allowed_listen_interfaces:
+            found.append(
+                f"defaults.listenInterface {d.listen_interface} is not in limits.allowedListenInterfaces"
+            )
+    if lim.allowed_nodes is not None and not lim.allowed_nodes:
+        found.append("limits.allowedNodes is empty: no CacheLink can comply")
     if lim.allowed_roles is not None and not lim.allowed_roles:
         found.append("limits.allowedRoles is empty: no CacheLink can comply")
     return found

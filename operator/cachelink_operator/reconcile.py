@@ -26,6 +26,7 @@ from cachelink_operator import (
     metrics,
     policy,
     policy_status,
+    quota,
     status,
     timestamps,
 )
@@ -187,6 +188,7 @@ async def reconcile_once(rt: Runtime, body: Mapping[str, Any], world: World, ful
     rt.port_claims.claim(uid, [(i.node, i.port) for i in want.instances.values() if i.port is not None])
     assert want.usage is not None
     violations = policy.evaluate(ordered, merged, sides, want.usage)
+    violations += quota.violations(desired.cachelink_ref(body), world.cachelinks, world.pods, ordered)
     if violations:
         await _reject(
             rt,

@@ -81,3 +81,37 @@ def test_only_a_deletion_or_a_spec_change_counts_as_a_claims_change() -> None:
     assert len(kicks.claims_changed("uid-a", "MODIFIED", deleting)) == 2
     assert len(kicks.claims_changed("uid-a", "DELETED", deleting)) == 2
     assert "uid-a" not in kicks.seen
+
+
+def _indices(objects: list[desired.CacheLinkRef], limits: dict[str, Any]) -> dict[str, Any]:
+    from cachelink_operator.models import CacheLinkPolicySpec, PolicyRef
+
+    spec = CacheLinkPolicySpec.model_validate({"limits": limits})
+    empty: dict[str, list[Any]] = {}
+    return {
+        "cachelink_objects": {"ns": objects},
+        "cachelink_policies": {"all": [PolicyRef(name="p", spec=spec)]},
+        "cachelink_namespaces": {"ns": [{}]},
+        "cachelink_pods": empty,
+        "cachelink_agents": empty,
+        "cachelink_replicasets": empty,
+        "cachelink_statefulsets": empty,
+    }
+
+
+def test_a_change_under_a_namespace_quota_wakes_the_later_cachelinks_only() -> None:
+    import kopf
+
+    early = _body("early", ON_NODES)
+    late = desired.cachelink_ref(_body("late", ON_NODES, creationTimestamp="2025-01-01T00:00:05Z"))
+    objects = [desired.cachelink_ref(early), late]
+    quota = _indices(objects, {"maxInstancesPerNamespace": 2})
+    assert handlers._sharing_a_quota(quota, kopf.Body(early)) == ["uid-late"]
+    assert (
+        handlers._sharing_a_quota(
+            quota, kopf.Body(_body("late", ON_NODES, creationTimestamp="2025-01-01T00:00:05Z"))
+        )
+        == []
+    )
+    # without a quota nobody else is woken (500 CacheLinks in a namespace)
+    assert handlers._sharing_a_quota(_indices(objects, {"maxPoolBytesPerNode": 1}), kopf.Body(early)) == []

@@ -129,3 +129,52 @@ def test_builtin_limit_of_512_links_per_instance_applies_without_policy():
 def test_merge_keeps_first_set_value():
     merged = policy.merge_options(Options(device_id=None), Options(device_id=0), Options(device_id=9))
     assert merged.device_id == 0
+
+
+def test_allowed_nodes_name_every_node_outside_the_list():
+    limits = {"allowedNodes": ["node-a"]}
+    assert _violations([pol("pinned", limits=limits)]) == ["allowedNodes"]
+    s = spec()
+    pods = [
+        pod("p0", "node-a", {"app": "p"}),
+        pod("d0", "node-b", {"app": "d"}),
+        pod("d1", "node-c", {"app": "d"}),
+    ]
+    want = compute(s, pods)
+    merged = policy.effective_options(s, [])
+    sides = {role: policy.side_options(s, role, merged) for role in Role}
+    found = policy.evaluate([pol("pinned", limits=limits)], merged, sides, want.usage)
+    assert [str(v) for v in found] == ["pinned: allowedNodes: nodes node-b, node-c not allowed here"]
+    assert _violations([pol("open", limits={"allowedNodes": ["node-a", "node-b"]})]) == []
+
+
+def test_allowed_listen_interfaces_refuse_an_unset_or_other_interface():
+    fabric = pol("fabric", limits={"allowedListenInterfaces": ["eth1"]})
+    assert _violations([fabric]) == ["allowedListenInterfaces"]
+    assert _violations([fabric], options={"listenInterface": "eth0"}) == ["allowedListenInterfaces"]
+    assert _violations([fabric], options={"listenInterface": "eth1"}) == []
+    # a policy default that names an allowed interface makes tenants comply without saying anything
+    defaulted = pol(
+        "fabric", defaults={"listenInterface": "eth1"}, limits={"allowedListenInterfaces": ["eth1"]}
+    )
+    assert _violations([defaulted]) == []
+
+
+@pytest.mark.parametrize(
+    ("limits", "problem"),
+    [
+        ({"allowedNodes": []}, "limits.allowedNodes is empty"),
+        ({"allowedListenInterfaces": []}, "limits.allowedListenInterfaces is empty"),
+    ],
+)
+def test_an_empty_allow_list_is_a_contradiction(limits, problem):
+    assert any(
+        problem in p for p in policy.contradictions(CacheLinkPolicySpec.model_validate({"limits": limits}))
+    )
+
+
+def test_a_default_interface_outside_the_allow_list_is_a_contradiction():
+    body = {"defaults": {"listenInterface": "eth0"}, "limits": {"allowedListenInterfaces": ["eth1"]}}
+    assert policy.contradictions(CacheLinkPolicySpec.model_validate(body)) == [
+        "defaults.listenInterface eth0 is not in limits.allowedListenInterfaces"
+    ]

@@ -304,6 +304,10 @@ VIOLATIONS: list[tuple[str, list[dict[str, Any]], tuple[list[str], list[str], di
         [{"requireLinkAuthentication": True}],
         (["node-a"], ["node-b"], {"linkAuthentication": False}),
     ),
+    ("allowedNodes", [{"allowedNodes": ["node-a", "node-c"]}], (["node-a"], ["node-b"], {})),
+    ("allowedListenInterfaces", [{"allowedListenInterfaces": ["eth9"]}], (["node-a"], ["node-b"], {})),
+    ("maxInstancesPerNamespace", [{"maxInstancesPerNamespace": 1}], (["node-a"], ["node-b"], {})),
+    ("maxPoolBytesPerNamespace", [{"maxPoolBytesPerNamespace": 1 << 20}], (["node-a"], ["node-b"], {})),
 ]
 
 
@@ -340,6 +344,36 @@ def test_each_policy_limit_violated_once(operator_env: OperatorEnv, policies: li
         for _rule, ns in cases:
             env.kubectl("delete", "cachelinks.cachelink.io", "--all", "-n", ns, "--timeout=60s", check=False)
             env.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def test_a_namespace_quota_goes_to_the_earliest_cachelinks_and_frees_on_deletion(
+    operator_env: OperatorEnv, policies: list[str]
+) -> None:
+    env = operator_env
+    team = f"quota-{uuid.uuid4().hex[:6]}"
+    ns = labelled_namespace(env, team, team)
+    policies.append(team)
+    env.apply(policy(team, team, limits={"maxInstancesPerNamespace": 3}))
+    try:
+        env.apply(node_cachelink(ns, "first", ["node-a"], ["node-b"]))
+        env.wait_cachelink(ns, "first", lambda o: ready(o, 1), "Ready within the quota", 60)
+        env.apply(node_cachelink(ns, "second", ["node-b"], ["node-c"]))
+        second = env.wait_cachelink(
+            ns, "second", lambda o: rejected_for(o, "maxInstancesPerNamespace"), "Rejected over the quota", 60
+        )
+        assert env.owned(second["metadata"]["uid"]) == {}, "a CacheLink over quota got instances"
+        assert (
+            "(2 for the CacheLinks created before this one, 2 for this one)"
+            in condition(second, "PolicyCompliant")["message"]
+        )  # type: ignore[index]
+        # the first one goes away: the second is reconciled at once (no resync wait) and fits
+        env.kubectl("delete", "cachelinks.cachelink.io", "first", "-n", ns, "--timeout=60s")
+        env.wait_cachelink(ns, "second", lambda o: ready(o, 1), "Ready once the quota freed", 15)
+        reasons = [e["reason"] for e in env.events(ns, "second")]
+        assert "PolicyViolation" in reasons, reasons
+    finally:
+        env.kubectl("delete", "cachelinks.cachelink.io", "--all", "-n", ns, "--timeout=60s", check=False)
+        env.kubectl("delete", "namespace", ns, "--wait=false", check=False)
 
 
 # ------------------------------------------------------------------------------------------- faults
