@@ -25,16 +25,15 @@ import aiohttp
 from benchlib import results
 from benchlib.procfs import children, pss_kib
 from benchlib.stats import percentile
-from cachelink_agent import models
+from cachelink_agent import models, tokens
 from cachelink_agent.attach import attach
 from cachelink_agent.client import AgentClient
-from cachelink_agent.tokens import node_token
 
 from cachelink.devcluster.processes import free_port
 from llm_datadist import BlocksCacheKey, CacheDesc, DataType, LLMClusterInfo, LLMRole
 from llm_datadist.ext import hosting as ext
 
-SECRET = b"bench-secret-0123456789abcdef"
+SIGNING_KEY = tokens.generate_signing_key()
 BLOCK = 256 << 10
 BLOCKS = 64
 DESC = CacheDesc(2, [BLOCKS, BLOCK // 2], DataType.DT_FLOAT16)  # 2 tensors x 64 blocks x 256 KiB
@@ -55,11 +54,11 @@ class Agent:
     def __init__(self, root: Path, node: str, host: str, in_process: bool) -> None:
         self.root, self.node, self.host = root, node, host
         root.mkdir(parents=True)
-        (root / "secret").write_bytes(SECRET)
+        (root / "verify.pem").write_bytes(tokens.public_pem(SIGNING_KEY))
         self.pool_dir = Path(tempfile.mkdtemp(prefix="cachelink-bench-", dir="/dev/shm"))
         self.port = free_port(host)
         self.url = f"http://{host}:{self.port}"
-        self.token = node_token(SECRET, node)
+        self.token = tokens.mint(SIGNING_KEY, node, lifetime_s=tokens.MAX_LIFETIME_S)
         # -P: the working directory (the repository's root) off sys.path, so that the installed package
         # (with its compiled core) is imported, not the source tree's llm_datadist, which has none
         argv = [
@@ -69,8 +68,8 @@ class Agent:
             "cachelink_agent",
             "--listen",
             f"{host}:{self.port}",
-            "--token-file",
-            str(root / "secret"),
+            "--verify-key-file",
+            str(root / "verify.pem"),
             "--state-dir",
             str(root / "state"),
             "--run-dir",

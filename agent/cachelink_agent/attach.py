@@ -158,15 +158,20 @@ class AttachedCacheManager:
         with self._lock:
             if self._closed:
                 raise AttachError("attach session is closed")
+            unsent: OSError | None = None
             try:
                 protocol.send(self._sock, {"op": op, "args": args})
+            except OSError as error:
+                # the agent may have answered and closed before reading (a refusal at accept): read it
+                unsent = error
+            try:
                 if max_fds:
                     reply, fds = protocol.recv_with_fds(self._sock, max_fds)
                 else:
                     reply, fds = protocol.recv(self._sock), []
             except (OSError, EOFError, protocol.ProtocolError) as error:
                 raise AttachError(
-                    f"agent connection lost during {op}: {error!r}; attach again "
+                    f"agent connection lost during {op}: {unsent or error!r}; attach again "
                     f"(session {getattr(self, 'session_id', '?')} can be resumed)"
                 ) from error
         if not reply.get("ok"):

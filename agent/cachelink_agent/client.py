@@ -8,6 +8,7 @@ carrying the HTTP status and the agent's JSON error body. ``base_url`` is ``http
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -48,7 +49,7 @@ class AgentUnauthorized(AgentError):
 
 
 class AgentForbidden(AgentError):
-    """403: a token of another node."""
+    """403: a token of another node, or a credential whose scope does not allow the call."""
 
 
 class AgentNotFound(AgentError):
@@ -88,10 +89,15 @@ class AgentClient:
     """Talks to one node's agent. Use as ``async with AgentClient(...) as client``."""
 
     def __init__(
-        self, base_url: str, token: str, timeout: float = 30.0, ssl_context: ssl.SSLContext | None = None
+        self,
+        base_url: str,
+        token: str | Callable[[], str],
+        timeout: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        """``token``: a bearer token, or a function giving the current one (tokens expire: see ``tokens``)."""
         self._timeout = timeout
-        self._headers = {"Authorization": f"Bearer {token}"}
+        self._token = token
         if base_url.startswith("unix:"):
             self._connector: aiohttp.BaseConnector = aiohttp.UnixConnector(path=base_url[len("unix:") :])
             self._base = "http://agent"
@@ -127,7 +133,9 @@ class AgentClient:
                 self._base + path,
                 json=json,
                 params=params,
-                headers=self._headers,
+                headers={
+                    "Authorization": f"Bearer {self._token() if callable(self._token) else self._token}"
+                },
                 timeout=aiohttp.ClientTimeout(total=timeout or self._timeout),
             ) as response:
                 if response.content_type == "application/json":

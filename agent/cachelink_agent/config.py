@@ -12,10 +12,11 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from cachelink_agent import models
+from cachelink_agent import models, tokens
 from llm_datadist.status import CacheLinkError
 
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+MIN_METRICS_TOKEN_BYTES = 32
 _SIZE = re.compile(r"^(\d+)\s*([KMGT]i?)?B?$", re.IGNORECASE)
 _UNITS = {
     "": 1,
@@ -41,7 +42,10 @@ class AgentConfig:
     listen_host: str
     listen_port: int
     listen_unix: str
-    secret: bytes
+    #: PEM public key or certificate checking the operator's tokens
+    verify_key_file: str
+    #: the metrics-only credential, if any
+    metrics_token: bytes | None
     state_dir: Path
     run_dir: Path
     pool_dir: Path
@@ -109,9 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--listen", default="0.0.0.0:8470", help="API address: host:port or unix:/path (default 0.0.0.0:8470)"
     )
     add(
-        "--token-file",
+        "--verify-key-file",
         required=True,
-        help="file holding the shared secret; this node's token is <node>:<hex HMAC-SHA256(secret, node)>",
+        help="PEM Ed25519 public key or certificate checking the operator's tokens (re-read on change)",
+    )
+    add(
+        "--metrics-token-file",
+        default="",
+        help="file holding a metrics-only bearer credential (GET /metrics only; at least 32 bytes)",
     )
     add("--state-dir", required=True, help="directory of the desired-state file and attach leases")
     add("--run-dir", required=True, help="directory of the per-instance attach sockets")
@@ -224,16 +233,31 @@ def _listen(text: str) -> tuple[str, int, str]:
     return host.strip("[]") or "0.0.0.0", int(port_text), ""
 
 
+def _verify_key(path: str) -> None:
+    try:
+        tokens.load_verify_key(Path(path).read_bytes())
+    except OSError as error:
+        raise ConfigError(f"--verify-key-file {path}: {error.strerror}") from None
+    except ValueError as error:
+        raise ConfigError(f"--verify-key-file {path}: {error}") from None
+
+
+def _metrics_token(path: str) -> bytes:
+    try:
+        token = Path(path).read_bytes().strip()
+    except OSError as error:
+        raise ConfigError(f"--metrics-token-file {path}: {error.strerror}") from None
+    if len(token) < MIN_METRICS_TOKEN_BYTES:
+        raise ConfigError(f"--metrics-token-file {path}: the credential must be at least 32 bytes")
+    return token
+
+
 def from_args(argv: list[str] | None = None) -> AgentConfig:
     """Parse and validate; raises ``ConfigError`` (argparse itself exits on unknown flags)."""
     args = build_parser().parse_args(argv)
     host, port, unix_path = _listen(args.listen)
-    try:
-        secret = Path(args.token_file).read_bytes().strip()
-    except OSError as error:
-        raise ConfigError(f"--token-file {args.token_file}: {error.strerror}") from None
-    if len(secret) < 16:
-        raise ConfigError(f"--token-file {args.token_file}: the secret must be at least 16 bytes")
+    _verify_key(args.verify_key_file)
+    metrics_token = _metrics_token(args.metrics_token_file) if args.metrics_token_file else None
     node = args.node_name or socket.gethostname()
     if len(node) > 253 or not DNS1123_SUBDOMAIN.match(node):
         raise ConfigError(f"--node-name {node!r} is not a DNS-1123 subdomain (a Kubernetes node name)")
@@ -266,7 +290,8 @@ def from_args(argv: list[str] | None = None) -> AgentConfig:
         listen_host=host,
         listen_port=port,
         listen_unix=unix_path,
-        secret=secret,
+        verify_key_file=args.verify_key_file,
+        metrics_token=metrics_token,
         state_dir=_dir("--state-dir", args.state_dir, 0o700),
         run_dir=_dir("--run-dir", args.run_dir, 0o755),
         pool_dir=pool_dir,

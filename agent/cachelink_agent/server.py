@@ -11,7 +11,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from cachelink_agent import __version__, metrics, models, netinfo, openapi
-from cachelink_agent.auth import TokenChecker
+from cachelink_agent.auth import TokenChecker, VerifyKeyFile
 from cachelink_agent.config import AgentConfig
 from cachelink_agent.errors import ApiError
 from cachelink_agent.instances import InstanceManager
@@ -71,7 +71,7 @@ def _auth(checker: TokenChecker) -> Any:
     @web.middleware
     async def middleware(request: web.Request, handler: _Handler) -> web.StreamResponse:
         if request.path not in _PUBLIC:
-            checker.check(request.headers.get("Authorization"))
+            checker.check(request.headers.get("Authorization"), request.method, request.path)
         return await handler(request)
 
     return middleware
@@ -294,7 +294,13 @@ def create_app(
     """The aiohttp application (``client_max_size`` bounds every body)."""
     app = web.Application(
         client_max_size=config.max_body_bytes,
-        middlewares=[_errors, _count(registry), _auth(TokenChecker(config.secret, config.node_name))],
+        middlewares=[
+            _errors,
+            _count(registry),
+            _auth(
+                TokenChecker(VerifyKeyFile(config.verify_key_file), config.node_name, config.metrics_token)
+            ),
+        ],
     )
     app[MANAGER] = manager
     app[METRICS] = registry

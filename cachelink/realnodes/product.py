@@ -16,9 +16,9 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from cachelink_agent import models
+from cachelink_agent import models, tokens
 from cachelink_agent.client import AgentClient
-from cachelink_agent.tokens import node_token
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cachelink.localstack.chart import Release
 from cachelink.localstack.kube import Kube
@@ -31,8 +31,9 @@ T = TypeVar("T")
 RELEASE_NAMESPACE = "cachelink-system"
 AGENT_SELECTOR = "app.kubernetes.io/component=agent,app.kubernetes.io/name=cachelink"
 OPERATOR_SELECTOR = "app.kubernetes.io/component=operator,app.kubernetes.io/name=cachelink"
-AGENT_SECRET_NAME = "cachelink-agent-token"  # noqa: S105 - a Secret's name
-AGENT_SECRET_KEY = "secret"  # noqa: S105 - a key in that Secret
+SIGNING_KEY_SECRET = "cachelink-agent-signing-key"  # noqa: S105 - a Secret's name
+METRICS_TOKEN_SECRET = "cachelink-agent-metrics"  # noqa: S105 - a Secret's name
+VERIFY_KEY_CONFIGMAP = "cachelink-agent-verify-key"
 LEASE_NAME = "cachelink-operator"
 HELM_WAIT_S = 300
 AGENT_CALL_TIMEOUT_S = 30.0
@@ -80,14 +81,14 @@ class Product:
             "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
         }
         self.release = Release(cluster.helm_path, cluster.kubeconfig, cluster.data_dir, namespace)
-        self._secret: bytes | None = None
+        self._signing_key: Ed25519PrivateKey | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
     def install(self, wait_s: int = HELM_WAIT_S) -> Product:
         """``helm upgrade --install --wait``: every pod of the chart ready on return."""
         self.release.install(self.values, wait_s=wait_s)
-        self._secret = None
+        self._signing_key = None
         return self
 
     def release_finalizers(self) -> None:
@@ -116,13 +117,22 @@ class Product:
 
     # -- the agents -----------------------------------------------------------------------------------
 
+    def secret_value(self, name: str, key: str) -> bytes:
+        """One key of a Secret of the release namespace, decoded."""
+        found = self.kube.get("secret", name, "-n", self.namespace)
+        return base64.b64decode(found["data"][key])
+
     @property
-    def secret(self) -> bytes:
-        """The agents' shared secret (the chart's Secret)."""
-        if self._secret is None:
-            found = self.kube.get("secret", AGENT_SECRET_NAME, "-n", self.namespace)
-            self._secret = base64.b64decode(found["data"][AGENT_SECRET_KEY])
-        return self._secret
+    def signing_key(self) -> Ed25519PrivateKey:
+        """The key that signs the agents' tokens, read from the chart's Secret through the API (as the
+        operator reads it; no pod mounts it)."""
+        if self._signing_key is None:
+            self._signing_key = tokens.load_signing_key(self.secret_value(SIGNING_KEY_SECRET, "key.pem"))
+        return self._signing_key
+
+    def token(self, node: str) -> str:
+        """A fresh API token for ``node``'s agent, signed as the operator signs them."""
+        return tokens.mint(self.signing_key, node)
 
     def agent_pods(self, ready: bool = True) -> dict[str, dict[str, Any]]:
         """The running agent pod of each node that has one (only Ready ones when ``ready``)."""
@@ -147,7 +157,7 @@ class Product:
         self, node: str, func: Callable[[AgentClient], Awaitable[T]], token: str | None = None
     ) -> T:
         """One API call to the node's agent, made from the hub namespace with the node's token."""
-        url, chosen = self.agent_url(node), node_token(self.secret, node) if token is None else token
+        url, chosen = self.agent_url(node), self.token(node) if token is None else token
 
         async def run() -> T:
             async with AgentClient(url, chosen, timeout=AGENT_CALL_TIMEOUT_S) as client:

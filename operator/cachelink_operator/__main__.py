@@ -18,6 +18,7 @@ from typing import Any
 
 import kopf
 from aiohttp import web
+from cachelink_agent import tokens
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
@@ -53,9 +54,11 @@ def parse(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Namespace
         "--agent-selector", type=_selector, default=d.agent_selector, help="label selector of agent pods"
     )
     p.add_argument(
-        "--agent-secret", default=d.agent_secret_name, help="Secret holding the agents' shared secret"
+        "--agent-signing-key-secret",
+        default=d.agent_signing_key_secret_name,
+        help="Secret holding the Ed25519 key (PEM) that signs the agents' API tokens",
     )
-    p.add_argument("--agent-secret-key", default=d.agent_secret_key)
+    p.add_argument("--agent-signing-key-secret-key", default=d.agent_signing_key_key)
     p.add_argument(
         "--link-master-secret",
         default=d.link_master_secret_name,
@@ -98,8 +101,8 @@ def parse(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Namespace
     cfg = Config(
         agent_namespace=a.agent_namespace,
         agent_selector=a.agent_selector,
-        agent_secret_name=a.agent_secret,
-        agent_secret_key=a.agent_secret_key,
+        agent_signing_key_secret_name=a.agent_signing_key_secret,
+        agent_signing_key_key=a.agent_signing_key_secret_key,
         link_master_secret_name=a.link_master_secret,
         link_master_secret_key=a.link_master_secret_key,
         operator_namespace=a.namespace,
@@ -272,25 +275,49 @@ async def _runtime(
     cfg: Config, kube_api: kube.Kube
 ) -> tuple[reconcile.Runtime, kopf.OperatorRegistry] | None:
     """What the handlers share, and the registry they are in; None (after an error line naming the
-    Secret) when the agents' secret or the link master key cannot be read or is not a usable key."""
-    wanted = {
-        "agent secret": (cfg.agent_namespace, cfg.agent_secret_name, cfg.agent_secret_key, 16),
-        "link master key": (
+    Secret) when the agents' signing key or the link master key cannot be read or is not a usable key."""
+
+    async def read(what: str, namespace: str, name: str, key: str) -> bytes | None:
+        try:
+            return await kube_api.read_secret(namespace, name, key)
+        except (ApiException, KeyError) as error:
+            reason = error.reason if isinstance(error, ApiException) else f"no key {error}"
+            log.error("cannot use the %s: Secret %s/%s, key %r: %s", what, namespace, name, key, reason)
+            return None
+
+    signing_pem = await read(
+        "agent signing key", cfg.agent_namespace, cfg.agent_signing_key_secret_name, cfg.agent_signing_key_key
+    )
+    master = await read(
+        "link master key", cfg.operator_namespace, cfg.link_master_secret_name, cfg.link_master_secret_key
+    )
+    if signing_pem is None or master is None:
+        return None
+    try:
+        signing_key = tokens.load_signing_key(signing_pem)
+    except ValueError as error:
+        log.error(
+            "cannot use the agent signing key: Secret %s/%s, key %r: %s",
+            cfg.agent_namespace,
+            cfg.agent_signing_key_secret_name,
+            cfg.agent_signing_key_key,
+            error,
+        )
+        return None
+    try:
+        link_master = link_keys.check_key(master, link_keys.MIN_MASTER_BYTES)
+    except ValueError as error:
+        log.error(
+            "cannot use the link master key: Secret %s/%s, key %r: %s",
             cfg.operator_namespace,
             cfg.link_master_secret_name,
             cfg.link_master_secret_key,
-            link_keys.MIN_MASTER_BYTES,
-        ),
-    }
-    found = []
-    for what, (namespace, name, key, minimum) in wanted.items():
-        try:
-            found.append(link_keys.check_key(await kube_api.read_secret(namespace, name, key), minimum))
-        except (ApiException, KeyError, ValueError) as error:
-            reason = error.reason if isinstance(error, ApiException) else str(error)
-            log.error("cannot use the %s: Secret %s/%s, key %r: %s", what, namespace, name, key, reason)
-            return None
-    rt = reconcile.Runtime(cfg, kube_api, agents.Agents(found[0], cfg.agent_timeout_s), link_master=found[1])
+            error,
+        )
+        return None
+    rt = reconcile.Runtime(
+        cfg, kube_api, agents.Agents(signing_key, cfg.agent_timeout_s), link_master=link_master
+    )
     registry = kopf.OperatorRegistry()
     handlers.register(registry, rt)
     return rt, registry

@@ -1,8 +1,9 @@
 """Reaching node agents: endpoints from the agent DaemonSet's pods, per-node tokens, bounded calls.
 
 An agent pod is found by namespace and label selector (flags); its node is ``spec.nodeName``, its
-address ``status.podIP`` and its port the container port named ``api``. The token is the agent's own
-``node_token`` (``<node>:<hex HMAC-SHA256(secret, node)>``), so the derivation cannot drift apart.
+address ``status.podIP`` and its port the container port named ``api``. Each call carries a short-lived
+token for the agent's node, signed with the operator's key (``cachelink_agent.tokens``; agents hold only the
+public key), minted again before it expires.
 Every call carries the configured timeout; an agent that cannot be reached is reported, not raised,
 so one bad node never stalls the rest of a CacheLink.
 """
@@ -17,6 +18,7 @@ from typing import Any, TypeVar
 from cachelink_agent import client as agent_client
 from cachelink_agent import models as agent_models
 from cachelink_agent import tokens
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cachelink_operator import diff, metrics
 
@@ -75,8 +77,8 @@ class Observation:
 class Agents:
     """Clients of the agents, one per node, recreated when the node's agent moves."""
 
-    def __init__(self, secret: bytes, timeout_s: float, concurrency: int = 32) -> None:
-        self._secret = secret
+    def __init__(self, signing_key: Ed25519PrivateKey, timeout_s: float, concurrency: int = 32) -> None:
+        self._minter = tokens.Minter(signing_key)
         self._timeout = timeout_s
         self._clients: dict[str, tuple[str, agent_client.AgentClient]] = {}
         self._limit = asyncio.Semaphore(concurrency)
@@ -90,9 +92,8 @@ class Agents:
         known = self._clients.get(endpoint.node)
         if known is not None and known[0] == endpoint.url:
             return known[1]
-        made = agent_client.AgentClient(
-            endpoint.url, tokens.node_token(self._secret, endpoint.node), timeout=self._timeout
-        )
+        node = endpoint.node
+        made = agent_client.AgentClient(endpoint.url, lambda: self._minter.token(node), timeout=self._timeout)
         self._clients[endpoint.node] = (endpoint.url, made)
         if known is not None:
             asyncio.get_running_loop().create_task(known[1].close())

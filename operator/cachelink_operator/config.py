@@ -11,8 +11,9 @@ class Config:
 
     agent_namespace: str = "cachelink-system"
     agent_selector: dict[str, str] = field(default_factory=lambda: {"app.kubernetes.io/component": "agent"})
-    agent_secret_name: str = "cachelink-agent-token"  # noqa: S105 - a Secret's name, not a secret
-    agent_secret_key: str = "secret"  # noqa: S105 - a key name in that Secret
+    #: the Secret (in the agents' namespace) holding the Ed25519 key that signs the agents' tokens
+    agent_signing_key_secret_name: str = "cachelink-agent-signing-key"  # noqa: S105 - a Secret's name
+    agent_signing_key_key: str = "key.pem"
     #: the Secret (in the operator's namespace) holding the master key link secrets derive from
     link_master_secret_name: str = "cachelink-link-master"  # noqa: S105 - a Secret's name, not a secret
     link_master_secret_key: str = "master"  # noqa: S105 - a key name in that Secret

@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from cachelink_agent import models
+from cachelink_agent import models, tokens
 from cachelink_agent.client import AgentClient
-from cachelink_agent.tokens import node_token
 
 T = TypeVar("T")
-SECRET = b"test-secret-of-the-daemonset-0123456789"
+#: the operator's signing key of these tests; agents get only its public half
+SIGNING_KEY = tokens.generate_signing_key()
+METRICS_TOKEN = b"metrics-only-credential-of-the-tests-0123456789"
 PROMPT_IP, DECODE_IP = "127.0.0.2", "127.0.0.3"
 
 
@@ -65,14 +66,20 @@ class Agent:
         self.pid1 = pid1  # PID 1 of a PID namespace of its own, as in a container
         self.state_dir, self.run_dir = root / "state", root / "run"
         self.pool_dir = Path(tempfile.mkdtemp(prefix=f"cachelink-test-{node}-", dir="/dev/shm"))
-        self.secret_file = root / "secret"
-        self.secret_file.write_bytes(SECRET)
+        self.verify_key_file = root / "verify.pem"
+        self.verify_key_file.write_bytes(tokens.public_pem(SIGNING_KEY))
+        self.metrics_token_file = root / "metrics-token"
+        self.metrics_token_file.write_bytes(METRICS_TOKEN)
         self.unix = str(root / "api.sock") if netns else ""
         self.port = 0 if netns else free_port(host)
         self.url = f"unix:{self.unix}" if netns else f"http://{host}:{self.port}"
-        self.token = node_token(SECRET, node)
         self.process: subprocess.Popen[bytes] | None = None
         self.log = root / "agent.log"
+
+    @property
+    def token(self) -> str:
+        """A fresh API token for this agent's node, signed as the operator signs them."""
+        return tokens.mint(SIGNING_KEY, self.node)
 
     def argv(self) -> list[str]:
         listen = f"unix:{self.unix}" if self.unix else f"{self.host}:{self.port}"
@@ -83,8 +90,10 @@ class Agent:
             "cachelink_agent",
             "--listen",
             listen,
-            "--token-file",
-            str(self.secret_file),
+            "--verify-key-file",
+            str(self.verify_key_file),
+            "--metrics-token-file",
+            str(self.metrics_token_file),
             "--state-dir",
             str(self.state_dir),
             "--run-dir",

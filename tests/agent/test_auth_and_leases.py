@@ -11,12 +11,11 @@ import threading
 import time
 
 import pytest
-from cachelink_agent import models, protocol
+from cachelink_agent import models, protocol, tokens
 from cachelink_agent.attach import AttachError, attach
 from cachelink_agent.client import AgentConflict, AgentForbidden, AgentUnauthorized
-from cachelink_agent.tokens import node_token
 
-from .conftest import PROMPT_IP, SECRET, wait_for
+from .conftest import METRICS_TOKEN, PROMPT_IP, SIGNING_KEY, wait_for
 
 
 def test_tokens(agents) -> None:
@@ -26,20 +25,56 @@ def test_tokens(agents) -> None:
     for path in ("/v1/instances", "/v1/node", "/metrics", "/openapi.json"):
         status, body = agent.http("GET", path, token=None)
         assert status == 401 and body["error"] == "unauthorized", path
-    status, body = agent.http("GET", "/v1/instances", token="node-a:" + "0" * 64)
-    assert status == 401 and body["error"] == "unauthorized"
-    status, body = agent.http(
-        "GET", "/v1/instances", token=node_token(b"another-secret-0123456789", "node-a")
-    )
-    assert status == 401
-    status, body = agent.http("GET", "/v1/instances", token=node_token(SECRET, "node-b"))
+    refused = {
+        "garbage": "node-a:" + "0" * 64,
+        "another key": tokens.mint(tokens.generate_signing_key(), "node-a"),
+        "expired": tokens.mint(SIGNING_KEY, "node-a", lifetime_s=60, now=time.time() - 3600),
+        "too long a life": tokens.mint(SIGNING_KEY, "node-a", lifetime_s=tokens.MAX_LIFETIME_S + 1),
+        "issued in the future": tokens.mint(SIGNING_KEY, "node-a", now=time.time() + 3600),
+        "oversized": "x" * (tokens.MAX_TOKEN_BYTES + 1),
+    }
+    for why, token in refused.items():
+        status, body = agent.http("GET", "/v1/instances", token=token)
+        assert status == 401 and body["error"] == "unauthorized", (why, body)
+    assert "expired" in agent.http("GET", "/v1/node", token=refused["expired"])[1]["message"]
+    # a valid token of another node (replayed from there): 403, and it names that node
+    other = tokens.mint(SIGNING_KEY, "node-b")
+    status, body = agent.http("GET", "/v1/instances", token=other)
     assert status == 403 and body["error"] == "forbidden" and "node-b" in body["message"]
     with pytest.raises(AgentForbidden) as raised:
-        agent.call(lambda c: c.get_instances(), token=node_token(SECRET, "node-b"))
+        agent.call(lambda c: c.get_instances(), token=other)
     assert raised.value.status == 403 and raised.value.body is not None
     with pytest.raises(AgentUnauthorized):
         agent.call(lambda c: c.get_instances(), token="garbage")
     assert agent.http("GET", "/v1/instances")[0] == 200
+
+
+def test_the_metrics_credential_reads_metrics_and_nothing_else(agents) -> None:
+    agent = agents("node-a", PROMPT_IP, "--in-process")
+    metrics = METRICS_TOKEN.decode()
+    status, body = agent.http("GET", "/metrics", token=metrics)
+    assert status == 200 and "cachelink_agent" in body
+    for method, path in (("GET", "/v1/instances"), ("GET", "/v1/node"), ("DELETE", "/v1/instances/x")):
+        status, body = agent.http(method, path, token=metrics)
+        assert status == 403 and "metrics credential" in body["message"], (method, path)
+    # a scope other than the API's, even when signed by the operator's key, opens nothing
+    status, body = agent.http("GET", "/v1/node", token=tokens.mint(SIGNING_KEY, "node-a", scope="metrics"))
+    assert status == 403 and "scope" in body["message"]
+
+
+def test_a_rotated_verify_key_is_picked_up_without_a_restart(agents) -> None:
+    agent = agents("node-a", PROMPT_IP, "--in-process")
+    new_key = tokens.generate_signing_key()
+    staged = agent.verify_key_file.with_suffix(".new")
+    staged.write_bytes(tokens.public_pem(new_key))
+    staged.replace(agent.verify_key_file)  # as a ConfigMap volume swaps its files
+    wait_for(
+        lambda: agent.http("GET", "/v1/node", token=tokens.mint(new_key, "node-a"))[0] == 200,
+        20,
+        "the new key accepted",
+    )
+    assert agent.http("GET", "/v1/node", token=tokens.mint(SIGNING_KEY, "node-a"))[0] == 401
+    agent.verify_key_file.write_bytes(tokens.public_pem(SIGNING_KEY))
 
 
 def test_attach_refused_for_peer_not_allowed(agents) -> None:

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from cachelink_agent import models
+from cachelink_agent import models, tokens
 
 from .conftest import PROMPT_IP, engine_options
 
@@ -96,14 +96,22 @@ def test_malformed_oversized_and_traversal(agent) -> None:
     assert status == 422 and body["fields"][0]["loc"] == "path.remote_cluster_id"
     status, body = agent.http("POST", "/v1/instances", b"{}")
     assert status == 405 and body["error"] == "method_not_allowed"
-    assert sorted(p.name for p in agent.root.iterdir()) == ["agent.log", "run", "secret", "state"]
+    assert sorted(p.name for p in agent.root.iterdir()) == [
+        "agent.log",
+        "metrics-token",
+        "run",
+        "state",
+        "verify.pem",
+    ]
 
 
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["--listen", "nowhere"], "--listen must be host:port"),
-        (["--token-file", "/nonexistent/secret"], "--token-file"),
+        (["--verify-key-file", "/nonexistent/key.pem"], "--verify-key-file /nonexistent/key.pem"),
+        (["--verify-key-file", "/etc/hostname"], "not a PEM public key or certificate"),
+        (["--metrics-token-file", "/etc/hostname"], "the credential must be at least 32 bytes"),
         (["--node-name", "Bad_Name"], "DNS-1123"),
         (["--max-pool-bytes", "lots"], "--max-pool-bytes"),
         (["--owner-ttl", "-1"], "--owner-ttl must be a positive number"),
@@ -122,10 +130,10 @@ def test_malformed_oversized_and_traversal(agent) -> None:
     ],
 )
 def test_bad_flags_exit_with_a_message(tmp_path, argv, message) -> None:
-    secret = tmp_path / "secret"
-    secret.write_text("s" * 32)
+    secret = tmp_path / "verify.pem"
+    secret.write_bytes(tokens.public_pem(tokens.generate_signing_key()))
     base = [
-        "--token-file",
+        "--verify-key-file",
         str(secret),
         "--state-dir",
         str(tmp_path / "s"),
@@ -148,15 +156,15 @@ def test_bad_flags_exit_with_a_message(tmp_path, argv, message) -> None:
 def test_newer_state_file_is_refused(tmp_path) -> None:
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / "state.json").write_text(json.dumps({"schema_version": 99, "instances": {}}))
-    secret = tmp_path / "secret"
-    secret.write_text("s" * 32)
+    secret = tmp_path / "verify.pem"
+    secret.write_bytes(tokens.public_pem(tokens.generate_signing_key()))
     result = subprocess.run(
         [
             sys.executable,
             "-P",
             "-m",
             "cachelink_agent",
-            "--token-file",
+            "--verify-key-file",
             str(secret),
             "--state-dir",
             str(tmp_path / "s"),
@@ -195,9 +203,16 @@ def test_request_metrics_label_only_known_methods(agent) -> None:
 def test_an_unreadable_csi_volumes_file_is_refused(tmp_path) -> None:
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / "csi-volumes.json").write_text("{not json")
-    secret = tmp_path / "secret"
-    secret.write_text("s" * 32)
-    argv = ["--token-file", str(secret), "--state-dir", str(tmp_path / "s"), "--run-dir", str(tmp_path / "r")]
+    secret = tmp_path / "verify.pem"
+    secret.write_bytes(tokens.public_pem(tokens.generate_signing_key()))
+    argv = [
+        "--verify-key-file",
+        str(secret),
+        "--state-dir",
+        str(tmp_path / "s"),
+        "--run-dir",
+        str(tmp_path / "r"),
+    ]
     argv += ["--node-name", "n1", "--listen", "127.0.0.2:0", "--csi-socket", str(tmp_path / "csi.sock")]
     result = subprocess.run(
         [sys.executable, "-P", "-m", "cachelink_agent", *argv],

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from cachelink_agent import state
+from cachelink_agent import state, tokens
 from cachelink_agent.auth import TokenChecker
 from cachelink_agent.config import parse_size
 from cachelink_agent.errors import ApiError
 from cachelink_agent.metrics import Accumulator
-from cachelink_agent.tokens import node_token
 
 V1 = {
     "version": 1,
@@ -50,19 +49,54 @@ def test_unreadable_state_is_a_clear_error(tmp_path, text) -> None:
 
 
 def test_token_checker() -> None:
-    secret = b"s" * 32
-    checker = TokenChecker(secret, "node-a")
-    checker.check(f"Bearer {node_token(secret, 'node-a')}")
-    for header, status in [
-        (None, 401),
-        ("Basic x", 401),
-        ("Bearer nope", 401),
-        (f"Bearer {node_token(b'x' * 32, 'node-b')}", 401),
-        (f"Bearer {node_token(secret, 'node-b')}", 403),
+    key = tokens.generate_signing_key()
+    checker = TokenChecker(key.public_key(), "node-a", metrics_token=b"m" * 32)
+    checker.check(f"Bearer {tokens.mint(key, 'node-a')}", "PUT", "/v1/instances/x")
+    checker.check(f"Bearer {'m' * 32}", "GET", "/metrics")
+    for header, path, status in [
+        (None, "/v1/node", 401),
+        ("Basic x", "/v1/node", 401),
+        ("Bearer nope", "/v1/node", 401),
+        (f"Bearer {tokens.mint(tokens.generate_signing_key(), 'node-a')}", "/v1/node", 401),
+        (f"Bearer {tokens.mint(key, 'node-a', now=0)}", "/v1/node", 401),
+        (f"Bearer {tokens.mint(key, 'node-b')}", "/v1/node", 403),
+        (f"Bearer {'m' * 32}", "/v1/node", 403),
+        (f"Bearer {'m' * 31}", "/metrics", 401),
     ]:
         with pytest.raises(ApiError) as raised:
-            checker.check(header)
+            checker.check(header, "GET", path)
         assert raised.value.status == status, header
+
+
+def test_minter_reuses_a_token_until_half_its_life_is_gone(monkeypatch) -> None:
+    key = tokens.generate_signing_key()
+    minter = tokens.Minter(key, lifetime_s=600)
+    now = [1_000_000.0]
+    monkeypatch.setattr(tokens.time, "time", lambda: now[0])
+    first = minter.token("node-a")
+    assert minter.token("node-a") == first and minter.token("node-b") != first
+    now[0] += 299
+    assert minter.token("node-a") == first
+    now[0] += 2
+    assert minter.token("node-a") != first
+
+
+def test_keys_load_from_the_charts_pem_forms_only_when_ed25519() -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = tokens.generate_signing_key()
+    assert tokens.load_signing_key(tokens.private_pem(key)).public_key() == key.public_key()
+    assert tokens.load_verify_key(tokens.public_pem(key)) == key.public_key()
+    with pytest.raises(ValueError, match="Ed25519"):
+        tokens.load_signing_key(
+            ec.generate_private_key(ec.SECP256R1()).private_bytes(
+                tokens.serialization.Encoding.PEM,
+                tokens.serialization.PrivateFormat.PKCS8,
+                tokens.serialization.NoEncryption(),
+            )
+        )
+    with pytest.raises(ValueError, match="not a PEM"):
+        tokens.load_verify_key(b"not a key")
 
 
 def test_accumulator_survives_restarts() -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
+from cachelink_agent import tokens
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "cachelink"
@@ -70,7 +71,7 @@ def test_operator_rbac_is_least_privilege_and_agent_has_none(helm):
         {
             "apiGroups": [""],
             "resources": ["secrets"],
-            "resourceNames": ["cachelink-agent-token", "cachelink-link-master"],
+            "resourceNames": ["cachelink-agent-signing-key", "cachelink-link-master"],
             "verbs": ["get"],
         }
     ]
@@ -85,6 +86,33 @@ def test_operator_rbac_is_least_privilege_and_agent_has_none(helm):
         for s in b["subjects"]
     }
     assert agent_sa[0]["metadata"]["name"] not in bound
+
+
+def test_agents_verify_tokens_with_the_public_half_only(helm):
+    """The chart makes an Ed25519 signing key for the operator and gives the agents only its certificate
+    and the metrics credential; Prometheus scrapes with the metrics credential."""
+    docs = objects(helm, "serviceMonitor.enabled=true")
+    secrets = {s["metadata"]["name"]: s for s in by_kind(docs, "Secret")}
+    signing = tokens.load_signing_key(
+        base64.b64decode(secrets["cachelink-agent-signing-key"]["data"]["key.pem"])
+    )
+    (verify,) = [
+        c for c in by_kind(docs, "ConfigMap") if c["metadata"]["name"] == "cachelink-agent-verify-key"
+    ]
+    assert tokens.load_verify_key(verify["data"]["cert.pem"].encode()) == signing.public_key()
+    assert len(base64.b64decode(secrets["cachelink-agent-metrics"]["data"]["token"])) == 48
+    (daemonset,) = by_kind(docs, "DaemonSet")
+    pod = daemonset["spec"]["template"]["spec"]
+    mounted = {
+        v.get("secret", {}).get("secretName") or v.get("configMap", {}).get("name") for v in pod["volumes"]
+    }
+    assert {"cachelink-agent-verify-key", "cachelink-agent-metrics"} <= mounted
+    assert "cachelink-agent-signing-key" not in mounted
+    args = pod["containers"][0]["args"]
+    assert "--verify-key-file=/etc/cachelink/verify/cert.pem" in args
+    (monitor,) = by_kind(docs, "PodMonitor")
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["authorization"]["credentials"] == {"name": "cachelink-agent-metrics", "key": "token"}
 
 
 def test_agent_daemonset_mounts_pools_and_sizes_memory_for_them(helm):
@@ -225,7 +253,8 @@ def test_pods_bind_their_own_ip_and_take_extra_args(helm):
     assert {m["mountPath"] for m in agent["volumeMounts"]} >= {
         "/run/cachelink",
         "/dev/shm/cachelink",
-        "/etc/cachelink/secret",
+        "/etc/cachelink/verify",
+        "/etc/cachelink/metrics",
     }
     context = agent["securityContext"]
     assert context["readOnlyRootFilesystem"] and context["runAsUser"] == 0

@@ -12,10 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-from cachelink_agent import models
+from cachelink_agent import models, tokens
 from cachelink_agent.attach import attach
 from cachelink_agent.client import AgentClient
-from cachelink_agent.tokens import node_token
 
 from .conftest import Containers
 
@@ -73,13 +72,13 @@ def test_agent_as_pid_1_runs_workers_and_refuses_a_peer_it_cannot_see(
     containers: Containers, agent_dirs: tuple[Path, Path]
 ) -> None:
     data, pool = agent_dirs
-    secret = b"container-test-secret-0123456789abcdef"
-    (data / "secret").write_bytes(secret)
-    os.chown(data / "secret", int(UID), int(UID))
+    signing_key = tokens.generate_signing_key()
+    (data / "verify.pem").write_bytes(tokens.public_pem(signing_key))
+    os.chown(data / "verify.pem", int(UID), int(UID))
     started = containers.run(
         "--network=none", "--read-only", "--cap-drop=ALL", "--security-opt=no-new-privileges",
         "-v", f"{data}:{data}", "-v", f"{pool}:{pool}", "--entrypoint", "cachelink-agent", containers.image,
-        "--listen", f"unix:{data}/api.sock", "--token-file", f"{data}/secret",
+        "--listen", f"unix:{data}/api.sock", "--verify-key-file", f"{data}/verify.pem",
         "--state-dir", f"{data}/state", "--run-dir", f"{data}/run", "--pool-dir", str(pool),
         "--node-name", "node-c", "--host-id", "node-c", "--max-pool-bytes", "64Mi",
         detach=True,
@@ -91,7 +90,7 @@ def test_agent_as_pid_1_runs_workers_and_refuses_a_peer_it_cannot_see(
     while not (data / "api.sock").exists():
         assert time.monotonic() < deadline, containers.podman_out("logs", name)
         time.sleep(0.2)
-    token = node_token(secret, "node-c")
+    token = tokens.mint(signing_key, "node-c")
     spec = models.InstanceSpec(
         role="prompt",
         cluster_id=9,

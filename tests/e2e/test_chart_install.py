@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cachelink_agent import tokens
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMESPACE = "cachelink-chart-test"
@@ -46,9 +47,18 @@ def pods(kubectl, component: str) -> list[dict]:
     return json.loads(out)["items"]
 
 
-def agent_secret(kubectl) -> str:
-    out = kubectl("get", "secret", "cachelink-agent-token", "-n", NAMESPACE, "-o", "json", check=True).stdout
-    return base64.b64decode(json.loads(out)["data"]["secret"]).decode()
+def agent_keys(kubectl) -> tuple[bytes, str, bytes]:
+    """The agents' credentials as installed: signing key (PEM), verify certificate, metrics credential."""
+
+    def get(kind: str, name: str) -> dict:
+        return json.loads(kubectl("get", kind, name, "-n", NAMESPACE, "-o", "json", check=True).stdout)[
+            "data"
+        ]
+
+    signing = base64.b64decode(get("secret", "cachelink-agent-signing-key")["key.pem"])
+    cert = get("configmap", "cachelink-agent-verify-key")["cert.pem"]
+    metrics = base64.b64decode(get("secret", "cachelink-agent-metrics")["token"])
+    return signing, cert, metrics
 
 
 def unschedulable(pod: dict) -> bool:
@@ -127,8 +137,11 @@ def test_install_upgrade_uninstall(dev_cluster, kubectl):
     assert done.returncode == 0, done.stderr
     try:
         assert_nothing_lands_on_simulated_nodes(dev_cluster, kubectl)
-        secret = agent_secret(kubectl)
-        assert len(secret) == 48
+        keys = agent_keys(kubectl)
+        # helm made an Ed25519 key, and the certificate the agents verify with carries its public half
+        signing_key = tokens.load_signing_key(keys[0])
+        assert tokens.load_verify_key(keys[1].encode()) == signing_key.public_key()
+        assert len(keys[2]) == 48
         # the operator's ServiceAccount has exactly the chart's rights
         sa = f"system:serviceaccount:{NAMESPACE}:cl-cachelink-operator"
         assert (
@@ -170,7 +183,7 @@ spec:
             "agentDaemonSet.logFormat=text",
         )
         assert done.returncode == 0, done.stderr
-        assert agent_secret(kubectl) == secret, "the agents' secret survives an upgrade"
+        assert agent_keys(kubectl) == keys, "the agents' keys survive an upgrade"
     finally:
         done = helm(dev_cluster, "uninstall", "cl", "--namespace", NAMESPACE, "--wait")
     assert done.returncode == 0, done.stderr

@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp import web
 from cachelink_agent import models as agent_models
+from cachelink_agent import tokens
 from cachelink_operator import agents, diff
 
 NODE = agent_models.NodeInfo(
@@ -55,7 +56,7 @@ def test_concurrent_observers_share_one_fetch_and_a_change_forces_a_new_one() ->
     async def scenario() -> dict[str, Any]:
         counts: dict[str, int] = {}
         runner, url = await _serve(counts, delay=0.3)
-        client = agents.Agents(b"s" * 16, 5.0)
+        client = agents.Agents(tokens.generate_signing_key(), 5.0)
         endpoints = {"node-a": agents.Endpoint("node-a", url, "127.0.0.1")}
         try:
             seen = await asyncio.gather(

@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from cachelink_agent import models as agent_models
+from cachelink_agent import tokens
 from cachelink_operator import __main__ as main
 from cachelink_operator import agents, desired, diff, handlers, reconcile, status
 from cachelink_operator.config import Config
@@ -143,7 +144,7 @@ class _Kube:
 
 
 def _runtime(kube: Any = None) -> reconcile.Runtime:
-    return reconcile.Runtime(Config(), kube or _Kube(), agents.Agents(b"x" * 16, 1.0))
+    return reconcile.Runtime(Config(), kube or _Kube(), agents.Agents(tokens.generate_signing_key(), 1.0))
 
 
 def test_a_stale_view_of_our_own_write_is_not_built_on():
@@ -280,3 +281,39 @@ def test_a_link_whose_end_is_reinitialised_is_not_counted_linked():
     reported[prompt.node] = [running(prompt).model_copy(update={"options_sha256": "changed"})]
     new, _ = _build(CacheLinkStatus(), want, _plan(want, reported))
     assert new.links[0].state == "Pending" and new.ready_links == 0 and new.phase == "Initializing"
+
+
+class _SecretKube:
+    """read_secret of a kube client: the values of (namespace, name, key), else a missing key."""
+
+    def __init__(self, values: dict[tuple[str, str, str], bytes]) -> None:
+        self.values = values
+
+    async def read_secret(self, namespace: str, name: str, key: str) -> bytes:
+        return self.values[(namespace, name, key)]
+
+
+def _keys(cfg: Config, signing: bytes, master: bytes) -> dict[tuple[str, str, str], bytes]:
+    return {
+        (cfg.agent_namespace, cfg.agent_signing_key_secret_name, cfg.agent_signing_key_key): signing,
+        (cfg.operator_namespace, cfg.link_master_secret_name, cfg.link_master_secret_key): master,
+    }
+
+
+def test_the_operator_starts_only_with_an_ed25519_signing_key_and_a_long_master(caplog) -> None:
+    cfg = Config()
+    good_key, master = tokens.private_pem(tokens.generate_signing_key()), b"m" * 48
+    made = asyncio.run(main._runtime(cfg, _SecretKube(_keys(cfg, good_key, master))))  # type: ignore[arg-type]
+    assert made is not None
+    asyncio.run(made[0].agents.close())
+    for signing, secret_master, named in [
+        (b"an HMAC secret of old", master, "agent signing key"),
+        (good_key, b"short", "link master key"),
+    ]:
+        caplog.clear()
+        kube = _SecretKube(_keys(cfg, signing, secret_master))
+        assert asyncio.run(main._runtime(cfg, kube)) is None  # type: ignore[arg-type]
+        assert f"cannot use the {named}" in caplog.text
+    caplog.clear()
+    assert asyncio.run(main._runtime(cfg, _SecretKube({}))) is None  # type: ignore[arg-type]
+    assert "cachelink-agent-signing-key" in caplog.text and "no key" in caplog.text

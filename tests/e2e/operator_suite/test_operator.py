@@ -6,7 +6,6 @@ folder's ``conftest.py``), workloads as pods; the helpers are in ``../support/ca
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import uuid
@@ -14,9 +13,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from cachelink_agent import tokens
 from cachelink_e2e_operator import OperatorEnv, Workload, wait_for
 
 from cachelink.devcluster.errors import DevClusterError
+from cachelink.realnodes.product import VERIFY_KEY_CONFIGMAP
 
 pytestmark = pytest.mark.e2e
 POOL = 4 << 20
@@ -460,18 +461,18 @@ def test_agent_killed_degrades_then_recovers(operator_env: OperatorEnv, namespac
 
 
 def test_wrong_agent_token_is_reported(operator_env: OperatorEnv, namespace: str) -> None:
-    """An agent that refuses the operator's token (its Secret rotated under it): a 401 in status, and
-    Ready once both hold the same secret again."""
+    """An agent that refuses the operator's tokens (its verify key rotated under it): a 401 in status, and
+    Ready once it verifies with the operator's key again."""
     env = operator_env
     product = env.product
-    secret = product.kube.get("secret", "cachelink-agent-token", "-n", product.namespace)
-    original = secret["data"]["secret"]
-    other = base64.b64encode(b"another-secret-of-at-least-16-bytes").decode()
+    found = product.kube.get("configmap", VERIFY_KEY_CONFIGMAP, "-n", product.namespace)
+    original = found["data"]["cert.pem"]
+    other = tokens.public_pem(tokens.generate_signing_key()).decode()
 
-    def use_secret(value: str) -> None:
-        patch = json.dumps({"data": {"secret": value}})
-        env.kubectl("patch", "secret", "cachelink-agent-token", "-n", product.namespace, "-p", patch)
-        # a new agent pod mounts the Secret as it is now (a running pod's volume follows it only later)
+    def use_key(pem: str) -> None:
+        patch = json.dumps({"data": {"cert.pem": pem}})
+        env.kubectl("patch", "configmap", VERIFY_KEY_CONFIGMAP, "-n", product.namespace, "-p", patch)
+        # a new agent pod mounts the ConfigMap as it is now (a running pod's volume follows it only later)
         old = product.agent_pods()["node-c"]["metadata"]["name"]
         env.kubectl("delete", "pod", old, "-n", product.namespace, "--wait=true", "--timeout=60s")
         wait_for(
@@ -482,8 +483,8 @@ def test_wrong_agent_token_is_reported(operator_env: OperatorEnv, namespace: str
             "a new agent pod on node-c",
         )
 
-    # only node-c's agent restarts with the other secret; the operator still holds the original
-    use_secret(other)
+    # only node-c's agent restarts with another key; the operator still signs with the chart's
+    use_key(other)
     try:
         env.apply(node_cachelink(namespace, "kv", ["node-a"], ["node-c"]))
         obj = env.wait_cachelink(
@@ -498,8 +499,8 @@ def test_wrong_agent_token_is_reported(operator_env: OperatorEnv, namespace: str
         )
         assert obj["status"]["phase"] != "Ready"
     finally:
-        use_secret(original)
-    env.wait_cachelink(namespace, "kv", lambda o: ready(o, 1), "Ready with the right token", 120)
+        use_key(original)
+    env.wait_cachelink(namespace, "kv", lambda o: ready(o, 1), "Ready with the right key", 120)
 
 
 def test_api_server_restart(operator_env: OperatorEnv, namespace: str) -> None:

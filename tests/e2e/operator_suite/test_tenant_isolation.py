@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from cachelink_agent.tokens import node_token
 from cachelink_e2e_operator import OperatorEnv, Workload, pod_socket, wait_for, workload_pod_spec
+
+from cachelink.realnodes.product import METRICS_TOKEN_SECRET, SIGNING_KEY_SECRET
 
 pytestmark = pytest.mark.e2e
 POOL = 16 << 20
@@ -293,10 +294,11 @@ def test_a_nan_lease_is_refused(tenants: Tenants) -> None:
 
 AGENT_API = r"""
 import json, sys, urllib.error, urllib.request
-url, token = sys.argv[1], sys.argv[2]
+url, calls = sys.argv[1], json.loads(sys.argv[2])
 out = {}
-for label, headers in (("another node's token", {"Authorization": f"Bearer {token}"}), ("no token", {})):
-    request = urllib.request.Request(url + "/v1/instances", headers=headers)
+for label, token, path in calls:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(url + path, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=10) as answer:
             out[label] = [answer.status, answer.read().decode()[:200]]
@@ -307,15 +309,29 @@ print(json.dumps(out))
 
 
 def test_the_agent_api_refuses_another_node_s_credential(tenants: Tenants) -> None:
-    """node-a's credential (as if node-a's agent were compromised) does not open node-b's agent."""
+    """What node-a's agent sees (the operator's tokens for node-a, the metrics credential) does not open
+    node-b's agent; no agent holds the key that signs tokens."""
     product = tenants.env.product
-    token = node_token(product.secret, "node-a")
-    result = tenants.in_b(AGENT_API, product.agent_url("node-b"), token)
-    status, body = result["another node's token"]
+    metrics = product.secret_value(METRICS_TOKEN_SECRET, "token").decode()
+    calls = [
+        ("node-a's token", product.token("node-a"), "/v1/instances"),
+        ("no token", "", "/v1/instances"),
+        ("metrics credential on the API", metrics, "/v1/instances"),
+        ("metrics credential on /metrics", metrics, "/metrics"),
+    ]
+    result = tenants.in_b(AGENT_API, product.agent_url("node-b"), json.dumps(calls))
+    status, body = result["node-a's token"]
     assert status == 403 and json.loads(body)["error"] == "forbidden", body
     assert "node 'node-a', not 'node-b'" in json.loads(body)["message"], body
     status, body = result["no token"]
     assert status == 401 and json.loads(body)["error"] == "unauthorized", body
+    status, body = result["metrics credential on the API"]
+    assert status == 403 and "metrics credential" in json.loads(body)["message"], body
+    assert result["metrics credential on /metrics"][0] == 200
+    # the agents mount the public key and the metrics credential; the signing key stays with the operator
+    for pod in product.agent_pods().values():
+        mounted = {v.get("secret", {}).get("secretName") for v in pod["spec"]["volumes"]}
+        assert SIGNING_KEY_SECRET not in mounted, pod["spec"]["volumes"]
 
 
 def test_a_is_unharmed_and_still_transfers(tenants: Tenants) -> None:
