@@ -48,10 +48,10 @@ from benchlib.operator_driver import APPLY_CHUNK, NODES, POOL_BYTES, Bench
 from benchlib.stats import rounded
 
 from cachelink.devcluster import DevCluster
-from cachelink.localstack.chart import OPERATOR_FLAGS
 from cachelink.realnodes.cli import build
 from cachelink.realnodes.cluster import RealNodes
 from cachelink.realnodes.product import Product
+from cachelink.release.chart import OPERATOR_FLAGS
 
 ROOT = Path(__file__).resolve().parents[1]
 

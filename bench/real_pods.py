@@ -35,10 +35,10 @@ from benchlib.stats import rounded
 
 from cachelink.demo_real import in_pod, restricted_pod
 from cachelink.devcluster import DevCluster
-from cachelink.localstack.kvcache import KvShape
-from cachelink.localstack.procs import wait_for
-from cachelink.localstack.transfer import transfer
-from cachelink.localstack.watch import is_ready
+from cachelink.kvdemo.kvcache import KvShape
+from cachelink.kvdemo.transfer import transfer
+from cachelink.kvdemo.watch import is_ready
+from cachelink.procs import wait_for
 from cachelink.realnodes.cli import build
 from cachelink.realnodes.cluster import RealNodes
 from cachelink.realnodes.product import Product, live

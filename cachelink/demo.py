@@ -28,7 +28,7 @@ from multiprocessing.connection import Connection
 
 import numpy as np
 
-from cachelink.localstack.kvcache import KvShape, expected, fill
+from cachelink.kvdemo.kvcache import KvShape, expected, fill
 
 PROMPT_CLUSTER, DECODE_CLUSTER, MODEL_ID = 1, 2, 0
 

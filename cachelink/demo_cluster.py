@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cachelink.localstack import resources
-from cachelink.localstack.kube import Kube, KubeError
-from cachelink.localstack.kvcache import KvShape
-from cachelink.localstack.report import summary
-from cachelink.localstack.watch import CACHELINK, Watch, is_ready
+from cachelink.kvdemo.kvcache import KvShape
+from cachelink.kvdemo.report import summary
+from cachelink.kvdemo.watch import CACHELINK, Watch, is_ready
+from cachelink.release import resources
+from cachelink.release.kube import Kube, KubeError
 
 DEFAULT_DATA_DIR = Path(".cachelink/demo")
 NODES = ("node-a", "node-b")

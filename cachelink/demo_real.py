@@ -21,15 +21,15 @@ from typing import Any
 from cachelink.demo_cluster import kept_hint, sample_objects, say
 from cachelink.devcluster import DevCluster
 from cachelink.devcluster.errors import DevClusterError
-from cachelink.localstack.kube import Kube
-from cachelink.localstack.kvcache import KvShape
-from cachelink.localstack.procs import wait_for
-from cachelink.localstack.report import summary
-from cachelink.localstack.transfer import Wrap, transfer
-from cachelink.localstack.watch import CACHELINK, Watch, is_ready
+from cachelink.kvdemo.kvcache import KvShape
+from cachelink.kvdemo.report import summary
+from cachelink.kvdemo.transfer import Wrap, transfer
+from cachelink.kvdemo.watch import CACHELINK, Watch, is_ready
+from cachelink.procs import wait_for
 from cachelink.realnodes.cli import build
 from cachelink.realnodes.cluster import RealNodes
 from cachelink.realnodes.product import Product
+from cachelink.release.kube import Kube
 
 NODES = ("node-a", "node-b")
 RELEASE_NAMESPACE = "cachelink-system"

@@ -8,11 +8,11 @@ install(
 # ... and the Helm chart, which `cachelink demo` installs into the local cluster.
 install(
   DIRECTORY "${CMAKE_CURRENT_LIST_DIR}/../charts/cachelink/"
-  DESTINATION cachelink/localstack/chart
+  DESTINATION cachelink/release/chart
 )
 # ... and the CRDs of crds/ (the one source), which `cachelink demo --kubeconfig` applies when missing.
 install(
   DIRECTORY "${CMAKE_CURRENT_LIST_DIR}/../crds/"
-  DESTINATION cachelink/localstack/data/crds
+  DESTINATION cachelink/release/data/crds
   FILES_MATCHING PATTERN "*.yaml"
 )

@@ -1,5 +1,7 @@
 """Shared by every suite: what a test module leaks (a thread still running, an unclosed socket or file)
-fails that module, instead of warning later in whichever test or thread happens to free it."""
+fails that module, instead of warning later in whichever test or thread happens to free it; and, where
+``./dev test`` asks for it (``CACHELINK_STRICT_SKIPS=1``, as root, as in CI), a skip fails unless the test
+is marked ``opt_in`` (it needs something CI is not asked to have) - checked on each test's report."""
 
 from __future__ import annotations
 
@@ -54,6 +56,28 @@ def _no_leaks_left_by_the_module() -> Iterator[None]:
         sys.unraisablehook = previous
     problems = [f"thread {t.name!r} ({t!r}) still runs" for t in left] + unraisable
     assert not problems, "the module leaked: " + "; ".join(problems)
+
+
+#: set by ``./dev test`` where everything the suites need is set up (as root): a skip is then a failure,
+#: unless the test is marked ``opt_in``
+STRICT_SKIPS = "CACHELINK_STRICT_SKIPS"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Under ``CACHELINK_STRICT_SKIPS=1``, a skipped test that is not ``opt_in`` is reported failed."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if not report.skipped or os.environ.get(STRICT_SKIPS) != "1" or item.get_closest_marker("opt_in"):
+        return
+    if hasattr(report, "wasxfail"):
+        return  # an expected failure, not a skip
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    report.outcome = "failed"
+    report.longrepr = (
+        f"skipped under {STRICT_SKIPS}=1 without an opt_in mark: {reason}\n"
+        "(set up what it needs, or mark it @pytest.mark.opt_in if CI is not meant to have it)"
+    )
 
 
 #: set by ``./dev test`` once it built the real nodes' tools and images: their tests must not skip then

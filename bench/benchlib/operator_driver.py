@@ -26,7 +26,7 @@ from benchlib.stats import percentile, rounded
 from benchlib.watcher import GROUP, PLURAL, VERSION, Watcher
 from cachelink.devcluster import DevCluster
 from cachelink.devcluster.fixtures import wait_for
-from cachelink.localstack.procs import child_env
+from cachelink.procs import child_env
 from cachelink.realnodes.product import RELEASE_NAMESPACE, Product
 
 NODES = ("node-a", "node-b", "node-c")

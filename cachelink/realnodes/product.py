@@ -20,12 +20,12 @@ from cachelink_agent import models, tokens
 from cachelink_agent.client import AgentClient
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cachelink.localstack.chart import Release
-from cachelink.localstack.kube import Kube
-from cachelink.localstack.procs import wait_for
+from cachelink.procs import wait_for
 from cachelink.realnodes import network
 from cachelink.realnodes.cluster import RealNodes
 from cachelink.realnodes.netns import call_in_netns
+from cachelink.release.chart import Release
+from cachelink.release.kube import Kube
 
 T = TypeVar("T")
 RELEASE_NAMESPACE = "cachelink-system"

@@ -101,7 +101,7 @@ def flatten_values(prefix: str, value: Any) -> list[str]:
 
 def e2e_chart_sets() -> list[str]:
     """The values the operator's e2e tests install the chart with (the demo uses the defaults)."""
-    from cachelink.localstack.chart import OPERATOR_FLAGS
+    from cachelink.release.chart import OPERATOR_FLAGS
 
     values = {
         "operator": {"resyncIntervalSeconds": 20, "extraArgs": OPERATOR_FLAGS},

@@ -21,7 +21,7 @@ from cachelink_e2e_target import KubeTarget
 
 from cachelink.devcluster import DevCluster
 from cachelink.devcluster.fixtures import wait_for
-from cachelink.localstack.procs import child_env
+from cachelink.procs import child_env
 
 ROOT = Path(__file__).resolve().parents[2]
 NESTED_TIMEOUT_S = 300

@@ -85,7 +85,7 @@ def test_install_script_builds_a_working_wheel(tmp_path):
             str(venv / "bin" / "python"),
             "-P",
             "-c",
-            "from cachelink.localstack.resources import chart_dir; print(chart_dir())",
+            "from cachelink.release.resources import chart_dir; print(chart_dir())",
         ],
         capture_output=True,
         text=True,

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from cachelink.localstack.procs import wait_for
+from cachelink.procs import wait_for
 from cachelink.realnodes.cluster import RealNodes
 
 pytestmark = pytest.mark.e2e

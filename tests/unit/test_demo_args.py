@@ -10,12 +10,12 @@ import yaml
 
 from cachelink.cli import build_parser
 from cachelink.demo_cluster import DEFAULT_DATA_DIR, NODES, resolve_kubeconfig, sample_objects
-from cachelink.localstack.kube import Kube
-from cachelink.localstack.kvcache import KvShape
-from cachelink.localstack.procs import child_env
-from cachelink.localstack.report import summary
-from cachelink.localstack.resources import CRD_FILES, DATA_DIR
-from cachelink.localstack.transfer import Transfer
+from cachelink.kvdemo.kvcache import KvShape
+from cachelink.kvdemo.report import summary
+from cachelink.kvdemo.transfer import Transfer
+from cachelink.procs import child_env
+from cachelink.release.kube import Kube
+from cachelink.release.resources import CRD_FILES, DATA_DIR
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -21,10 +21,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cachelink.localstack.chart import OPERATOR_FLAGS
-from cachelink.localstack.procs import wait_for
+from cachelink.procs import wait_for
 from cachelink.realnodes.netns import call_in_netns
 from cachelink.realnodes.product import Product
+from cachelink.release.chart import OPERATOR_FLAGS
 
 ROOT = Path(__file__).resolve().parents[3]
 NODES = ("node-a", "node-b", "node-c")

@@ -1,7 +1,7 @@
 """A stand-in inference engine: attaches to an instance's socket and writes or pulls a paged KV cache.
 
-    python -m cachelink.localstack.workload write SOCKET --layers 32 --blocks 64
-    python -m cachelink.localstack.workload pull SOCKET --peer-cluster-id N --layers 32 --blocks 64
+    python -m cachelink.kvdemo.workload write SOCKET --layers 32 --blocks 64
+    python -m cachelink.kvdemo.workload pull SOCKET --peer-cluster-id N --layers 32 --blocks 64
 
 ``write`` (prompt side) fills ``BlocksCacheKey(own cluster id, 0)``, prints one JSON line and keeps the
 cache until a line arrives on stdin; ``pull`` (decode side) pulls every block in a shuffled order,
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from cachelink_agent.attach import attach
 
-from cachelink.localstack.kvcache import KvShape, fill, mismatches, shuffled_blocks
+from cachelink.kvdemo.kvcache import KvShape, fill, mismatches, shuffled_blocks
 from llm_datadist import BlocksCacheKey, CacheDesc, DataType
 
 MODEL_ID = 0
@@ -81,7 +81,7 @@ def pull(socket: str, peer: int, shape: KvShape) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line of the workload."""
-    parser = argparse.ArgumentParser(prog="python -m cachelink.localstack.workload", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m cachelink.kvdemo.workload", description=__doc__)
     parser.add_argument("mode", choices=["write", "pull"])
     parser.add_argument("socket", help="the instance's attach socket")
     parser.add_argument("--peer-cluster-id", type=int, default=0, help="pull: the prompt's cluster id")

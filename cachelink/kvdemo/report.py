@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cachelink.localstack.transfer import Transfer
+from cachelink.kvdemo.transfer import Transfer
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:

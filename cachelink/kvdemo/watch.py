@@ -6,8 +6,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cachelink.localstack.kube import Kube
-from cachelink.localstack.procs import wait_for
+from cachelink.procs import wait_for
+from cachelink.release.kube import Kube
 
 CACHELINK = "cachelinks.cachelink.io"
 Log = Callable[[str], None]

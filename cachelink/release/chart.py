@@ -7,8 +7,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from cachelink.localstack.procs import child_env
-from cachelink.localstack.resources import chart_dir
+from cachelink.procs import child_env
+from cachelink.release.resources import chart_dir
 from llm_datadist.status import CacheLinkError
 
 RELEASE = "cachelink"

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from cachelink.localstack.procs import child_env, wait_for
+from cachelink.procs import child_env, wait_for
 from llm_datadist.status import CacheLinkError
 
 

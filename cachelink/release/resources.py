@@ -1,7 +1,7 @@
 """Files shipped with the package: the demo's samples, the CRDs, and the Helm chart.
 
 The wheel build installs ``crds/`` (the one source) as ``data/crds`` and the chart as
-``cachelink/localstack/chart`` (``hack/install.cmake``); nothing is copied by hand. In a checkout,
+``cachelink/release/chart`` (``hack/install.cmake``); nothing is copied by hand. In a checkout,
 ``crds/`` and ``charts/cachelink`` themselves are used, so what is being edited is what runs.
 """
 

@@ -1,6 +1,6 @@
 """A prompt workload writes a KV cache, a decode workload pulls all of it and verifies every byte.
 
-Both are processes of :mod:`cachelink.localstack.workload` attached to their instances' sockets, the
+Both are processes of :mod:`cachelink.kvdemo.workload` attached to their instances' sockets, the
 way an inference engine in a pod on each node would be.
 """
 
@@ -12,8 +12,8 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cachelink.localstack.kvcache import KvShape
-from cachelink.localstack.procs import child_env, python_argv
+from cachelink.kvdemo.kvcache import KvShape
+from cachelink.procs import child_env, python_argv
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ def _as_is(argv: list[str]) -> list[str]:
 
 
 def _workload(*args: str) -> list[str]:
-    return python_argv("cachelink.localstack.workload", *args)
+    return python_argv("cachelink.kvdemo.workload", *args)
 
 
 def transfer(
