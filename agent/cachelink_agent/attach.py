@@ -234,7 +234,7 @@ class AttachedCacheManager:
             self._closed = True
             self._sock.close()
         for cache in self._caches.values():
-            cache._invalidate()
+            cache._invalidate()  # noqa: SLF001 - the manager that made a cache is the one that retires it
         self._pools.close()
 
     def detach(self) -> None:
@@ -263,7 +263,7 @@ class AttachedCacheManager:
     def _deallocate(self, cache: Cache, blocks: bool) -> None:
         self._call("deallocate_cache", {"cache_id": cache.cache_id, "blocks": blocks})
         self._caches.pop(cache.cache_id, None)
-        cache._invalidate()
+        cache._invalidate()  # noqa: SLF001 - the manager that made a cache is the one that retires it
 
     def deallocate_cache(self, cache: Cache) -> None:
         """Drop the cache's id reference."""

@@ -252,6 +252,25 @@ def _metrics_token(path: str) -> bytes:
     return token
 
 
+def _tls_files(cert: str, key: str) -> None:
+    if bool(cert) != bool(key):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    for flag, value in (("--tls-cert", cert), ("--tls-key", key)):
+        if value and not os.access(value, os.R_OK):
+            raise ConfigError(f"{flag} {value}: not readable")
+
+
+def _max_pool(text: str, pool_dir: Path) -> int:
+    """``--max-pool-bytes``, or the size of the pool folder's file system when it is not given."""
+    if not text:
+        found = os.statvfs(pool_dir)
+        return found.f_blocks * found.f_frsize
+    try:
+        return parse_size(text)
+    except ValueError as error:
+        raise ConfigError(f"--max-pool-bytes: {error}") from None
+
+
 def from_args(argv: list[str] | None = None) -> AgentConfig:
     """Parse and validate; raises ``ConfigError`` (argparse itself exits on unknown flags)."""
     args = build_parser().parse_args(argv)
@@ -261,11 +280,7 @@ def from_args(argv: list[str] | None = None) -> AgentConfig:
     node = args.node_name or socket.gethostname()
     if len(node) > 253 or not DNS1123_SUBDOMAIN.match(node):
         raise ConfigError(f"--node-name {node!r} is not a DNS-1123 subdomain (a Kubernetes node name)")
-    if bool(args.tls_cert) != bool(args.tls_key):
-        raise ConfigError("--tls-cert and --tls-key go together")
-    for flag, value in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
-        if value and not os.access(value, os.R_OK):
-            raise ConfigError(f"{flag} {value}: not readable")
+    _tls_files(args.tls_cert, args.tls_key)
     owner_ttl = _number("--owner-ttl", args.owner_ttl)
     owner_finalize_ttl = _number("--owner-finalize-ttl", args.owner_finalize_ttl)
     if owner_finalize_ttl < owner_ttl:
@@ -277,14 +292,7 @@ def from_args(argv: list[str] | None = None) -> AgentConfig:
             raise ConfigError(f"{flag} {value}: needs an absolute path")
     if len(args.csi_driver_name) > 63 or not DNS1123_SUBDOMAIN.match(args.csi_driver_name):
         raise ConfigError(f"--csi-driver-name {args.csi_driver_name!r} is not a DNS-1123 subdomain of <= 63")
-    if args.max_pool_bytes:
-        try:
-            max_pool = parse_size(args.max_pool_bytes)
-        except ValueError as error:
-            raise ConfigError(f"--max-pool-bytes: {error}") from None
-    else:
-        stat = os.statvfs(pool_dir)
-        max_pool = stat.f_blocks * stat.f_frsize
+    max_pool = _max_pool(args.max_pool_bytes, pool_dir)
     max_body = int(_number("--max-body-bytes", args.max_body_bytes))
     config = AgentConfig(
         listen_host=host,

@@ -286,7 +286,7 @@ class InstanceManager:
                     await self._reconcile(instance)
                 except ApiError as error:
                     _log.debug("reconcile of %s: %s", instance.name, error.message)
-                except Exception:
+                except Exception:  # noqa: BLE001 - the loop must outlive any one instance's failure
                     _log.exception("reconcile of %s failed", instance.name)
 
     async def _reconcile(self, instance: Instance) -> None:

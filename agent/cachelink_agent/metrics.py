@@ -36,6 +36,10 @@ class Accumulator:
             self._base[key] = self._base.get(key, 0.0) + last[1]
         self._last[key] = (incarnation, value)
 
+    def series(self, prefix: str) -> list[str]:
+        """The names of the series fed so far that start with ``prefix``, sorted."""
+        return sorted({series for _, series in self._last if series.startswith(prefix)})
+
     def total(self, series: str) -> float:
         """Sum over instances (finalized ones included) of a series."""
         total = sum(v for (_, s), v in self._base.items() if s == series)
@@ -82,9 +86,8 @@ class _StatusCollector(Collector):
         errors = CounterMetricFamily(
             "cachelink_agent_errors", "Failures by LLMStatusCode", labels=["status_code"]
         )
-        codes = sorted({key[1][len("error_") :] for key in self._acc._last if key[1].startswith("error_")})
-        for code in codes:
-            errors.add_metric([code], self._acc.total(f"error_{code}"))
+        for series in self._acc.series("error_"):
+            errors.add_metric([series[len("error_") :]], self._acc.total(series))
         yield errors
         histogram = HistogramMetricFamily("cachelink_agent_transfer_seconds", "Latency of attach transfers")
         cumulative, buckets = 0.0, []

@@ -62,7 +62,7 @@ async def _errors(request: web.Request, handler: _Handler) -> web.StreamResponse
         headers = {"Allow": error.headers["Allow"]} if "Allow" in error.headers else None
         message = error.text if error.text and not error.text.startswith(str(error.status)) else error.reason
         return _error(ApiError(error.status, _SLUGS.get(error.status, "http_error"), message), headers)
-    except Exception:
+    except Exception:  # noqa: BLE001 - any failure becomes a logged 500 with a JSON body, never a crash
         _log.exception("unhandled error in %s %s", request.method, request.path)
         return _error(ApiError(500, "internal_error", "internal error; see the agent's log"))
 
