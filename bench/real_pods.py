@@ -146,6 +146,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Every measurement; the report's body."""
     build_steps = build(ROOT)
     image = str(build_steps.pop("image"))
+    build_steps.pop("model_image")
     steps: dict[str, Any] = {name: rounded(float(s), 1) for name, s in build_steps.items()}
     cached = sorted(name for name, s in steps.items() if s < CACHED_BELOW_S)
     shape = KvShape(layers=args.layers, blocks=args.blocks)

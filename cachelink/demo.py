@@ -189,6 +189,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     )
     parser.add_argument("--down", action="store_true", help="stop what an earlier --keep left running")
     parser.add_argument(
+        "--no-model",
+        action="store_true",
+        help="skip the stage where a real model (Gemma 3 270M) runs as prefill and decode pods",
+    )
+    parser.add_argument(
         "--kubeconfig",
         help="run on this existing cluster instead (the chart must be installed there); an exported "
         "KUBECONFIG is never used",

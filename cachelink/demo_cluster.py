@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
         shape = KvShape(layers=args.layers, blocks=args.blocks)
         from cachelink.demo_real import run_real  # noqa: PLC0415 - real nodes' imports are heavier
 
-        return run_real(data_dir, shape, keep=args.keep, source=Path.cwd())
+        return run_real(data_dir, shape, keep=args.keep, source=Path.cwd(), model=not args.no_model)
     except (KubeError, TimeoutError, RuntimeError, OSError) as exc:
         print(f"cachelink demo: error: {exc}", file=sys.stderr)
         if external is None and not args.down:

@@ -6,8 +6,10 @@ and two real nodes (:mod:`cachelink.realnodes`), installs the chart with ``helm 
 (two operator replicas, agents in worker mode, the CSI node plugin), then a prompt pod on ``node-a`` and a
 decode pod on ``node-b`` under Pod Security ``restricted``, each with the CSI volume of the demo's
 CacheLink. The CacheLink selects the two pods; once Ready, the prompt pod writes a paged KV cache through
-its instance and the decode pod pulls and verifies every byte (``kubectl exec`` into the pods), then the
-CacheLink is deleted and finalized. Prints which node and container each part runs in.
+its instance and the decode pod pulls and verifies every byte (``kubectl exec`` into the pods). Then a real
+model's KV cache crosses a second CacheLink between a prefill and a decode server pod
+(:mod:`cachelink.demo_inference`). The CacheLink is deleted and finalized. Prints which node and container
+each part runs in.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cachelink import demo_inference
 from cachelink.demo_cluster import kept_hint, sample_objects, say
 from cachelink.devcluster import DevCluster
 from cachelink.devcluster.errors import DevClusterError
@@ -131,7 +134,7 @@ def where_each_part_runs(kube: Kube, namespaces: list[str]) -> list[str]:
     return lines
 
 
-def run_real(data_dir: Path, shape: KvShape, keep: bool, source: Path) -> int:
+def run_real(data_dir: Path, shape: KvShape, keep: bool, source: Path, model: bool = True) -> int:
     """The demo on real nodes in ``data_dir``; removes everything unless ``keep``."""
     begun = time.monotonic()
     if os.geteuid() != 0:
@@ -143,13 +146,14 @@ def run_real(data_dir: Path, shape: KvShape, keep: bool, source: Path) -> int:
     say("==> building what real nodes need (cached): packages, kubelet/containerd, base and product images")
     steps = build(source)
     image = str(steps["image"])
+    model_image = str(steps["model_image"]) if model else None
     cluster = DevCluster(data_dir / "cluster", node_names=(), log=say)
-    nodes = RealNodes(cluster, NODES, images=[image], log=say)
+    nodes = RealNodes(cluster, NODES, images=[image, *([model_image] if model_image else [])], log=say)
     ok = False
     try:
         cluster.up()
         nodes.up()
-        status = _body(Product(nodes, image), shape, keep)
+        status = _body(Product(nodes, image), shape, keep, model_image)
         ok = status == 0
         return status
     finally:
@@ -182,7 +186,7 @@ def _finalized(product: Product, uid: str) -> str:
     return ", ".join(wait_for(instances_gone, 30, "the agents to have deleted the instances"))
 
 
-def _body(product: Product, shape: KvShape, keep: bool) -> int:
+def _body(product: Product, shape: KvShape, keep: bool, model_image: str | None) -> int:
     kube, image = product.kube, product.image
     _install(product)
     policy, namespace_obj, cachelink, pods = demo_objects(image)
@@ -227,6 +231,10 @@ def _body(product: Product, shape: KvShape, keep: bool) -> int:
     if not moved.verified:
         say("FAILED: the pulled KV cache differs from what the prompt side wrote")
         return 1
+    if model_image and not demo_inference.run(product, namespace, NODES, model_image, keep):
+        say("FAILED: the disaggregated answer differs from the single-process run")
+        return 1
+    say("")
     if keep:
         return 0
     say(f"==> deleting CacheLink {namespace}/{name}; the operator finalizes it")

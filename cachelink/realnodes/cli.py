@@ -28,6 +28,7 @@ from cachelink.devcluster.cluster import DevCluster
 from cachelink.devcluster.errors import DevClusterError
 from cachelink.realnodes.cluster import RealNodes
 from cachelink.realnodes.images import BaseImage, PauseImage, ProductImage
+from cachelink.realnodes.model_image import ModelImage
 
 DEFAULT_DATA_DIR = Path(".cachelink/real-cluster")
 
@@ -95,7 +96,8 @@ def up(data_dir: Path, names: list[str], image: str) -> RealNodes:
 
 
 def build(source: Path) -> dict[str, float | str]:
-    """Every set-up step of real nodes, in order; returns seconds per step (and ``image``: its reference)."""
+    """Every set-up step of real nodes, in order; returns seconds per step (and the references of the
+    product and model images: ``image``, ``model_image``)."""
     if os.geteuid() != 0:
         raise DevClusterError("real nodes need root (packages, containers, network namespaces, mounts)")
     if not (source / "Dockerfile").is_file():
@@ -121,4 +123,7 @@ def build(source: Path) -> dict[str, float | str]:
     started = time.monotonic()
     PauseImage().ensure(_log)
     steps["pause image"] = time.monotonic() - started
+    started = time.monotonic()
+    steps["model_image"] = ModelImage().ensure(ref, _log)
+    steps["model image"] = time.monotonic() - started
     return steps

@@ -133,6 +133,28 @@ def test_the_demo_and_e2e_workload_pods_attach_through_csi_under_restricted():
         assert volume["csi"]["driver"] == "cachelink.io", doc["metadata"]["name"]
 
 
+def test_the_demo_model_pods_attach_through_csi_and_keep_weights_in_their_own_volume():
+    """The demo's Gemma prefill, decode and router pods: restricted, no host path; the servers attach
+    through the CacheLink's CSI volume and dequantise the weights into an emptyDir of their own."""
+    from cachelink import demo_inference
+
+    image = "localhost/cachelink-model:test"
+    cachelink, prefill, decode = demo_inference.objects("inference", ("node-a", "node-b"), image)
+    router = demo_inference.router_pod("inference", "node-a", image, "http://10.0.0.1:8000", "http://10.0.0.2:8000")
+    for doc in (prefill, decode, router):
+        where = f"{doc['kind']} {doc['metadata']['name']}"
+        assert not host_paths(doc), f"{where} mounts a host path"
+        assert not restricted_violations(doc), (where, restricted_violations(doc))
+    for doc, role in ((prefill, "Prompt"), (decode, "Decode")):
+        volumes = {v["name"]: v for v in pod_spec(doc)["volumes"]}
+        assert volumes["cachelink"]["csi"]["volumeAttributes"] == {"cachelink": cachelink["metadata"]["name"]}
+        assert "emptyDir" in volumes["weights"]
+        selector = cachelink["spec"]["prompt" if role == "Prompt" else "decode"]["podSelector"]["matchLabels"]
+        assert selector.items() <= doc["metadata"]["labels"].items()
+        (container,) = pod_spec(doc)["containers"]
+        assert container["args"][:3] == [container["args"][0], "--attach-dir", "/run/cachelink"]
+
+
 def test_the_docs_show_a_workload_and_it_attaches_through_csi_under_restricted():
     workloads = doc_workloads()
     assert workloads, "the README's workload example was not found"

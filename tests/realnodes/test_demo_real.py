@@ -70,6 +70,13 @@ def test_demo_runs_on_real_nodes_and_leaves_nothing(
     assert re.search(
         r"\(node-a\) +demo-pd-d-\S+ \(node-b\) +Linked +tcp +\d+ +[\d.]+ +[\d.]+ +every byte", row
     ), log
+    # a real model's KV cache crossed a CacheLink between two server pods, decode continued exactly
+    assert re.search(r"KV cache pulled by decode: [1-9][\d.]* MiB in [\d.]+ ms over tcp", out), log
+    assert "digest equal on both sides: True" in out, log
+    assert "disaggregated == single process, token for token: True" in out, log
+    generated = re.search(r"    generated: '(.+)'", out)
+    single = re.search(r"single-process run \(one pod, same image and weights\): '(.+)'", out)
+    assert generated and single and generated.group(1) == single.group(1) and generated.group(1).strip(), log
     # finalized: the agents hold no instance of it any more
     assert "finalized: CacheLink gone" in out and "node-a: 0 instances, node-b: 0 instances" in out, log
     assert "nothing of the demo runs any more" in out, log
@@ -80,7 +87,7 @@ def test_demo_runs_on_real_nodes_and_leaves_nothing(
 def test_demo_keep_then_down(node_tools: Tools, product_image: str, tmp_path: Path) -> None:
     data_dir = tmp_path / "kept"
     try:
-        done = demo(data_dir, "--keep")
+        done = demo(data_dir, "--keep", "--no-model")
         assert done.returncode == 0, f"stdout:\n{done.stdout[-6000:]}\nstderr:\n{done.stderr[-3000:]}"
         kubeconfig = data_dir / "cluster" / "kubeconfig"
         assert f"export KUBECONFIG={kubeconfig}" in done.stdout
