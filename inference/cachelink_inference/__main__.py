@@ -104,7 +104,11 @@ def main(argv: list[str] | None = None) -> int:
             attach_timeout_s=args.attach_timeout,
         )
         server.die_during_pull_hook()
-        server.run_server(cfg, lambda port: _ready({"port": port, "kv_port": cfg.kv_port}))
+        try:
+            server.run_server(cfg, lambda port: _ready({"port": port, "kv_port": cfg.kv_port}))
+        except server.AttachFailed as exc:
+            print(f"cachelink-inference {args.cmd}: error: {exc}", file=sys.stderr)
+            return 2
         return 0
     if args.cmd == "router":
         from cachelink_inference import server  # noqa: PLC0415 (after runtime.reproducible())

@@ -154,9 +154,13 @@ class ServerConfig:
     attach_timeout_s: float = 60.0
 
 
+class AttachFailed(RuntimeError):
+    """A server could not attach to a node agent's instance; the message says why and what to pass."""
+
+
 def attached_instance(attach_dir: str, instance: str | None, timeout_s: float) -> Any:
     """Attach to ``instance`` (default: the only ``*.sock`` in ``attach_dir``, waited for up to ``timeout_s``:
-    the agent adds the socket when the operator has made the instance)."""
+    the agent adds the socket when the operator has made the instance); :class:`AttachFailed` otherwise."""
     from cachelink_agent.attach import attach  # noqa: PLC0415 - only workloads on a node need it
 
     folder = Path(attach_dir)
@@ -166,19 +170,24 @@ def attached_instance(attach_dir: str, instance: str | None, timeout_s: float) -
         if len(found) == 1:
             instance = found[0]
         elif len(found) > 1:
-            raise ValueError(f"{attach_dir} holds {len(found)} instances ({', '.join(found)}); pick one")
+            raise AttachFailed(
+                f"{attach_dir} holds {len(found)} instances ({', '.join(found)}); pick one with --instance"
+            )
         elif time.monotonic() > deadline:
-            raise TimeoutError(f"no instance socket in {attach_dir} after {timeout_s} s")
+            raise AttachFailed(
+                f"no instance socket in {attach_dir} after {timeout_s:g} s (is the CacheLink Ready, and is "
+                "this pod selected by it?)"
+            )
         else:
             time.sleep(0.2)
-    remaining = max(1.0, deadline - time.monotonic())
-    while True:
-        try:
-            return attach(folder, instance, timeout=remaining)
-        except FileNotFoundError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+    while not (folder / f"{instance}.sock").exists():
+        if time.monotonic() > deadline:
+            raise AttachFailed(f"instance {instance!r} has no socket in {attach_dir} after {timeout_s:g} s")
+        time.sleep(0.2)
+    try:
+        return attach(folder, instance, timeout=max(1.0, deadline - time.monotonic()))
+    except (OSError, ValueError) as exc:  # refused, not a socket, a bad name, the agent said no
+        raise AttachFailed(f"cannot attach to instance {instance!r} in {attach_dir}: {exc}") from exc
 
 
 class Node:
@@ -187,15 +196,16 @@ class Node:
 
     def __init__(self, cfg: ServerConfig) -> None:
         self.cfg = cfg
+        self.dd: Any = None
+        self.attached: Any = None
+        if cfg.attach_dir is not None:  # first: a wrong folder fails before the model is loaded
+            self.attached = attached_instance(cfg.attach_dir, cfg.instance, cfg.attach_timeout_s)
+            cfg.cluster_id, cfg.link_mode = int(self.attached.cluster_id), LINK_EXTERNAL
         files = weights.load(cfg.cache_dir)
         self.model = Gemma3(files)
         self.tokenizer = Tokenizer(files.metadata)
         mc = self.model.cfg
-        self.dd: Any = None
-        self.attached: Any = None
-        if cfg.attach_dir is not None:
-            self.attached = attached_instance(cfg.attach_dir, cfg.instance, cfg.attach_timeout_s)
-            cfg.cluster_id, cfg.link_mode = int(self.attached.cluster_id), LINK_EXTERNAL
+        if self.attached is not None:
             cache_manager = self.attached
         else:
             cache_manager = self._init_datadist(mc.n_layers, mc.kv_dim)

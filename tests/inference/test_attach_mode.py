@@ -5,6 +5,8 @@ single-process run, and the decode side never runs prefill."""
 from __future__ import annotations
 
 import importlib.util
+import socket
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +14,7 @@ from typing import Any
 
 import pytest
 from cachelink_agent import models
+from cachelink_inference.runtime import single_thread_env
 from inference_common import MAX_TOKENS, PROMPTS, stream_tokens
 from inference_common import call as http_call
 
@@ -95,3 +98,39 @@ def test_the_agent_sees_the_servers_caches_and_their_transfers(attached) -> None
     assert instance.attach_sessions >= 1 and instance.caches >= 1, instance
     metrics = attached["decode_agent"].call(lambda c: c.metrics())
     assert 'cachelink_agent_transfers_total{direction="pull"}' in metrics
+
+
+def _attach_refused(tmp_path: Path, *extra: str) -> str:
+    """Run a decode server that must fail to attach in ``tmp_path``; returns its stderr."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-P",
+            "-m",
+            "cachelink_inference",
+            "decode",
+            "--attach-dir",
+            str(tmp_path),
+            "--attach-timeout",
+            "0.5",
+            *extra,
+        ],
+        env=single_thread_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stdout == "", "a server that cannot attach never says it is ready"
+    return done.stderr
+
+
+def test_a_server_that_cannot_attach_says_why_and_what_to_pass(tmp_path: Path) -> None:
+    assert "no instance socket in" in _attach_refused(tmp_path)
+    assert "has no socket" in _attach_refused(tmp_path, "--instance", "prefill")
+    with socket.socket(socket.AF_UNIX) as first, socket.socket(socket.AF_UNIX) as second:
+        first.bind(str(tmp_path / "one.sock"))
+        second.bind(str(tmp_path / "two.sock"))  # bound, never listening: a refused connection
+        assert "holds 2 instances (one, two); pick one with --instance" in _attach_refused(tmp_path)
+        assert "cannot attach to instance 'one'" in _attach_refused(tmp_path, "--instance", "one")
