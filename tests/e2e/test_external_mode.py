@@ -163,7 +163,7 @@ def test_api_tests_run_against_a_named_cluster(dev_cluster: DevCluster, tmp_path
     local_only = [
         "tests/e2e/test_devcluster.py::test_nodes_ready_with_loopback_ips",
         "tests/e2e/operator_suite/test_operator.py::test_happy_path",
-        "tests/e2e/operator_suite/test_operator_more.py::test_policy_status",
+        "tests/e2e/operator_suite/test_policy_status.py::test_policy_status",
         "tests/e2e/test_chart_install.py",
         "tests/e2e/test_external_mode.py::test_api_tests_run_against_a_named_cluster",
     ]

@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from cachelink_agent import models as agent_models
 from cachelink_operator import agents, diff, reconcile
 from cachelink_operator.models import CacheLinkStatus
 
-from .test_issue6 import PODS, FakeAgents, FakeKube, body, posted_warnings, runtime  # noqa: F401 - autouse
+from .fakes import PODS, FakeAgents, FakeKube, body, runtime
+
+pytestmark = pytest.mark.usefixtures("posted_warnings")
 
 ENDPOINTS = {
     node: agents.Endpoint(node, f"http://{ip}:1", ip)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from cachelink_e2e_operator import NODES, OperatorEnv, e2e_values
@@ -18,6 +19,8 @@ from cachelink.devcluster.build import Tools
 from cachelink.devcluster.cluster import DevCluster
 from cachelink.realnodes.cluster import RealNodes
 from cachelink.realnodes.product import Product
+
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="package")
@@ -62,3 +65,20 @@ def namespace(operator_env: OperatorEnv) -> Iterator[str]:
         "delete", "cachelinks.cachelink.io", "--all", "-n", name, "--timeout=60s", check=False
     )
     operator_env.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def policies(operator_env: OperatorEnv) -> Iterator[list[str]]:
+    """Names of CacheLinkPolicies to delete at the end (they are cluster-scoped)."""
+    made: list[str] = []
+    yield made
+    if made:
+        operator_env.kubectl(
+            "delete", "cachelinkpolicies.cachelink.io", *made, "--ignore-not-found", check=False
+        )
+
+
+@pytest.fixture(scope="module")
+def canonical_crds(operator_env: OperatorEnv) -> None:
+    """The CRDs of ``crds/`` (the status fields a module reads must not be pruned)."""
+    operator_env.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))

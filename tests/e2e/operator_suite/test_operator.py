@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,49 +18,9 @@ from cachelink_e2e_operator import OperatorEnv, Workload, wait_for
 from cachelink.devcluster.errors import DevClusterError
 from cachelink.realnodes.product import VERIFY_KEY_CONFIGMAP
 
+from .resources import POOL, cachelink, condition, node_cachelink, policy, ready, running_pods
+
 pytestmark = pytest.mark.e2e
-POOL = 4 << 20
-
-
-def cachelink(namespace: str, name: str = "kv", **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "prompt": {"podSelector": {"matchLabels": {"app": "prefill"}}},
-        "decode": {"podSelector": {"matchLabels": {"app": "decode"}}},
-        "options": {"memPoolSizeBytes": POOL},
-    }
-    body.update(spec)
-    return {
-        "apiVersion": "cachelink.io/v1alpha1",
-        "kind": "CacheLink",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": body,
-    }
-
-
-def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
-    return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == type_), None)
-
-
-def ready(obj: dict[str, Any], links: int) -> bool:
-    status = obj.get("status") or {}
-    cond = condition(obj, "Ready")
-    return (
-        status.get("phase") == "Ready"
-        and status.get("desiredLinks") == links
-        and status.get("readyLinks") == links
-        and cond is not None
-        and cond["status"] == "True"
-        and status.get("observedGeneration") == obj["metadata"]["generation"]
-    )
-
-
-def running_pods(env: OperatorEnv, namespace: str, app: str, count: int) -> list[dict[str, Any]] | None:
-    pods = [
-        p
-        for p in env.pods(namespace, f"app={app}")
-        if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")
-    ]
-    return pods if len(pods) == count else None
 
 
 def test_happy_path(operator_env: OperatorEnv, namespace: str) -> None:
@@ -155,49 +114,6 @@ def test_happy_path(operator_env: OperatorEnv, namespace: str) -> None:
 # ------------------------------------------------------------------------------------------- policy
 
 
-def node_cachelink(
-    namespace: str, name: str, prompt: list[str], decode: list[str], **options: Any
-) -> dict[str, Any]:
-    return cachelink(
-        namespace,
-        name,
-        prompt={"nodeNames": prompt},
-        decode={"nodeNames": decode},
-        options={"memPoolSizeBytes": POOL, **options},
-    )
-
-
-def policy(
-    name: str,
-    team: str,
-    priority: int = 0,
-    defaults: dict[str, Any] | None = None,
-    limits: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    return {
-        "apiVersion": "cachelink.io/v1alpha1",
-        "kind": "CacheLinkPolicy",
-        "metadata": {"name": name},
-        "spec": {
-            "namespaceSelector": {"matchLabels": {"cachelink-e2e-team": team}},
-            "priority": priority,
-            "defaults": defaults or {},
-            "limits": limits or {},
-        },
-    }
-
-
-@pytest.fixture
-def policies(operator_env: OperatorEnv) -> Iterator[list[str]]:
-    """Names of CacheLinkPolicies to delete at the end (they are cluster-scoped)."""
-    made: list[str] = []
-    yield made
-    if made:
-        operator_env.kubectl(
-            "delete", "cachelinkpolicies.cachelink.io", *made, "--ignore-not-found", check=False
-        )
-
-
 def labelled_namespace(env: OperatorEnv, name: str, team: str) -> str:
     env.apply(
         {
@@ -211,8 +127,7 @@ def labelled_namespace(env: OperatorEnv, name: str, team: str) -> str:
 
 def rejected_for(obj: dict[str, Any], rule: str) -> bool:
     status = obj.get("status") or {}
-    compliant = condition(obj, "PolicyCompliant")
-    return status.get("phase") == "Rejected" and compliant is not None and rule in compliant["message"]
+    return status.get("phase") == "Rejected" and rule in condition(obj, "PolicyCompliant").get("message", "")
 
 
 def option_of(env: OperatorEnv, uid: str, key: str) -> set[str]:
@@ -332,12 +247,8 @@ def test_each_policy_limit_violated_once(operator_env: OperatorEnv, policies: li
                 ns, "kv", lambda o, r=rule: rejected_for(o, r), f"Rejected by {rule}", 60
             )
             compliant = condition(obj, "PolicyCompliant")
-            assert (
-                compliant is not None
-                and compliant["status"] == "False"
-                and compliant["reason"] == "PolicyViolation"
-            )
-            assert condition(obj, "Ready")["reason"] == "PolicyViolation"  # type: ignore[index]
+            assert compliant.get("status") == "False" and compliant.get("reason") == "PolicyViolation"
+            assert condition(obj, "Ready").get("reason") == "PolicyViolation"
             assert env.owned(obj["metadata"]["uid"]) == {}, f"{rule}: a rejected CacheLink got instances"
             events = [e for e in env.events(ns, "kv") if e["reason"] == "PolicyViolation"]
             assert len(events) == 1 and rule in events[0]["message"], (rule, events)
@@ -366,7 +277,7 @@ def test_a_namespace_quota_goes_to_the_earliest_cachelinks_and_frees_on_deletion
         assert (
             "(2 for the CacheLinks created before this one, 2 for this one)"
             in condition(second, "PolicyCompliant")["message"]
-        )  # type: ignore[index]
+        )
         # the first one goes away: the second is reconciled at once (no resync wait) and fits
         env.kubectl("delete", "cachelinks.cachelink.io", "first", "-n", ns, "--timeout=60s")
         env.wait_cachelink(ns, "second", lambda o: ready(o, 1), "Ready once the quota freed", 15)
@@ -440,7 +351,7 @@ def test_agent_killed_degrades_then_recovers(operator_env: OperatorEnv, namespac
             "Degraded with node-b Unreachable",
             90,
         )
-        assert condition(degraded, "Ready")["status"] == "False"  # type: ignore[index]
+        assert condition(degraded, "Ready").get("status") == "False"
         assert "AgentUnreachable" in [e["reason"] for e in env.events(namespace, "kv")]
         # then it dies: the kubelet starts the container again
         env.product.ctr_task(agent, "agent", "kill", "--signal", "SIGKILL")
@@ -538,7 +449,7 @@ def test_malformed_cachelinks(operator_env: OperatorEnv, namespace: str) -> None
         namespace, "tight", lambda o: (o.get("status") or {}).get("phase") == "Rejected", "Rejected", 60
     )
     ready_cond = condition(obj, "Ready")
-    assert ready_cond is not None and ready_cond["reason"] == "AllocationFailed"
+    assert ready_cond.get("reason") == "AllocationFailed"
     assert "clusterIdRange holds 1 ids, 2 instances" in ready_cond["message"]
     assert env.owned(obj["metadata"]["uid"]) == {}
     assert "Rejected" in [e["reason"] for e in env.events(namespace, "tight")]

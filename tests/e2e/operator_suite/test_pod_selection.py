@@ -1,32 +1,20 @@
-"""The operator for real, part two: policy status, contested pods, annotation clean-up, rollouts.
-
-Same environment as ``test_operator.py`` (the fixture ``operator_env`` of this folder's ``conftest.py``).
-"""
+"""The pods a CacheLink selects over time, for real: contested pods, annotation clean-up, rollouts, a held port."""
 
 from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from cachelink_e2e_operator import OperatorEnv, wait_for
 
-pytestmark = pytest.mark.e2e
-POOL = 4 << 20
-ROOT = Path(__file__).resolve().parents[3]
+from .resources import cachelink, condition, node_cachelink, ready, running_pods
+
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("canonical_crds")]
 OUR_ANNOTATIONS = ("cachelink.io/cachelink", "cachelink.io/instance", "cachelink.io/cluster-id")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def canonical_crds(operator_env: OperatorEnv) -> None:
-    """The CRDs of ``crds/`` (the status fields this module reads must not be pruned)."""
-    operator_env.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-
-
-#: rollouts surge one pod at a time and keep the old ones until the new one is up
 ROLLING = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
 
 
@@ -48,50 +36,6 @@ def deployment(
     )
 
 
-def cachelink(namespace: str, name: str, **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "prompt": {"podSelector": {"matchLabels": {"app": "prefill"}}},
-        "decode": {"podSelector": {"matchLabels": {"app": "decode"}}},
-        "options": {"memPoolSizeBytes": POOL},
-    }
-    body.update(spec)
-    return {
-        "apiVersion": "cachelink.io/v1alpha1",
-        "kind": "CacheLink",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": body,
-    }
-
-
-def node_cachelink(namespace: str, name: str, prompt: list[str], decode: list[str]) -> dict[str, Any]:
-    return cachelink(namespace, name, prompt={"nodeNames": prompt}, decode={"nodeNames": decode})
-
-
-def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
-    found = next((c for c in (obj.get("status") or {}).get("conditions", []) if c["type"] == type_), None)
-    return found or {}
-
-
-def ready(obj: dict[str, Any], links: int) -> bool:
-    status = obj.get("status") or {}
-    return (
-        status.get("phase") == "Ready"
-        and status.get("readyLinks") == links
-        and status.get("desiredLinks") == links
-        and condition(obj, "Ready").get("status") == "True"
-        and status.get("observedGeneration") == obj["metadata"]["generation"]
-    )
-
-
-def running_pods(env: OperatorEnv, namespace: str, app: str, count: int) -> list[dict[str, Any]] | None:
-    pods = [
-        p
-        for p in env.pods(namespace, f"app={app}")
-        if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")
-    ]
-    return pods if len(pods) == count else None
-
-
 def ours(env: OperatorEnv, namespace: str, pod: str) -> dict[str, str]:
     """The operator's annotations on a pod."""
     found = env.get("pod", pod, "-n", namespace)
@@ -103,95 +47,6 @@ def start_workloads(env: OperatorEnv, namespace: str, prompts: int = 1) -> None:
     env.apply(deployment(env, namespace, "prefill", prompts), deployment(env, namespace, "decode", 1))
     wait_for(lambda: running_pods(env, namespace, "prefill", prompts), 60, "prefill pods")
     wait_for(lambda: running_pods(env, namespace, "decode", 1), 60, "decode pod")
-
-
-# ------------------------------------------------------------------------------------ policy status
-
-
-@pytest.fixture
-def policies(operator_env: OperatorEnv) -> Iterator[list[str]]:
-    made: list[str] = []
-    yield made
-    if made:
-        operator_env.kubectl(
-            "delete", "cachelinkpolicies.cachelink.io", *made, "--ignore-not-found", check=False
-        )
-
-
-def policy(name: str, team: str, defaults: dict[str, Any], limits: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "apiVersion": "cachelink.io/v1alpha1",
-        "kind": "CacheLinkPolicy",
-        "metadata": {"name": name},
-        "spec": {
-            "namespaceSelector": {"matchLabels": {"cachelink-e2e-team": team}},
-            "defaults": defaults,
-            "limits": limits,
-        },
-    }
-
-
-def test_policy_status(operator_env: OperatorEnv, namespace: str, policies: list[str]) -> None:
-    env = operator_env
-    env.kubectl("label", "namespace", namespace, f"cachelink-e2e-team={namespace}")
-    limit, bad = f"{namespace}-limit", f"{namespace}-bad"
-    policies += [limit, bad]
-    env.apply(
-        policy(limit, namespace, {}, {"maxLinksPerCacheLink": 1}),
-        # contradictory: its defaults break its own limit (the schema cannot see that)
-        policy(bad, "nobody", {"maxClustersPerLinkCall": 8}, {"maxClustersPerLinkCall": 4}),
-    )
-    env.apply(
-        node_cachelink(namespace, "small", ["node-a"], ["node-b"]),
-        node_cachelink(namespace, "big", ["node-a", "node-c"], ["node-b"]),
-    )
-    env.wait_cachelink(namespace, "small", lambda o: ready(o, 1), "Ready", 60)
-    big = env.wait_cachelink(
-        namespace, "big", lambda o: (o.get("status") or {}).get("phase") == "Rejected", "Rejected", 60
-    )
-    assert big["status"]["violatedPolicies"] == [limit]
-
-    def policy_status(name: str, check: Any) -> dict[str, Any]:
-        def probe() -> dict[str, Any] | None:
-            obj = env.get("cachelinkpolicies.cachelink.io", name)
-            return obj if obj is not None and check(obj.get("status") or {}) else None
-
-        found: dict[str, Any] = wait_for(probe, 30, f"status of CacheLinkPolicy {name}")
-        return found
-
-    obj = policy_status(limit, lambda s: s.get("violatingCacheLinks") == 1)
-    status = obj["status"]
-    assert status["selectedCacheLinks"] == 2 and status["violating"] == [f"{namespace}/big"]
-    assert status["observedGeneration"] == obj["metadata"]["generation"]
-    assert condition(obj, "Valid")["status"] == "True"
-    # steady state: no writes
-    version = obj["metadata"]["resourceVersion"]
-    time.sleep(3)
-    assert env.get("cachelinkpolicies.cachelink.io", limit)["metadata"]["resourceVersion"] == version
-
-    invalid = policy_status(bad, lambda s: bool(s.get("conditions")))
-    valid = condition(invalid, "Valid")
-    assert valid["status"] == "False" and valid["reason"] == "Contradictory", valid
-    assert "maxClustersPerLinkCall 8 exceeds" in valid["message"]
-    assert invalid["status"]["selectedCacheLinks"] == 0
-
-    def warnings() -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = env.get(
-            "events",
-            "-n",
-            "default",
-            "--field-selector",
-            f"involvedObject.kind=CacheLinkPolicy,involvedObject.name={bad}",
-        )["items"]
-        return [e for e in items if e["reason"] == "InvalidPolicy" and e["type"] == "Warning"]
-
-    assert len(wait_for(warnings, 20, "the InvalidPolicy event")) == 1
-
-    # the limit is raised: the violating CacheLink goes Ready and leaves the list
-    env.apply(policy(limit, namespace, {}, {"maxLinksPerCacheLink": 2}))
-    env.wait_cachelink(namespace, "big", lambda o: ready(o, 2), "Ready after the limit was raised", 60)
-    obj = policy_status(limit, lambda s: s.get("violatingCacheLinks") == 0)
-    assert obj["status"].get("violating", []) == [] and obj["status"]["observedGeneration"] == 2
 
 
 # ------------------------------------------------------------------------------------ contested pods
