@@ -116,6 +116,27 @@ def sweep(data_dir: Path) -> list[str]:
     return removed
 
 
+def processes_naming(text: str) -> dict[int, str]:
+    """Processes (other than this one) whose command line contains ``text``: pid to command line."""
+    found: dict[int, str] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:  # exited while we looked
+            continue
+        if text in cmdline:
+            found[int(proc.name)] = cmdline
+    return found
+
+
+def mounts_naming(text: str) -> list[str]:
+    """Mount points of this mount namespace whose mountinfo line contains ``text``."""
+    lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    return [line.split()[4] for line in lines if text in line]
+
+
 @dataclass
 class ContainerdNode:
     """One node's containerd, in the node's network and mount namespaces."""

@@ -41,16 +41,8 @@ HOST_PATHS_BEFORE = {target for target in rn.NODE_MOUNTS if Path(target).exists(
 
 def _leftovers(root: Path, netns: str) -> list[str]:
     left = [f"netns {netns}"] if netns in rn.namespaces(netns.rsplit("-", 1)[0]) else []
-    mounts = Path("/proc/self/mountinfo").read_text()
-    left += [f"mount {line.split()[4]}" for line in mounts.splitlines() if str(root) in line]
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if str(root) in cmdline:
-                left.append(f"process {proc.name}: {cmdline[:120]}")
+    left += [f"mount {m}" for m in rn.mounts_naming(str(root))]
+    left += [f"process {pid}: {cmdline[:120]}" for pid, cmdline in rn.processes_naming(str(root)).items()]
     left += [f"host folder {t}" for t in rn.NODE_MOUNTS if Path(t).exists() and t not in HOST_PATHS_BEFORE]
     return left
 

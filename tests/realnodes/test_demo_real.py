@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from cachelink.devcluster.build import Tools
-from cachelink.realnodes.node import netns_prefix
+from cachelink.realnodes.node import netns_prefix, processes_naming
 
 pytestmark = pytest.mark.e2e
 
@@ -32,16 +32,7 @@ def demo(data_dir: Path, *args: str, timeout: float = 1200) -> subprocess.Comple
 
 def pids_left(data_dir: Path) -> list[str]:
     """Processes still running whose command line names the data directory."""
-    left = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if str(data_dir) in cmdline and int(proc.name) != os.getpid():
-                left.append(f"{proc.name}: {cmdline[:200]}")
-    return left
+    return [f"{pid}: {cmdline[:200]}" for pid, cmdline in processes_naming(str(data_dir)).items()]
 
 
 def namespaces_left(data_dir: Path) -> list[str]:

@@ -36,19 +36,10 @@ def leftovers(nodes: RealNodes) -> list[str]:
     """Everything of the nodes that still exists: processes, namespaces, cgroups, mounts, host folders."""
     left = nodes.leftovers()
     data_dir = str(nodes.data_dir)
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        if data_dir in line:
-            left.append(f"mount {line.split()[4]}")
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        program = Path(cmdline.split(" ", 1)[0]).name
-        if data_dir in cmdline and program not in CONTROL_PLANE:
-            left.append(f"process {proc.name}: {cmdline[:150]}")
+    left += [f"mount {m}" for m in node.mounts_naming(data_dir)]
+    for pid, cmdline in node.processes_naming(data_dir).items():
+        if Path(cmdline.split(" ", 1)[0]).name not in CONTROL_PLANE:
+            left.append(f"process {pid}: {cmdline[:150]}")
     left += [f"host folder {t}" for t in node.NODE_MOUNTS if Path(t).exists() and t not in HOST_PATHS_BEFORE]
     left += [f"cgroup {p}" for p in cgroups.leftovers(nodes.prefix)]
     return left
