@@ -10,13 +10,14 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 import sys
 from pathlib import Path
 
 from aiohttp import web
 
 from cachelink_agent import config as config_module
-from cachelink_agent import logs, metrics, server, state
+from cachelink_agent import logs, metrics, server, serving_cert, state
 from cachelink_agent.csi.folders import Folders
 from cachelink_agent.csi.plugin import CsiPlugin
 from cachelink_agent.csi.service import CsiServer, CsiStartError
@@ -34,14 +35,15 @@ async def serve(config: config_module.AgentConfig) -> None:
     manager_box.append(manager)
     manager.store.load()  # fail fast on an unreadable or newer state file, before binding anything
     csi = _csi(config, manager)
+    tls, renewal = await _tls(config)
     app = server.create_app(config, manager, registry)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site: web.BaseSite
     if config.listen_unix:
-        site = web.UnixSite(runner, config.listen_unix, ssl_context=config.ssl_context())
+        site = web.UnixSite(runner, config.listen_unix, ssl_context=tls)
     else:
-        site = web.TCPSite(runner, config.listen_host, config.listen_port, ssl_context=config.ssl_context())
+        site = web.TCPSite(runner, config.listen_host, config.listen_port, ssl_context=tls)
     await site.start()
     _log.info(
         "cachelink-agent %s on node %s listening on %s (%s mode, state %s)",
@@ -62,11 +64,31 @@ async def serve(config: config_module.AgentConfig) -> None:
     _log.info("stopping (instances keep their pools; nothing is finalized)")
     if csi is not None:
         await csi.stop(grace=1.0)  # published volumes stay mounted; the next agent serves them
-    restore.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await restore
+    for task in (restore, renewal):
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     await manager.shutdown()
     await runner.cleanup()
+
+
+async def _tls(config: config_module.AgentConfig) -> tuple[ssl.SSLContext | None, asyncio.Task[None] | None]:
+    """The server's TLS context (from files, or signed through the CSR API and renewed), or None."""
+    if not config.tls_csr_address:
+        return config.ssl_context(), None
+    cert = serving_cert.ServingCert(
+        config.state_dir / "tls",
+        config.node_name,
+        config.tls_csr_address,
+        serving_cert.KubernetesCsrApi(),
+        timeout_s=config.tls_csr_timeout,
+        lifetime_s=config.tls_cert_lifetime,
+    )
+    if not cert.load_existing():
+        _log.info("requesting a serving certificate for %s (%s)", config.node_name, config.tls_csr_address)
+        await cert.obtain()
+    return cert.context, asyncio.create_task(cert.renew_forever())
 
 
 def _csi(config: config_module.AgentConfig, manager: InstanceManager) -> CsiServer | None:
@@ -104,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     logs.setup(config.log_format, config.log_level)
     try:
         asyncio.run(serve(config))
-    except (state.StateError, CsiStartError) as error:
+    except (state.StateError, CsiStartError, serving_cert.ServingCertError) as error:
         print(f"cachelink-agent: error: {error}", file=sys.stderr)
         sys.exit(2)
     except OSError as error:

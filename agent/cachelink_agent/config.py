@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import math
 import os
 import re
@@ -12,7 +13,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from cachelink_agent import models, tokens
+from cachelink_agent import models, serving_cert, tokens
 from llm_datadist.status import CacheLinkError
 
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -71,6 +72,10 @@ class AgentConfig:
     csi_driver: str = "cachelink.io"
     csi_register: bool = True
     csi_grant_wait: float = 10.0
+    #: get the serving certificate from the operator through the CSR API (for this address)
+    tls_csr_address: str = ""
+    tls_csr_timeout: float = 300.0
+    tls_cert_lifetime: int = 7 * 24 * 3600
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """Server TLS context from the cert/key files, or None."""
@@ -135,6 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--tls-cert", default="", help="serve HTTPS with this certificate (PEM)")
     add("--tls-key", default="", help="private key of --tls-cert (PEM)")
+    add(
+        "--tls-csr-address",
+        default="",
+        help="serve HTTPS with a certificate for this IP, made here and signed by the CacheLink operator "
+        "through the CSR API (signer cachelink.io/agent-serving; the key stays in --state-dir/tls)",
+    )
+    add("--tls-csr-timeout", default="300", help="seconds to wait for the certificate to be signed")
+    add("--tls-cert-lifetime", default="604800", help="seconds a requested certificate lasts (>= 600)")
     add(
         "--in-process",
         action="store_true",
@@ -260,6 +273,21 @@ def _tls_files(cert: str, key: str) -> None:
             raise ConfigError(f"{flag} {value}: not readable")
 
 
+def _tls_csr(address: str, cert: str, lifetime: int) -> None:
+    if cert:
+        raise ConfigError(
+            "--tls-csr-address and --tls-cert exclude each other (one source of the certificate)"
+        )
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        raise ConfigError(f"--tls-csr-address {address!r} is not an IP address") from None
+    if lifetime < serving_cert.MIN_LIFETIME_S:
+        raise ConfigError(
+            f"--tls-cert-lifetime must be at least {serving_cert.MIN_LIFETIME_S} s (the CSR API's minimum)"
+        )
+
+
 def _max_pool(text: str, pool_dir: Path) -> int:
     """``--max-pool-bytes``, or the size of the pool folder's file system when it is not given."""
     if not text:
@@ -281,6 +309,9 @@ def from_args(argv: list[str] | None = None) -> AgentConfig:
     if len(node) > 253 or not DNS1123_SUBDOMAIN.match(node):
         raise ConfigError(f"--node-name {node!r} is not a DNS-1123 subdomain (a Kubernetes node name)")
     _tls_files(args.tls_cert, args.tls_key)
+    lifetime = int(_number("--tls-cert-lifetime", args.tls_cert_lifetime))
+    if args.tls_csr_address:
+        _tls_csr(args.tls_csr_address, args.tls_cert, lifetime)
     owner_ttl = _number("--owner-ttl", args.owner_ttl)
     owner_finalize_ttl = _number("--owner-finalize-ttl", args.owner_finalize_ttl)
     if owner_finalize_ttl < owner_ttl:
@@ -325,6 +356,9 @@ def from_args(argv: list[str] | None = None) -> AgentConfig:
         csi_driver=args.csi_driver_name,
         csi_register=args.csi_register,
         csi_grant_wait=_number("--csi-grant-wait", args.csi_grant_wait),
+        tls_csr_address=args.tls_csr_address,
+        tls_csr_timeout=_number("--tls-csr-timeout", args.tls_csr_timeout),
+        tls_cert_lifetime=lifetime,
     )
     if config.tls_cert:
         try:

@@ -24,7 +24,17 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import start_http_server
 
-from cachelink_operator import agents, handlers, kube, leader, link_keys, logs, policy_status, reconcile
+from cachelink_operator import (
+    agent_certs,
+    agents,
+    handlers,
+    kube,
+    leader,
+    link_keys,
+    logs,
+    policy_status,
+    reconcile,
+)
 from cachelink_operator.config import Config
 from cachelink_operator.no_diffbase import NoDiffBase
 
@@ -59,6 +69,17 @@ def parse(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Namespace
         help="Secret holding the Ed25519 key (PEM) that signs the agents' API tokens",
     )
     p.add_argument("--agent-signing-key-secret-key", default=d.agent_signing_key_key)
+    p.add_argument(
+        "--agent-ca-secret",
+        default=d.agent_ca_secret_name,
+        help="Secret (tls.crt, tls.key) of the CA that signs the agents' serving certificates and verifies "
+        "agent connections; '' calls agents over plain HTTP and signs nothing",
+    )
+    p.add_argument(
+        "--agent-service-account",
+        default=d.agent_service_account,
+        help="the agents' ServiceAccount: the only requester whose certificate requests are signed",
+    )
     p.add_argument(
         "--link-master-secret",
         default=d.link_master_secret_name,
@@ -103,6 +124,8 @@ def parse(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Namespace
         agent_selector=a.agent_selector,
         agent_signing_key_secret_name=a.agent_signing_key_secret,
         agent_signing_key_key=a.agent_signing_key_secret_key,
+        agent_ca_secret_name=a.agent_ca_secret,
+        agent_service_account=a.agent_service_account,
         link_master_secret_name=a.link_master_secret,
         link_master_secret_key=a.link_master_secret_key,
         operator_namespace=a.namespace,
@@ -315,8 +338,31 @@ async def _runtime(
             error,
         )
         return None
+    signing_ca: agent_certs.SigningCA | None = None
+    if cfg.agent_ca_secret_name:
+        ca_pems = [
+            await read("agent CA", cfg.agent_namespace, cfg.agent_ca_secret_name, key)
+            for key in ("tls.crt", "tls.key")
+        ]
+        if ca_pems[0] is None or ca_pems[1] is None:
+            return None
+        try:
+            signing_ca = agent_certs.SigningCA.from_pem(ca_pems[0], ca_pems[1])
+        except ValueError as error:
+            log.error(
+                "cannot use the agent CA: Secret %s/%s: %s",
+                cfg.agent_namespace,
+                cfg.agent_ca_secret_name,
+                error,
+            )
+            return None
+    trusted = signing_ca.cert_pem if signing_ca is not None else None
     rt = reconcile.Runtime(
-        cfg, kube_api, agents.Agents(signing_key, cfg.agent_timeout_s), link_master=link_master
+        cfg,
+        kube_api,
+        agents.Agents(signing_key, cfg.agent_timeout_s, trusted_ca_pem=trusted),
+        link_master=link_master,
+        signing_ca=signing_ca,
     )
     registry = kopf.OperatorRegistry()
     handlers.register(registry, rt)

@@ -11,6 +11,7 @@ so one bad node never stalls the rest of a CacheLink.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -77,8 +78,18 @@ class Observation:
 class Agents:
     """Clients of the agents, one per node, recreated when the node's agent moves."""
 
-    def __init__(self, signing_key: Ed25519PrivateKey, timeout_s: float, concurrency: int = 32) -> None:
+    def __init__(
+        self,
+        signing_key: Ed25519PrivateKey,
+        timeout_s: float,
+        concurrency: int = 32,
+        trusted_ca_pem: bytes | None = None,
+    ) -> None:
+        """``trusted_ca_pem``: the CA agents' serving certificates chain to (HTTPS endpoints need it)."""
         self._minter = tokens.Minter(signing_key)
+        self._tls: ssl.SSLContext | None = None
+        if trusted_ca_pem is not None:
+            self._tls = ssl.create_default_context(cadata=trusted_ca_pem.decode())
         self._timeout = timeout_s
         self._clients: dict[str, tuple[str, agent_client.AgentClient]] = {}
         self._limit = asyncio.Semaphore(concurrency)
@@ -93,7 +104,9 @@ class Agents:
         if known is not None and known[0] == endpoint.url:
             return known[1]
         node = endpoint.node
-        made = agent_client.AgentClient(endpoint.url, lambda: self._minter.token(node), timeout=self._timeout)
+        made = agent_client.AgentClient(
+            endpoint.url, lambda: self._minter.token(node), timeout=self._timeout, ssl_context=self._tls
+        )
         self._clients[endpoint.node] = (endpoint.url, made)
         if known is not None:
             asyncio.get_running_loop().create_task(known[1].close())

@@ -20,14 +20,16 @@ from typing import Any
 
 import kopf
 from cachelink_agent import client as agent_client
+from kubernetes.client.exceptions import ApiException
 
-from cachelink_operator import agents, desired, diff, finalize, policy, quota, reconcile
+from cachelink_operator import agent_certs, agents, desired, diff, finalize, policy, quota, reconcile, signer
 from cachelink_operator.config import Config
 from cachelink_operator.models import GROUP, VERSION, CacheLinkPolicySpec, PolicyRef
 
 kopf_logger = logging.getLogger(__name__)
 CACHELINKS = f"cachelinks.{VERSION}.{GROUP}"
 POLICIES = f"cachelinkpolicies.{VERSION}.{GROUP}"
+CERTIFICATE_REQUESTS = "certificatesigningrequests.v1.certificates.k8s.io"
 
 
 class Kicks:
@@ -103,7 +105,7 @@ def _register_indices(registry: kopf.OperatorRegistry, cfg: Config) -> Callable[
 
     @kopf.index("pods", registry=registry, when=is_agent, id="cachelink_agents")
     def cachelink_agents(body: kopf.Body, **_: Any) -> dict[str, agents.Endpoint] | None:
-        endpoint = agents.endpoint_of(body)
+        endpoint = agents.endpoint_of(body, cfg.agent_scheme)
         return {"all": endpoint} if endpoint is not None else None
 
     @kopf.index(POLICIES, registry=registry, id="cachelink_policies")
@@ -180,6 +182,29 @@ def _register_kickers(
         kicks.kick(*(ref.uid for ref in kwargs["cachelink_objects"].get(body.metadata.namespace, [])))
 
 
+def _register_signer(
+    registry: kopf.OperatorRegistry, rt: reconcile.Runtime, ca: agent_certs.SigningCA
+) -> None:
+    """The agents' certificate signer (:mod:`cachelink_operator.signer`) on pending requests."""
+
+    def pending(body: kopf.Body, **_: Any) -> bool:
+        return agent_certs.is_pending_agent_request(body)
+
+    @kopf.on.event(CERTIFICATE_REQUESTS, registry=registry, when=pending, id="agent_certificates")
+    async def agent_certificate(body: kopf.Body, **_: Any) -> None:
+        for attempt in range(3):
+            try:
+                await signer.handle(rt.kube, ca, rt.config.agent_user, body)
+                return
+            except ApiException as error:
+                kopf_logger.warning(
+                    "certificate request %s not handled: %s", body.metadata.name, error.reason
+                )
+                if error.status == 409:
+                    return  # changed since: the change comes back as an event
+                await asyncio.sleep(rt.config.retry_delay_s * 2**attempt)
+
+
 def register(registry: kopf.OperatorRegistry, rt: reconcile.Runtime) -> Kicks:
     """Register every handler on ``registry``; returns the kick table."""
     kicks = Kicks()
@@ -216,6 +241,9 @@ def register(registry: kopf.OperatorRegistry, rt: reconcile.Runtime) -> Kicks:
     async def cachelink_finalizer(body: kopf.Body, **kwargs: Any) -> None:
         await finalize.finalize(rt, body, _world(kwargs, str(body.metadata.namespace)))
 
+    if rt.signing_ca is not None:
+        _register_signer(registry, rt, rt.signing_ca)
+
     return kicks
 
 
@@ -243,7 +271,7 @@ async def care(rt: reconcile.Runtime) -> None:
     cfg = rt.config
     endpoints: dict[str, agents.Endpoint] = {}
     for pod in await rt.kube.list_pods(cfg.agent_namespace, cfg.agent_selector):
-        endpoint = agents.endpoint_of(pod)
+        endpoint = agents.endpoint_of(pod, cfg.agent_scheme)
         if endpoint is not None:
             endpoints[endpoint.node] = endpoint
     held: dict[str, dict[str, list[str]]] = {}

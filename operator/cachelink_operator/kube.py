@@ -33,6 +33,7 @@ class Kube:
         self.core = k8s.CoreV1Api(api)
         self.custom = k8s.CustomObjectsApi(api)
         self.coordination = k8s.CoordinationV1Api(api)
+        self.certificates = k8s.CertificatesV1Api(api)
         self.timeout = timeout_s
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="kube-api")
 
@@ -149,6 +150,37 @@ class Kube:
         """One key of a Secret, decoded."""
         secret = await self._run(self.core.read_namespaced_secret, name, namespace)
         return base64.b64decode((secret.data or {})[key])
+
+    async def node_addresses(self, node: str) -> list[str]:
+        """The InternalIP and ExternalIP addresses of ``node`` (none when there is no such node)."""
+        try:
+            found = await self._run(self.core.read_node, node)
+        except ApiException as error:
+            if error.status == 404:
+                return []
+            raise
+        wanted = ("InternalIP", "ExternalIP")
+        return [a.address for a in (found.status.addresses or []) if a.type in wanted]
+
+    async def decide_certificate_request(
+        self, body: Mapping[str, Any], condition: str, reason: str, message: str
+    ) -> None:
+        """Add an ``Approved`` or ``Denied`` condition to a CertificateSigningRequest (409: changed since)."""
+        updated = json.loads(json.dumps(body))
+        status = updated.setdefault("status", {})
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        status.setdefault("conditions", []).append(
+            {"type": condition, "status": "True", "reason": reason, "message": message, "lastUpdateTime": now}
+        )
+        name = updated["metadata"]["name"]
+        await self._send(self.certificates.replace_certificate_signing_request_approval, name, updated)
+
+    async def issue_certificate(self, body: Mapping[str, Any], cert_pem: bytes) -> None:
+        """Set the signed certificate of an approved CertificateSigningRequest."""
+        updated = json.loads(json.dumps(body))
+        updated.setdefault("status", {})["certificate"] = base64.b64encode(cert_pem).decode()
+        name = updated["metadata"]["name"]
+        await self._send(self.certificates.replace_certificate_signing_request_status, name, updated)
 
     async def apply_config_map(
         self, namespace: str, name: str, data: Mapping[str, str], owner: Mapping[str, Any]

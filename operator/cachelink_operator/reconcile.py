@@ -17,6 +17,7 @@ from cachelink_agent.models import InstanceStatus as InstanceStatusReport
 from kubernetes.client.exceptions import ApiException
 
 from cachelink_operator import (
+    agent_certs,
     agents,
     desired,
     diff,
@@ -55,6 +56,8 @@ class Runtime:
     linked_once: set[str] = field(default_factory=set)
     #: the master key link secrets are derived from (:mod:`cachelink_operator.link_keys`)
     link_master: bytes = b""
+    #: the CA signing agents' serving certificates (None: agents are called over plain HTTP)
+    signing_ca: agent_certs.SigningCA | None = None
     #: per CacheLink UID: (status the object had, status we wrote over it)
     written: dict[str, tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=dict)
     #: what the CacheLinkPolicy status loop works from
