@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -34,6 +35,8 @@ OPERATOR_SELECTOR = "app.kubernetes.io/component=operator,app.kubernetes.io/name
 SIGNING_KEY_SECRET = "cachelink-agent-signing-key"  # noqa: S105 - a Secret's name
 METRICS_TOKEN_SECRET = "cachelink-agent-metrics"  # noqa: S105 - a Secret's name
 VERIFY_KEY_CONFIGMAP = "cachelink-agent-verify-key"
+#: the CA of the agents' serving certificates (a Secret for the operator; its certificate in a ConfigMap)
+AGENT_CA = "cachelink-agent-ca"
 LEASE_NAME = "cachelink-operator"
 HELM_WAIT_S = 300
 AGENT_CALL_TIMEOUT_S = 30.0
@@ -148,19 +151,34 @@ class Product:
 
         return wait_for(all_ready, timeout, "a Ready agent pod on every node")
 
+    def agent_ca(self) -> str | None:
+        """The PEM certificate the agents' serving certificates chain to (None: the release serves HTTP)."""
+        found = self.kube.get("configmap", AGENT_CA, "-n", self.namespace)
+        return None if found is None else str(found["data"]["ca.crt"])
+
+    def agent_tls(self) -> ssl.SSLContext | None:
+        """A client context trusting only the agents' CA (None: the release serves plain HTTP)."""
+        ca = self.agent_ca()
+        return None if ca is None else ssl.create_default_context(cadata=ca)
+
     def agent_url(self, node: str) -> str:
-        """``http://POD_IP:PORT`` of the node's agent (reachable from inside the nodes' network)."""
+        """``https://POD_IP:PORT`` (``http`` without TLS) of the node's agent (reached from the nodes)."""
         pod = self.agent_pods(ready=False)[node]
-        return f"http://{pod['status']['podIP']}:{api_port(pod)}"
+        scheme = "http" if self.agent_ca() is None else "https"
+        return f"{scheme}://{pod['status']['podIP']}:{api_port(pod)}"
 
     def agent_call(
         self, node: str, func: Callable[[AgentClient], Awaitable[T]], token: str | None = None
     ) -> T:
         """One API call to the node's agent, made from the hub namespace with the node's token."""
-        url, chosen = self.agent_url(node), self.token(node) if token is None else token
+        url, chosen, tls = (
+            self.agent_url(node),
+            self.token(node) if token is None else token,
+            self.agent_tls(),
+        )
 
         async def run() -> T:
-            async with AgentClient(url, chosen, timeout=AGENT_CALL_TIMEOUT_S) as client:
+            async with AgentClient(url, chosen, timeout=AGENT_CALL_TIMEOUT_S, ssl_context=tls) as client:
                 return await func(client)
 
         return self.in_hub(lambda: asyncio.run(run()))

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 from cachelink_agent import tokens
+from cachelink_operator import agent_certs
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "cachelink"
@@ -62,7 +63,7 @@ def test_operator_rbac_is_least_privilege_and_agent_has_none(helm):
     rules = [rule for role in by_kind(docs, "ClusterRole") + by_kind(docs, "Role") for rule in role["rules"]]
     for rule in rules:
         assert "*" not in rule["verbs"] and "*" not in rule.get("resources", []), rule
-    # Secrets: no cluster-wide rule; in the release namespace, get of the two Secrets the operator reads
+    # Secrets: no cluster-wide rule; in the release namespace, get of the three Secrets the operator reads
     assert not [
         r for role in by_kind(docs, "ClusterRole") for r in role["rules"] if "secrets" in r["resources"]
     ]
@@ -71,7 +72,7 @@ def test_operator_rbac_is_least_privilege_and_agent_has_none(helm):
         {
             "apiGroups": [""],
             "resources": ["secrets"],
-            "resourceNames": ["cachelink-agent-signing-key", "cachelink-link-master"],
+            "resourceNames": ["cachelink-agent-signing-key", "cachelink-link-master", "cachelink-agent-ca"],
             "verbs": ["get"],
         }
     ]
@@ -80,12 +81,81 @@ def test_operator_rbac_is_least_privilege_and_agent_has_none(helm):
     assert master["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     agent_sa = [d for d in by_kind(docs, "ServiceAccount") if d["metadata"]["name"].endswith("-agent")]
     assert agent_sa and agent_sa[0]["automountServiceAccountToken"] is False
-    bound = {
-        s["name"]
+    name = agent_sa[0]["metadata"]["name"]
+    # the agent may create and read certificate requests (its own serving certificate), nothing else
+    agent_roles = {
+        b["roleRef"]["name"]
         for b in by_kind(docs, "ClusterRoleBinding") + by_kind(docs, "RoleBinding")
         for s in b["subjects"]
+        if s["name"] == name
     }
-    assert agent_sa[0]["metadata"]["name"] not in bound
+    assert [
+        r["rules"]
+        for r in by_kind(docs, "ClusterRole") + by_kind(docs, "Role")
+        if r["metadata"]["name"] in agent_roles
+    ] == [
+        [
+            {
+                "apiGroups": ["certificates.k8s.io"],
+                "resources": ["certificatesigningrequests"],
+                "verbs": ["create", "get"],
+            }
+        ]
+    ]
+    # the operator approves and signs for its own signer only
+    (signers,) = [r for r in rules if "signers" in r.get("resources", [])]
+    assert signers["resourceNames"] == ["cachelink.io/agent-serving"] and signers["verbs"] == [
+        "approve",
+        "sign",
+    ]
+    # without TLS the agent has no API access at all
+    plain = objects(helm, "agentDaemonSet.tls.enabled=false")
+    bound = {
+        s["name"]
+        for b in by_kind(plain, "ClusterRoleBinding") + by_kind(plain, "RoleBinding")
+        for s in b["subjects"]
+    }
+    assert name not in bound
+    assert not [
+        r for role in by_kind(plain, "ClusterRole") for r in role["rules"] if "signers" in r["resources"]
+    ]
+
+
+def test_agents_serve_tls_with_certificates_from_the_operators_ca(helm):
+    """The chart makes a CA only the operator reads; agents request certificates for their pod IP and are
+    probed over HTTPS; the operator and Prometheus verify them with the CA's certificate."""
+    docs = objects(helm, "serviceMonitor.enabled=true")
+    (ca_secret,) = [s for s in by_kind(docs, "Secret") if s["metadata"]["name"] == "cachelink-agent-ca"]
+    cert_pem = base64.b64decode(ca_secret["data"]["tls.crt"])
+    agent_certs.SigningCA.from_pem(cert_pem, base64.b64decode(ca_secret["data"]["tls.key"]))  # a CA, its key
+    assert ca_secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    (ca_map,) = [c for c in by_kind(docs, "ConfigMap") if c["metadata"]["name"] == "cachelink-agent-ca"]
+    assert ca_map["data"]["ca.crt"].encode() == cert_pem
+    (daemonset,) = by_kind(docs, "DaemonSet")
+    pod = daemonset["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert "--tls-csr-address=$(POD_IP)" in container["args"] and pod["automountServiceAccountToken"] is True
+    assert "cachelink-agent-ca" not in {v.get("secret", {}).get("secretName") for v in pod["volumes"]}
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["scheme"] == "HTTPS", probe
+    (operator,) = by_kind(docs, "Deployment")
+    assert (
+        "--agent-ca-secret=cachelink-agent-ca"
+        in operator["spec"]["template"]["spec"]["containers"][0]["args"]
+    )
+    (monitor,) = by_kind(docs, "PodMonitor")
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["scheme"] == "https"
+    assert endpoint["tlsConfig"]["ca"]["configMap"] == {"name": "cachelink-agent-ca", "key": "ca.crt"}
+    # turned off: plain HTTP everywhere, no CA
+    plain = objects(helm, "agentDaemonSet.tls.enabled=false")
+    assert not [s for s in by_kind(plain, "Secret") if s["metadata"]["name"] == "cachelink-agent-ca"]
+    (operator,) = by_kind(plain, "Deployment")
+    assert "--agent-ca-secret=" in operator["spec"]["template"]["spec"]["containers"][0]["args"]
+    (daemonset,) = by_kind(plain, "DaemonSet")
+    assert (
+        daemonset["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["httpGet"]["scheme"] == "HTTP"
+    )
 
 
 def test_agents_verify_tokens_with_the_public_half_only(helm):
@@ -123,7 +193,7 @@ def test_agent_daemonset_mounts_pools_and_sizes_memory_for_them(helm):
         "DaemonSet",
     )
     pod = ds["spec"]["template"]["spec"]
-    assert pod["hostNetwork"] is True and pod["automountServiceAccountToken"] is False
+    assert pod["hostNetwork"] is True and pod["automountServiceAccountToken"] is True  # for its certificate
     (container,) = pod["containers"]
     assert {"name": "api", "containerPort": 8470} in container["ports"]
     assert "--max-pool-bytes=2Gi" in container["args"]

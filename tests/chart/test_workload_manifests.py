@@ -140,7 +140,9 @@ def test_the_demo_model_pods_attach_through_csi_and_keep_weights_in_their_own_vo
 
     image = "localhost/cachelink-model:test"
     cachelink, prefill, decode = demo_inference.objects("inference", ("node-a", "node-b"), image)
-    router = demo_inference.router_pod("inference", "node-a", image, "http://10.0.0.1:8000", "http://10.0.0.2:8000")
+    router = demo_inference.router_pod(
+        "inference", "node-a", image, "http://10.0.0.1:8000", "http://10.0.0.2:8000"
+    )
     for doc in (prefill, decode, router):
         where = f"{doc['kind']} {doc['metadata']['name']}"
         assert not host_paths(doc), f"{where} mounts a host path"

@@ -293,14 +293,15 @@ def test_a_nan_lease_is_refused(tenants: Tenants) -> None:
 
 
 AGENT_API = r"""
-import json, sys, urllib.error, urllib.request
-url, calls = sys.argv[1], json.loads(sys.argv[2])
+import json, ssl, sys, urllib.error, urllib.request
+url, calls, ca = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+tls = ssl.create_default_context(cadata=ca) if ca else None
 out = {}
 for label, token, path in calls:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     request = urllib.request.Request(url + path, headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=10) as answer:
+        with urllib.request.urlopen(request, timeout=10, context=tls) as answer:
             out[label] = [answer.status, answer.read().decode()[:200]]
     except urllib.error.HTTPError as error:
         out[label] = [error.code, error.read().decode()[:200]]
@@ -319,7 +320,7 @@ def test_the_agent_api_refuses_another_node_s_credential(tenants: Tenants) -> No
         ("metrics credential on the API", metrics, "/v1/instances"),
         ("metrics credential on /metrics", metrics, "/metrics"),
     ]
-    result = tenants.in_b(AGENT_API, product.agent_url("node-b"), json.dumps(calls))
+    result = tenants.in_b(AGENT_API, product.agent_url("node-b"), json.dumps(calls), product.agent_ca() or "")
     status, body = result["node-a's token"]
     assert status == 403 and json.loads(body)["error"] == "forbidden", body
     assert "node 'node-a', not 'node-b'" in json.loads(body)["message"], body
