@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import datetime
 import ipaddress
-import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -70,6 +69,48 @@ class SigningCA:
         except x509.ExtensionNotFound:
             raise ValueError("the certificate is not a CA") from None
         return cls(cert, key)
+
+    @classmethod
+    def generate(cls, name: str = "cachelink-agent-ca", days: int = 3650) -> SigningCA:
+        """A new self-signed P-256 CA (what the chart's ``genCA`` makes, for installs without the chart)."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(seconds=BACKDATE_S))
+            .not_valid_after(now + datetime.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .sign(key, hashes.SHA256())
+        )
+        return cls(cert, key)
+
+    @property
+    def key_pem(self) -> bytes:
+        """The CA's private key (PKCS#8 PEM)."""
+        return bytes(
+            self.key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
 
     @property
     def cert_pem(self) -> bytes:
@@ -183,7 +224,7 @@ def sign(approved: Approved, ca: SigningCA, now: datetime.datetime | None = None
         .subject_name(approved.csr.subject)
         .issuer_name(ca.cert.subject)
         .public_key(approved.csr.public_key())
-        .serial_number(int.from_bytes(secrets.token_bytes(16), "big") >> 1)
+        .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(seconds=BACKDATE_S))
         .not_valid_after(now + datetime.timedelta(seconds=approved.lifetime_s))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime
 import stat
 from pathlib import Path
 from typing import Any
@@ -13,33 +12,8 @@ from typing import Any
 import pytest
 from cachelink_agent import serving_cert
 from cachelink_operator import agent_certs
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 AGENT = "system:serviceaccount:cachelink-system:cachelink-agent"
-
-
-def make_ca() -> agent_certs.SigningCA:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test-ca")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(7)
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return agent_certs.SigningCA.from_pem(cert.public_bytes(serialization.Encoding.PEM), key_pem)
 
 
 class SigningApi:
@@ -47,7 +21,7 @@ class SigningApi:
 
     def __init__(self, node: str, addresses: list[str], answer: str = "sign") -> None:
         self.node, self.addresses, self.answer = node, addresses, answer
-        self.ca = make_ca()
+        self.ca = agent_certs.SigningCA.generate()
         self.created: list[dict[str, Any]] = []
 
     def create(self, body: dict[str, Any]) -> None:

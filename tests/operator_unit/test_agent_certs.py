@@ -24,27 +24,6 @@ AGENT = "system:serviceaccount:cachelink-system:cachelink-agent"
 NODE, IP = "node-a", "10.77.0.2"
 
 
-def make_ca() -> agent_certs.SigningCA:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cachelink-agent-ca")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=365))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return agent_certs.SigningCA.from_pem(cert.public_bytes(serialization.Encoding.PEM), pem)
-
-
 def request(
     csr_pem: bytes | None = None,
     user: str = AGENT,
@@ -83,7 +62,7 @@ def csr_pem(
 
 
 def test_the_agents_request_is_signed_for_its_node_and_verifies_against_the_ca(tmp_path) -> None:
-    ca = make_ca()
+    ca = agent_certs.SigningCA.generate()
     key_pem, request_pem = serving_cert.new_request(NODE, IP)
     approved = agent_certs.check(request(request_pem), AGENT, [IP, "fd00::2"])
     assert approved.node == NODE and approved.lifetime_s == 3600
@@ -194,9 +173,7 @@ def test_lifetimes_are_bounded_and_pending_requests_are_told_apart() -> None:
 
 
 def test_a_ca_secret_that_does_not_fit_is_refused() -> None:
-    ca, other = make_ca(), make_ca()
-    other_key = other.key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    ca, other = agent_certs.SigningCA.generate(), agent_certs.SigningCA.generate()
+    other_key = other.key_pem
     with pytest.raises(ValueError, match="does not belong"):
         agent_certs.SigningCA.from_pem(ca.cert_pem, other_key)

@@ -8,7 +8,7 @@ from typing import Any
 from cachelink_agent import models as agent_models
 from cachelink_agent import tokens
 from cachelink_operator import __main__ as main
-from cachelink_operator import agents, desired, diff, handlers, reconcile, status
+from cachelink_operator import agent_certs, agents, desired, diff, handlers, reconcile, status
 from cachelink_operator.config import Config
 from cachelink_operator.models import CacheLinkStatus, RankTableStatus
 from kubernetes import client as k8s
@@ -293,10 +293,17 @@ class _SecretKube:
         return self.values[(namespace, name, key)]
 
 
-def _keys(cfg: Config, signing: bytes, master: bytes) -> dict[tuple[str, str, str], bytes]:
+CA = agent_certs.SigningCA.generate()
+
+
+def _keys(
+    cfg: Config, signing: bytes, master: bytes, ca: tuple[bytes, bytes] = (CA.cert_pem, CA.key_pem)
+) -> dict[tuple[str, str, str], bytes]:
     return {
         (cfg.agent_namespace, cfg.agent_signing_key_secret_name, cfg.agent_signing_key_key): signing,
         (cfg.operator_namespace, cfg.link_master_secret_name, cfg.link_master_secret_key): master,
+        (cfg.agent_namespace, cfg.agent_ca_secret_name, "tls.crt"): ca[0],
+        (cfg.agent_namespace, cfg.agent_ca_secret_name, "tls.key"): ca[1],
     }
 
 
@@ -317,3 +324,23 @@ def test_the_operator_starts_only_with_an_ed25519_signing_key_and_a_long_master(
     caplog.clear()
     assert asyncio.run(main._runtime(cfg, _SecretKube({}))) is None  # type: ignore[arg-type]
     assert "cachelink-agent-signing-key" in caplog.text and "no key" in caplog.text
+
+
+def test_the_operator_signs_and_calls_agents_over_tls_only_with_a_fitting_ca(caplog) -> None:
+    cfg = Config()
+    signing, master = tokens.private_pem(tokens.generate_signing_key()), b"m" * 48
+    made = asyncio.run(main._runtime(cfg, _SecretKube(_keys(cfg, signing, master))))  # type: ignore[arg-type]
+    assert made is not None and made[0].signing_ca is not None
+    assert made[0].signing_ca.cert_pem == CA.cert_pem and cfg.agent_scheme == "https"
+    asyncio.run(made[0].agents.close())
+    other = agent_certs.SigningCA.generate()
+    for ca, needle in [((CA.cert_pem, other.key_pem), "does not belong"), ((b"", b""), "agent CA")]:
+        caplog.clear()
+        kube = _SecretKube(_keys(cfg, signing, master, ca))
+        assert asyncio.run(main._runtime(cfg, kube)) is None  # type: ignore[arg-type]
+        assert "cannot use the agent CA" in caplog.text and needle in caplog.text
+    # without a CA Secret: plain HTTP to agents, and no signer
+    plain = Config(agent_ca_secret_name="")
+    made = asyncio.run(main._runtime(plain, _SecretKube(_keys(plain, signing, master))))  # type: ignore[arg-type]
+    assert made is not None and made[0].signing_ca is None and plain.agent_scheme == "http"
+    asyncio.run(made[0].agents.close())

@@ -84,7 +84,12 @@ def test_the_operator_contract_names_every_agent_module_but_the_client_side():
     package = PACKAGES["cachelink_agent"]
     modules = {f"cachelink_agent.{p.stem}" for p in package.glob("*.py")} - {"cachelink_agent.__init__"}
     modules |= {f"cachelink_agent.{p.parent.name}" for p in package.glob("*/__init__.py")}  # subpackages
-    client_side = {"cachelink_agent.client", "cachelink_agent.models", "cachelink_agent.tokens"}
+    client_side = {
+        "cachelink_agent.client",
+        "cachelink_agent.models",
+        "cachelink_agent.tokens",
+        "cachelink_agent.serving_cert",
+    }
     assert modules - client_side == forbidden
 
 
