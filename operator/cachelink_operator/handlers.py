@@ -191,10 +191,13 @@ def _register_signer(
         return agent_certs.is_pending_agent_request(body)
 
     @kopf.on.event(CERTIFICATE_REQUESTS, registry=registry, when=pending, id="agent_certificates")
-    async def agent_certificate(body: kopf.Body, **_: Any) -> None:
+    async def agent_certificate(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        if event.get("type") == "DELETED":
+            return
+        raw = event["object"]  # the request as plain JSON (written back with the decision)
         for attempt in range(3):
             try:
-                await signer.handle(rt.kube, ca, rt.config.agent_user, body)
+                await signer.handle(rt.kube, ca, rt.config.agent_user, raw)
                 return
             except ApiException as error:
                 kopf_logger.warning(
