@@ -12,6 +12,7 @@ import uuid
 from typing import Any
 
 import pytest
+from cachelink_agent import client as agent_client
 from cachelink_agent import tokens
 from cachelink_e2e_operator import OperatorEnv, Workload, wait_for
 
@@ -412,6 +413,16 @@ def test_wrong_agent_token_is_reported(operator_env: OperatorEnv, namespace: str
     finally:
         use_key(original)
     env.wait_cachelink(namespace, "kv", lambda o: ready(o, 1), "Ready with the right key", 120)
+
+    # every agent mounts the ConfigMap: the running ones followed both patches (the kubelet syncs volumes
+    # within about a minute); the next test starts once all of them verify the operator's tokens again
+    def every_agent_accepts() -> bool:
+        try:
+            return all(product.instances(node) is not None for node in product.agent_pods())
+        except agent_client.AgentUnauthorized:
+            return False
+
+    wait_for(every_agent_accepts, 180, "every agent verifying the operator's tokens again")
 
 
 def test_api_server_restart(operator_env: OperatorEnv, namespace: str) -> None:
