@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import hashlib
 import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -74,6 +75,9 @@ class SigningCA:
     def generate(cls, name: str = "cachelink-agent-ca", days: int = 3650) -> SigningCA:
         """A new self-signed P-256 CA (what the chart's ``genCA`` makes, for installs without the chart)."""
         key = ec.generate_private_key(ec.SECP256R1())
+        public_bits = key.public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+        )
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
         now = datetime.datetime.now(datetime.UTC)
         cert = (
@@ -85,6 +89,10 @@ class SigningCA:
             .not_valid_before(now - datetime.timedelta(seconds=BACKDATE_S))
             .not_valid_after(now + datetime.timedelta(days=days))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            # its key identifier made as Go makes it (truncated SHA-256): like the chart's genCA
+            .add_extension(
+                x509.SubjectKeyIdentifier(hashlib.sha256(public_bits).digest()[:20]), critical=False
+            )
             .add_extension(
                 x509.KeyUsage(
                     digital_signature=True,
@@ -214,6 +222,16 @@ def check(body: Mapping[str, Any], agent_user: str, addresses: Sequence[str]) ->
     return Approved(node, csr, max(serving_cert.MIN_LIFETIME_S, min(asked, MAX_LIFETIME_S)))
 
 
+def _authority_key_identifier(ca: x509.Certificate) -> x509.AuthorityKeyIdentifier:
+    """The CA's own key identifier when it has one (Go, hence Helm's ``genCA``, makes it from SHA-256, not
+    SHA-1: recomputing it would not match, and TLS clients would not find the issuer)."""
+    try:
+        own = ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        return x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.public_key())  # type: ignore[arg-type]
+    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(own)
+
+
 def sign(approved: Approved, ca: SigningCA, now: datetime.datetime | None = None) -> bytes:
     """The serving certificate for an approved request (PEM)."""
     now = now or datetime.datetime.now(datetime.UTC)
@@ -244,10 +262,7 @@ def sign(approved: Approved, ca: SigningCA, now: datetime.datetime | None = None
         )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(names, critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.cert.public_key()),  # type: ignore[arg-type]
-            critical=False,
-        )
+        .add_extension(_authority_key_identifier(ca.cert), critical=False)
     )
     algorithm = None if isinstance(ca.key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
     return builder.sign(ca.key, algorithm).public_bytes(serialization.Encoding.PEM)

@@ -102,9 +102,9 @@ def handshake(server: ssl.SSLContext, client: ssl.SSLContext, hostname: str) -> 
     except ssl.SSLError as error:
         return error
     finally:
+        client_end.close()  # the server end sees the close (or the alert) and its handshake ends
         thread.join(10)
         server_end.close()
-        client_end.close()
 
 
 @pytest.mark.parametrize(
