@@ -33,9 +33,10 @@ from typing import Any
 from benchlib import results
 from benchlib.stats import rounded
 
-from cachelink.demo_real import in_pod, restricted_pod
+from cachelink.demo_real import in_pod
 from cachelink.devcluster import DevCluster
 from cachelink.kvdemo.kvcache import KvShape
+from cachelink.kvdemo.pods import restricted_pod
 from cachelink.kvdemo.transfer import transfer
 from cachelink.kvdemo.watch import is_ready
 from cachelink.procs import wait_for

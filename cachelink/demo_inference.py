@@ -11,6 +11,7 @@ token ids. The weights are dequantised by each server pod at start into a volume
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 import urllib.request
@@ -18,11 +19,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from cachelink.demo_cluster import say
+from cachelink.kvdemo import pods
 from cachelink.kvdemo.watch import CACHELINK, Watch, is_ready
 from cachelink.procs import wait_for
 from cachelink.realnodes.product import Product
 
-ATTACH_DIR = "/run/cachelink"
 CACHELINK_NAME = "gemma"
 PREFILL_LABELS = {"app": "gemma-prefill"}
 DECODE_LABELS = {"app": "gemma-decode"}
@@ -54,11 +55,7 @@ def _container(name: str, image: str, args: list[str], mounts: list[dict[str, An
             "periodSeconds": 2,
             "failureThreshold": 3,
         },
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": copy.deepcopy(pods.CONTAINER_SECURITY),
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *mounts],
     }
 
@@ -78,13 +75,7 @@ def _pod(
         "metadata": {"name": name, "namespace": namespace, "labels": labels},
         "spec": {
             "nodeSelector": {"kubernetes.io/hostname": node},
-            "securityContext": {
-                "runAsNonRoot": True,
-                "runAsUser": 1000,
-                "runAsGroup": 1000,
-                "fsGroup": 1000,
-                "seccompProfile": {"type": "RuntimeDefault"},
-            },
+            "securityContext": {**copy.deepcopy(pods.POD_SECURITY), "fsGroup": 1000},
             "terminationGracePeriodSeconds": 5,
             "containers": [container],
             "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}, *volumes],
@@ -95,24 +86,11 @@ def _pod(
 def server_pod(name: str, namespace: str, node: str, role: str, image: str) -> dict[str, Any]:
     """A prefill or decode server attached through the CacheLink's CSI volume; weights in its own volume."""
     args = [
-        role, "--attach-dir", ATTACH_DIR, "--host", "$(POD_IP)", "--port", str(PORT),
+        role, "--attach-dir", pods.ATTACH_DIR, "--host", "$(POD_IP)", "--port", str(PORT),
         "--num-blocks", str(NUM_BLOCKS), "--block-size", str(BLOCK_SIZE), "--cache-dir", "/weights",
     ]  # fmt: skip
-    mounts: list[dict[str, Any]] = [
-        {"name": "cachelink", "mountPath": ATTACH_DIR, "readOnly": True},
-        {"name": "weights", "mountPath": "/weights"},
-    ]
-    volumes = [
-        {
-            "name": "cachelink",
-            "csi": {
-                "driver": "cachelink.io",
-                "readOnly": True,
-                "volumeAttributes": {"cachelink": CACHELINK_NAME},
-            },
-        },
-        {"name": "weights", "emptyDir": {"sizeLimit": "3Gi"}},
-    ]
+    mounts: list[dict[str, Any]] = [pods.attach_mount(), {"name": "weights", "mountPath": "/weights"}]
+    volumes = [pods.csi_volume(CACHELINK_NAME), {"name": "weights", "emptyDir": {"sizeLimit": "3Gi"}}]
     labels = PREFILL_LABELS if role == "prefill" else DECODE_LABELS
     return _pod(name, namespace, node, labels, _container("server", image, args, mounts), volumes)
 

@@ -25,6 +25,7 @@ from cachelink.demo_cluster import kept_hint, sample_objects, say
 from cachelink.devcluster import DevCluster
 from cachelink.devcluster.errors import DevClusterError
 from cachelink.kvdemo.kvcache import KvShape
+from cachelink.kvdemo.pods import ATTACH_DIR, restricted_pod
 from cachelink.kvdemo.report import summary
 from cachelink.kvdemo.transfer import Wrap, transfer
 from cachelink.kvdemo.watch import CACHELINK, Watch, is_ready
@@ -37,58 +38,11 @@ from cachelink.release.kube import Kube
 NODES = ("node-a", "node-b")
 RELEASE_NAMESPACE = "cachelink-system"
 #: where the workload pods mount their CacheLink's CSI volume
-ATTACH_DIR = "/run/cachelink"
 #: the workload pods' labels; the demo's CacheLink selects them
 PREFILL_LABELS = {"app": "demo-prefill"}
 DECODE_LABELS = {"app": "demo-decode"}
 READY_TIMEOUT_S = 240.0
 HELM_TIMEOUT_S = 300
-
-
-def restricted_pod(
-    name: str, namespace: str, node: str, labels: dict[str, str], image: str, link: str
-) -> dict[str, Any]:
-    """A workload pod that Pod Security ``restricted`` admits: non-root, read-only root, no capabilities,
-    the CacheLink's CSI volume and no host path. It idles; the demo runs the workload in it (exec)."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": namespace, "labels": labels},
-        "spec": {
-            "nodeSelector": {"kubernetes.io/hostname": node},
-            "securityContext": {
-                "runAsNonRoot": True,
-                "runAsUser": 1000,
-                "runAsGroup": 1000,
-                "seccompProfile": {"type": "RuntimeDefault"},
-            },
-            "terminationGracePeriodSeconds": 2,
-            "containers": [
-                {
-                    "name": "engine",
-                    "image": image,
-                    "imagePullPolicy": "Never",
-                    "command": ["python", "-c", "import signal; signal.pause()"],
-                    "securityContext": {
-                        "allowPrivilegeEscalation": False,
-                        "readOnlyRootFilesystem": True,
-                        "capabilities": {"drop": ["ALL"]},
-                    },
-                    "volumeMounts": [{"name": "cachelink", "mountPath": ATTACH_DIR, "readOnly": True}],
-                }
-            ],
-            "volumes": [
-                {
-                    "name": "cachelink",
-                    "csi": {
-                        "driver": "cachelink.io",
-                        "readOnly": True,
-                        "volumeAttributes": {"cachelink": link},
-                    },
-                }
-            ],
-        },
-    }
 
 
 def demo_objects(image: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], list[dict[str, Any]]]:

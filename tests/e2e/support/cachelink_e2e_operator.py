@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cachelink.kvdemo import pods
 from cachelink.procs import wait_for
 from cachelink.realnodes.netns import call_in_netns
 from cachelink.realnodes.product import Product
@@ -29,7 +30,6 @@ from cachelink.release.chart import OPERATOR_FLAGS
 ROOT = Path(__file__).resolve().parents[3]
 NODES = ("node-a", "node-b", "node-c")
 #: where workload pods mount their CacheLink's CSI volume
-ATTACH_DIR = "/run/cachelink"
 
 __all__ = ["NODES", "OperatorEnv", "Workload", "deployment", "e2e_values", "wait_for"]
 
@@ -49,46 +49,8 @@ def e2e_values(agent_mode: str) -> dict[str, Any]:
 def workload_pod_spec(
     image: str, cachelink: str | None, node_selector: dict[str, str] | None = None
 ) -> dict[str, Any]:
-    """A workload container that idles under Pod Security ``restricted``; with ``cachelink``'s CSI volume
-    unless that is None (a pod that never attaches starts without waiting for its grant)."""
-    spec: dict[str, Any] = {
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": 1000,
-            "runAsGroup": 1000,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        "terminationGracePeriodSeconds": 1,
-        "containers": [
-            {
-                "name": "server",
-                "image": image,
-                "imagePullPolicy": "Never",
-                "command": ["python", "-c", "import signal; signal.pause()"],
-                "securityContext": {
-                    "allowPrivilegeEscalation": False,
-                    "readOnlyRootFilesystem": True,
-                    "capabilities": {"drop": ["ALL"]},
-                },
-                "volumeMounts": [{"name": "cachelink", "mountPath": ATTACH_DIR, "readOnly": True}],
-            }
-        ],
-        "volumes": [
-            {
-                "name": "cachelink",
-                "csi": {
-                    "driver": "cachelink.io",
-                    "readOnly": True,
-                    "volumeAttributes": {"cachelink": cachelink},
-                },
-            }
-        ],
-    }
-    if cachelink is None:
-        del spec["volumes"], spec["containers"][0]["volumeMounts"]
-    if node_selector:
-        spec["nodeSelector"] = node_selector
-    return spec
+    """An idle workload under Pod Security ``restricted`` (:func:`cachelink.kvdemo.pods.idle_pod_spec`)."""
+    return pods.idle_pod_spec(image, cachelink, node_selector, container="server", grace_s=1)
 
 
 def deployment(
@@ -157,7 +119,7 @@ with attach(run_dir, name) as cm:
 def pod_socket(pod: dict[str, Any]) -> str:
     """Where the pod sees its instance's socket: in its CSI volume, named as the annotation says."""
     annotated = pod["metadata"]["annotations"]["cachelink.io/attach-socket"]
-    return f"{ATTACH_DIR}/{Path(annotated).name}"
+    return f"{pods.ATTACH_DIR}/{Path(annotated).name}"
 
 
 class Workload:
