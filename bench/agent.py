@@ -29,7 +29,7 @@ from cachelink_agent import models, tokens
 from cachelink_agent.attach import attach
 from cachelink_agent.client import AgentClient
 
-from cachelink.devcluster.processes import free_port
+from cachelink_dev.devcluster.processes import free_port
 from llm_datadist import BlocksCacheKey, CacheDesc, DataType, LLMClusterInfo, LLMRole
 from llm_datadist.ext import hosting as ext
 

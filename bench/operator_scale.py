@@ -22,7 +22,7 @@ processes) into a fresh namespace, then measured:
 - for the why: the reasons CacheLinks were not Ready, which status fields each status write changed
   (before and after Ready), and the Events by reason.
 
-The product runs as ``cachelink demo`` runs it (:class:`cachelink.realnodes.product.Product`): a control
+The product runs as ``cachelink demo`` runs it (:class:`cachelink_dev.realnodes.product.Product`): a control
 plane with the audit log, three real nodes (kubelet, containerd, kube-proxy) and the chart installed with
 ``helm upgrade --install --wait``; the agents and both operator replicas are containers, the replica
 holding the leader Lease is measured. Needs root and what ``cachelink real-nodes build`` builds (run first,
@@ -47,11 +47,11 @@ from benchlib import operator_report, results
 from benchlib.operator_driver import APPLY_CHUNK, NODES, POOL_BYTES, Bench
 from benchlib.stats import rounded
 
-from cachelink.devcluster import DevCluster
-from cachelink.realnodes.cli import build
-from cachelink.realnodes.cluster import RealNodes
-from cachelink.realnodes.product import Product
-from cachelink.release.chart import OPERATOR_FLAGS
+from cachelink_dev.devcluster import DevCluster
+from cachelink_dev.realnodes.cli import build
+from cachelink_dev.realnodes.cluster import RealNodes
+from cachelink_dev.realnodes.product import Product
+from cachelink_dev.release.chart import OPERATOR_FLAGS
 
 ROOT = Path(__file__).resolve().parents[1]
 

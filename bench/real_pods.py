@@ -6,7 +6,7 @@ Writes ``bench/results/real_pods.json`` (not run in CI). Needs root; everything 
 
 1. **Set-up steps**, each timed as it ran now (a cached step takes its check's time; the report says which
    were cached): the Debian packages, the kubelet/kube-proxy/containerd builds, the Debian base image, the
-   product image (``Dockerfile``), the pause image (:func:`cachelink.realnodes.cli.build`); then the control
+   product image (``Dockerfile``), the pause image (:func:`cachelink_dev.realnodes.cli.build`); then the control
    plane, two real nodes Ready (the product image loaded into each node's containerd), and
    ``helm upgrade --install --wait`` of the chart with its defaults (two operator replicas, agents in worker
    mode with the CSI plugin) and only the image named.
@@ -33,16 +33,16 @@ from typing import Any
 from benchlib import results
 from benchlib.stats import rounded
 
-from cachelink.demo_real import in_pod
-from cachelink.devcluster import DevCluster
 from cachelink.kvdemo.kvcache import KvShape
-from cachelink.kvdemo.pods import restricted_pod
-from cachelink.kvdemo.transfer import transfer
-from cachelink.kvdemo.watch import is_ready
-from cachelink.procs import wait_for
-from cachelink.realnodes.cli import build
-from cachelink.realnodes.cluster import RealNodes
-from cachelink.realnodes.product import Product, live
+from cachelink_dev.demo.pods import restricted_pod
+from cachelink_dev.demo.real import in_pod
+from cachelink_dev.demo.transfer import transfer
+from cachelink_dev.demo.watch import is_ready
+from cachelink_dev.devcluster import DevCluster
+from cachelink_dev.procs import wait_for
+from cachelink_dev.realnodes.cli import build
+from cachelink_dev.realnodes.cluster import RealNodes
+from cachelink_dev.realnodes.product import Product, live
 
 BENCH = "real_pods"
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,1 +1,2 @@
-"""CacheLink: the product's command line, the local demo and the development cluster."""
+"""CacheLink: the product's command line and the engine-only demo (the development tools, the local
+cluster and the cluster demo, are the separate ``cachelink_dev`` package in ``devtools/``)."""

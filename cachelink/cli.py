@@ -1,7 +1,9 @@
-"""The ``cachelink`` command: ``demo``, ``dev-cluster`` and ``real-nodes`` sub-commands.
+"""The ``cachelink`` command: ``demo``, plus ``dev-cluster`` and ``real-nodes`` from the development tools.
 
 Each sub-command lives in its own module and registers itself through ``add_parser``; this module only
-wires them together, so a sub-command whose optional parts are missing still leaves the others usable.
+wires them together. ``dev-cluster`` and ``real-nodes`` come from the development tools (``cachelink_dev``,
+``devtools/``), which the runtime wheel and the image do not carry: without them those sub-commands are
+simply absent.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 #: module paths of the sub-command providers; each exposes ``add_parser(subparsers) -> None``
-SUBCOMMAND_MODULES = ("cachelink.demo", "cachelink.devcluster.cli", "cachelink.realnodes.cli")
+SUBCOMMAND_MODULES = ("cachelink.demo", "cachelink_dev.devcluster.cli", "cachelink_dev.realnodes.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

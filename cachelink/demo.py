@@ -1,27 +1,26 @@
 """``cachelink demo``: the whole product end to end, on a local Kubernetes cluster by default.
 
-The default (``cachelink.demo_cluster``) starts the local development cluster (its tools are built from
-source on first use and cached) with a prompt node and a decode node, installs the product's Helm chart
-(CRDs, RBAC, agent DaemonSet, operator Deployment) and runs the containers of its agent and operator pods
-as local processes started from those pods (KWOK runs pods without containers), applies a sample
-CacheLinkPolicy and CacheLink, waits until Ready, has a
-workload on the decode node pull a 32-layer paged KV cache written on the prompt node and verify every
-byte, prints a summary, deletes the CacheLink and shows that it was finalized, and stops everything.
-``--keep`` leaves it all running and prints the KUBECONFIG to use (``--down`` stops it later). Only
-``--kubeconfig`` makes the demo use another cluster (where the chart must be installed); an exported
-``KUBECONFIG`` never does.
+The cluster demo is part of the development tools (``cachelink_dev.demo.cluster``, the ``cachelink-dev``
+distribution in ``devtools/``, which ``./dev`` installs; the runtime wheel and the image do not carry it).
+It starts a local control plane with two real kubelet + containerd nodes, installs the Helm chart, has a
+decode pod pull a 32-layer paged KV cache written by a prompt pod and verify every byte, runs a real model
+as prefill and decode pods, finalizes the CacheLink and stops everything. ``--keep`` leaves it all running
+and prints the KUBECONFIG to use (``--down`` stops it later). Only ``--kubeconfig`` makes the demo use
+another cluster (where the chart must be installed); an exported ``KUBECONFIG`` never does.
 
-``--engine-only`` runs just the engine, without a cluster: a prompt process allocates a blocks cache
-shaped like a 32-layer model's KV cache (K and V per layer), fills it, and listens; the decode process
-links to it, pulls a shuffled block list over each data path (same-host shared memory, then TCP),
-verifies every byte and prints what moved and how fast.
+``--engine-only`` runs just the engine, without a cluster or the development tools: a prompt process
+allocates a blocks cache shaped like a 32-layer model's KV cache (K and V per layer), fills it, and
+listens; the decode process links to it, pulls a shuffled block list over each data path (same-host
+shared memory, then TCP), verifies every byte and prints what moved and how fast.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import multiprocessing as mp
+import sys
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -138,6 +137,10 @@ def _run_path(label: str, shape: KvShape, force_tcp: bool) -> PathResult:
     return PathResult(label, data_path, link_ms, shape.cache_bytes, seconds)
 
 
+#: the cluster demo's module, in the development tools (``devtools/``); imported only when it runs
+CLUSTER_DEMO = "cachelink_dev.demo.cluster"
+
+
 def run_engine_only(args: argparse.Namespace) -> int:
     """The engine-only demo (two processes, no cluster); returns the exit status."""
     shape = KvShape(layers=args.layers, blocks=args.blocks)
@@ -164,9 +167,19 @@ def run(args: argparse.Namespace) -> int:
     """``cachelink demo``: the cluster demo, or the engine alone with ``--engine-only``."""
     if args.engine_only:
         return run_engine_only(args)
-    from cachelink import demo_cluster  # noqa: PLC0415 - the cluster demo's imports are heavier
-
-    return demo_cluster.run(args)
+    try:
+        cluster_demo = importlib.import_module(CLUSTER_DEMO)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not CLUSTER_DEMO.startswith(exc.name):
+            raise
+        print(
+            "cachelink demo: the cluster demo is part of the development tools, which are not installed "
+            "(in a checkout: ./dev demo, or pip install ./devtools); --engine-only runs without them",
+            file=sys.stderr,
+        )
+        return 2
+    result: int = cluster_demo.run(args)
+    return result
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -29,6 +29,7 @@ def __getattr__(name: str) -> Any:
         return getattr(llm_types, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
 _NOT_NEGATIVE = "device_id should be greater than or equal to zero."
 
 

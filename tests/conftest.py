@@ -17,8 +17,8 @@ from typing import Any, NoReturn
 
 import pytest
 
-from cachelink.devcluster.build import Tools, cached_tools
-from cachelink.realnodes.images import BaseImage, Podman, context_digest
+from cachelink_dev.devcluster.build import Tools, cached_tools
+from cachelink_dev.realnodes.images import BaseImage, Podman, context_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 #: how long a module's threads may take to end once its fixtures are torn down

@@ -24,10 +24,10 @@ from benchlib import audit, procfs, prometheus
 from benchlib.sampler import Sampler
 from benchlib.stats import percentile, rounded
 from benchlib.watcher import GROUP, PLURAL, VERSION, Watcher
-from cachelink.devcluster import DevCluster
-from cachelink.devcluster.fixtures import wait_for
-from cachelink.procs import child_env
-from cachelink.realnodes.product import RELEASE_NAMESPACE, Product
+from cachelink_dev.devcluster import DevCluster
+from cachelink_dev.devcluster.fixtures import wait_for
+from cachelink_dev.procs import child_env
+from cachelink_dev.realnodes.product import RELEASE_NAMESPACE, Product
 
 NODES = ("node-a", "node-b", "node-c")
 CACHELINK = f"{PLURAL}.{GROUP}"

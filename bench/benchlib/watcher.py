@@ -13,7 +13,7 @@ from typing import Any
 from kubernetes import client as k8s_client
 from kubernetes import watch as k8s_watch
 
-from cachelink.kvdemo.watch import is_ready, why_not_ready
+from cachelink_dev.demo.watch import is_ready, why_not_ready
 
 GROUP, VERSION, PLURAL = "cachelink.io", "v1alpha1", "cachelinks"
 #: numbers and hashes in messages, masked so that the same reason counts once

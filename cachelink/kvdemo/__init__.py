@@ -1,4 +1,5 @@
-"""A KV cache moved between attached workloads, as the demo and the tests show it: the cache's shape and
-contents (``kvcache``), a stand-in inference engine (``workload``), the write-then-pull run (``transfer``),
-following a CacheLink to Ready (``watch``) and the summary (``report``). Nothing is imported here.
+"""A KV cache moved between attached workloads: the cache's shape and contents (``kvcache``) and a stand-in
+inference engine (``workload``) that the demo runs in its prompt and decode pods, so both ship in the
+image. The demo's driving side (pods, transfer, watch, report) is in ``cachelink_dev.demo``. Nothing is
+imported here.
 """

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cachelink.devcluster import ensure_tools
+from cachelink_dev.devcluster import ensure_tools
 
 
 @pytest.fixture(scope="module")

@@ -101,7 +101,7 @@ def flatten_values(prefix: str, value: Any) -> list[str]:
 
 def e2e_chart_sets() -> list[str]:
     """The values the operator's e2e tests install the chart with (the demo uses the defaults)."""
-    from cachelink.release.chart import OPERATOR_FLAGS
+    from cachelink_dev.release.chart import OPERATOR_FLAGS
 
     values = {
         "operator": {"resyncIntervalSeconds": 20, "extraArgs": OPERATOR_FLAGS},
@@ -114,7 +114,7 @@ def test_the_demo_and_e2e_workload_pods_attach_through_csi_under_restricted():
     """The pods the demo and the operator's e2e tests run as workloads: restricted, CSI, no host path."""
     import importlib.util
 
-    from cachelink.demo_real import demo_objects
+    from cachelink_dev.demo.real import demo_objects
 
     _policy, _namespace, _cachelink, pods = demo_objects("localhost/cachelink:test")
     support = ROOT / "tests" / "e2e" / "support" / "cachelink_e2e_operator.py"
@@ -136,7 +136,7 @@ def test_the_demo_and_e2e_workload_pods_attach_through_csi_under_restricted():
 def test_the_demo_model_pods_attach_through_csi_and_keep_weights_in_their_own_volume():
     """The demo's Gemma prefill, decode and router pods: restricted, no host path; the servers attach
     through the CacheLink's CSI volume and dequantise the weights into an emptyDir of their own."""
-    from cachelink import demo_inference
+    from cachelink_dev.demo import inference as demo_inference
 
     image = "localhost/cachelink-model:test"
     cachelink, prefill, decode = demo_inference.objects("inference", ("node-a", "node-b"), image)

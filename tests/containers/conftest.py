@@ -16,7 +16,7 @@ from typing import NoReturn
 
 import pytest
 
-from cachelink.realnodes.images import Podman
+from cachelink_dev.realnodes.images import Podman
 
 
 @pytest.fixture(scope="session")

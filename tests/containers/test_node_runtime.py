@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from cachelink.devcluster.build import cached_tools
-from cachelink.devcluster.errors import ComponentExitedError
-from cachelink.realnodes import node as rn
-from cachelink.realnodes.images import PAUSE_REF, Podman
+from cachelink_dev.devcluster.build import cached_tools
+from cachelink_dev.devcluster.errors import ComponentExitedError
+from cachelink_dev.realnodes import node as rn
+from cachelink_dev.realnodes.images import PAUSE_REF, Podman
 
 
 @pytest.fixture

@@ -29,8 +29,8 @@ from types import ModuleType
 
 import pytest
 
-from cachelink.devcluster import DevCluster, DevClusterError, ensure_tools
-from cachelink.devcluster.fixtures import running_cluster
+from cachelink_dev.devcluster import DevCluster, DevClusterError, ensure_tools
+from cachelink_dev.devcluster.fixtures import running_cluster
 
 SUPPORT = Path(__file__).resolve().with_name("support")
 

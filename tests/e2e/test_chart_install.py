@@ -73,7 +73,7 @@ def unschedulable(pod: dict) -> bool:
 def assert_nothing_lands_on_simulated_nodes(dev_cluster, kubectl) -> None:
     """The chart's DaemonSet schedules no pod, its operator pods and the demo's workload pods stay
     Pending: every node here is a tainted simulated node."""
-    from cachelink.demo_real import demo_objects
+    from cachelink_dev.demo.real import demo_objects
 
     nodes = json.loads(kubectl("get", "nodes", "-o", "json", check=True).stdout)["items"]
     assert nodes and all(

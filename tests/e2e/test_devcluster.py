@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cachelink.devcluster import DevCluster
-from cachelink.devcluster.fixtures import get_json, wait_for
-from cachelink.devcluster.nodes import SIMULATED_TOLERATION
-from cachelink.devcluster.processes import check_port_free
+from cachelink_dev.devcluster import DevCluster
+from cachelink_dev.devcluster.fixtures import get_json, wait_for
+from cachelink_dev.devcluster.nodes import SIMULATED_TOLERATION
+from cachelink_dev.devcluster.processes import check_port_free
 
 pytestmark = pytest.mark.e2e
 
@@ -370,7 +370,7 @@ def test_cluster_memory_is_reported(dev_cluster: DevCluster) -> None:
 def test_cli_status_and_env(dev_cluster: DevCluster, capsys: pytest.CaptureFixture[str]) -> None:
     import argparse
 
-    from cachelink.devcluster.cli import add_parser
+    from cachelink_dev.devcluster.cli import add_parser
 
     parser = argparse.ArgumentParser(prog="cachelink")
     add_parser(parser.add_subparsers(dest="command", required=True))

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from cachelink.devcluster import DevCluster
-from cachelink.devcluster.fixtures import wait_for
+from cachelink_dev.devcluster import DevCluster
+from cachelink_dev.devcluster.fixtures import wait_for
 
 pytestmark = pytest.mark.e2e
 

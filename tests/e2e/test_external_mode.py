@@ -19,9 +19,9 @@ import pytest
 import yaml
 from cachelink_e2e_target import KubeTarget
 
-from cachelink.devcluster import DevCluster
-from cachelink.devcluster.fixtures import wait_for
-from cachelink.procs import child_env
+from cachelink_dev.devcluster import DevCluster
+from cachelink_dev.devcluster.fixtures import wait_for
+from cachelink_dev.procs import child_env
 
 ROOT = Path(__file__).resolve().parents[2]
 NESTED_TIMEOUT_S = 300

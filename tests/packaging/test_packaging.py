@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -79,19 +80,69 @@ def test_install_script_builds_a_working_wheel(tmp_path):
         env=WHEEL_ONLY,
     ).stdout
     assert out.strip() == "40.0"
-    # the wheel carries the chart that `cachelink demo` installs, and finds it outside a checkout
-    where = subprocess.run(
+    # the runtime wheel carries none of the development tools (their chart copy, CRDs, Go modules) ...
+    (wheel,) = (tmp_path / "wheels").glob("cachelink-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        dev_files = [
+            name
+            for name in archive.namelist()
+            if name.startswith("cachelink_dev/") or name.endswith(("go.mod", "Chart.yaml", "crds/"))
+        ]
+    assert dev_files == []
+    # ... so its command has no dev-cluster sub-commands, and the cluster demo says what is missing
+    cli = str(venv / "bin" / "cachelink")
+    help_text = subprocess.run([cli, "--help"], capture_output=True, text=True, check=True, env=WHEEL_ONLY)
+    assert "{demo}" in help_text.stdout, help_text.stdout  # the only sub-command without the dev tools
+    demo = subprocess.run(
+        [cli, "demo"], capture_output=True, text=True, cwd=tmp_path, env=WHEEL_ONLY, timeout=60, check=False
+    )
+    assert demo.returncode == 2 and "development tools" in demo.stderr, demo.stdout + demo.stderr
+
+
+@pytest.mark.slow
+def test_the_dev_tools_wheel_carries_the_chart_crds_and_tool_modules(tmp_path):
+    """``cachelink-dev`` (``devtools/``) ships what its commands need outside a checkout, from the one
+    source of each: the chart of ``charts/``, the CRDs of ``crds/``, the Go modules of ``hack/tools``."""
+    done = subprocess.run(
         [
-            str(venv / "bin" / "python"),
-            "-P",
-            "-c",
-            "from cachelink.release.resources import chart_dir; print(chart_dir())",
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--wheel-dir",
+            str(tmp_path),
+            str(ROOT / "devtools"),
         ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (wheel,) = tmp_path.glob("cachelink_dev-*.whl")
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(site)
+    probe = textwrap.dedent("""
+        from cachelink_dev.devcluster.build import hack_dir
+        from cachelink_dev.release.resources import chart_dir, crds
+        print(chart_dir())
+        print(hack_dir())
+        print(" ".join(sorted(doc["metadata"]["name"] for doc in crds())))
+    """)
+    chart, hack, crd_names = subprocess.run(
+        [sys.executable, "-P", "-c", probe],
         capture_output=True,
         text=True,
         cwd=tmp_path,
         check=True,
-        env=WHEEL_ONLY,
-    ).stdout.strip()
-    assert where.startswith(str(venv)) and (Path(where) / "Chart.yaml").is_file(), where
-    assert (Path(where) / "templates" / "agent-daemonset.yaml").is_file()
+        env={**WHEEL_ONLY, "PYTHONPATH": str(site)},
+    ).stdout.splitlines()
+    assert chart.startswith(str(site)) and (Path(chart) / "templates" / "agent-daemonset.yaml").is_file()
+    assert hack.startswith(str(site)) and (Path(hack) / "tools" / "kubernetes" / "go.mod").is_file()
+    assert crd_names == "cachelinkpolicies.cachelink.io cachelinks.cachelink.io"
+    for name in ("cachelink.io_cachelinks.yaml", "cachelink.io_cachelinkpolicies.yaml"):
+        shipped = site / "cachelink_dev" / "release" / "data" / "crds" / name
+        assert shipped.read_text() == (ROOT / "crds" / name).read_text()

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from cachelink.devcluster.build import Tools
-from cachelink.devcluster.cluster import DevCluster
-from cachelink.realnodes.cluster import RealNodes
+from cachelink_dev.devcluster.build import Tools
+from cachelink_dev.devcluster.cluster import DevCluster
+from cachelink_dev.realnodes.cluster import RealNodes
 
 NODES = ("real-a", "real-b")
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from cachelink.devcluster.build import Tools
-from cachelink.realnodes.node import netns_prefix, processes_naming
+from cachelink_dev.devcluster.build import Tools
+from cachelink_dev.realnodes.node import netns_prefix, processes_naming
 
 pytestmark = pytest.mark.e2e
 

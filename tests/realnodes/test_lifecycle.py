@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from cachelink.devcluster.build import Tools
-from cachelink.devcluster.cluster import DevCluster
-from cachelink.devcluster.errors import ComponentExitedError
-from cachelink.realnodes import cgroups, node
-from cachelink.realnodes.cluster import RealNodes
+from cachelink_dev.devcluster.build import Tools
+from cachelink_dev.devcluster.cluster import DevCluster
+from cachelink_dev.devcluster.errors import ComponentExitedError
+from cachelink_dev.realnodes import cgroups, node
+from cachelink_dev.realnodes.cluster import RealNodes
 
 pytestmark = pytest.mark.e2e
 

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from cachelink.procs import wait_for
-from cachelink.realnodes.cluster import RealNodes
+from cachelink_dev.procs import wait_for
+from cachelink_dev.realnodes.cluster import RealNodes
 
 pytestmark = pytest.mark.e2e
 

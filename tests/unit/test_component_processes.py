@@ -1,4 +1,4 @@
-"""A component process is alive only while the process recorded for it runs (cachelink.devcluster.processes)."""
+"""A component process is alive only while the process recorded for it runs (cachelink_dev.devcluster.processes)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from cachelink.devcluster.processes import Process
+from cachelink_dev.devcluster.processes import Process
 
 
 def test_a_process_that_exits_at_once_is_not_running_and_says_why(tmp_path: Path) -> None:

@@ -9,13 +9,13 @@ import pytest
 import yaml
 
 from cachelink.cli import build_parser
-from cachelink.demo_cluster import DEFAULT_DATA_DIR, NODES, resolve_kubeconfig, sample_objects
 from cachelink.kvdemo.kvcache import KvShape
-from cachelink.kvdemo.report import summary
-from cachelink.kvdemo.transfer import Transfer
-from cachelink.procs import child_env
-from cachelink.release.kube import Kube
-from cachelink.release.resources import CRD_FILES, DATA_DIR
+from cachelink_dev.demo.cluster import DEFAULT_DATA_DIR, NODES, resolve_kubeconfig, sample_objects
+from cachelink_dev.demo.report import summary
+from cachelink_dev.demo.transfer import Transfer
+from cachelink_dev.procs import child_env
+from cachelink_dev.release.kube import Kube
+from cachelink_dev.release.resources import CRD_FILES, DATA_DIR
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -17,6 +17,7 @@ PACKAGES = {  # import name -> source folder
     "cachelink_agent": ROOT / "agent" / "cachelink_agent",
     "cachelink_operator": ROOT / "operator" / "cachelink_operator",
     "cachelink_inference": ROOT / "inference" / "cachelink_inference",
+    "cachelink_dev": ROOT / "devtools" / "cachelink_dev",
 }
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
@@ -43,6 +44,11 @@ PLANTED = {
         "cachelink_agent/attach.py",
         "import cachelink_agent.instances",
         "cachelink_agent.instances",
+    ),
+    "product-without-dev-tools": (
+        "cachelink_operator/_planted.py",
+        "from cachelink_dev.release import kube",
+        "cachelink_dev",
     ),
     "agent-acyclic": ("cachelink_agent/runtime.py", "from cachelink_agent import attach_server", "runtime"),
 }

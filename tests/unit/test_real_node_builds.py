@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cachelink.devcluster import build
-from cachelink.realnodes import images
+from cachelink_dev.devcluster import build
+from cachelink_dev.realnodes import images
 
 ROOT = Path(__file__).resolve().parents[2]
 

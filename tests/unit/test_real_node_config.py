@@ -8,8 +8,8 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from cachelink.devcluster.pki import ensure_pki, issue_node_certificates
-from cachelink.realnodes.kubelet import kubelet_configuration
+from cachelink_dev.devcluster.pki import ensure_pki, issue_node_certificates
+from cachelink_dev.realnodes.kubelet import kubelet_configuration
 
 
 def test_node_certificates_are_what_the_node_authorizer_and_the_api_server_expect(tmp_path: Path) -> None:

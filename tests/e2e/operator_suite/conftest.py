@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from cachelink_e2e_operator import NODES, OperatorEnv, e2e_values
 
-from cachelink.devcluster.build import Tools
-from cachelink.devcluster.cluster import DevCluster
-from cachelink.realnodes.cluster import RealNodes
-from cachelink.realnodes.product import Product
+from cachelink_dev.devcluster.build import Tools
+from cachelink_dev.devcluster.cluster import DevCluster
+from cachelink_dev.realnodes.cluster import RealNodes
+from cachelink_dev.realnodes.product import Product
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -19,7 +19,7 @@ from cachelink_e2e_operator import OperatorEnv, wait_for
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
-from cachelink.realnodes.product import api_port
+from cachelink_dev.realnodes.product import api_port
 
 pytestmark = pytest.mark.e2e
 

@@ -16,8 +16,8 @@ from cachelink_agent import client as agent_client
 from cachelink_agent import tokens
 from cachelink_e2e_operator import OperatorEnv, Workload, wait_for
 
-from cachelink.devcluster.errors import DevClusterError
-from cachelink.realnodes.product import VERIFY_KEY_CONFIGMAP
+from cachelink_dev.devcluster.errors import DevClusterError
+from cachelink_dev.realnodes.product import VERIFY_KEY_CONFIGMAP
 
 from .resources import POOL, cachelink, condition, node_cachelink, policy, ready, running_pods
 

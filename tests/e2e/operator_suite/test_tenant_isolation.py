@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from cachelink_e2e_operator import OperatorEnv, Workload, pod_socket, wait_for, workload_pod_spec
 
-from cachelink.realnodes.product import METRICS_TOKEN_SECRET, SIGNING_KEY_SECRET
+from cachelink_dev.realnodes.product import METRICS_TOKEN_SECRET, SIGNING_KEY_SECRET
 
 pytestmark = pytest.mark.e2e
 POOL = 16 << 20

@@ -4,7 +4,7 @@ Loaded once by ``tests/e2e/conftest.py`` and registered as the top-level module 
 (test modules import ``OperatorEnv``, ``Workload``, ``deployment``, ``wait_for`` from it); the fixture
 ``operator_env`` and the per-test ``namespace`` live in the conftest.
 
-What runs is what a user runs (:mod:`cachelink.realnodes.product`): a control plane, three real nodes
+What runs is what a user runs (:mod:`cachelink_dev.realnodes.product`): a control plane, three real nodes
 (kubelet, containerd and kube-proxy each) and the chart installed with ``helm upgrade --install --wait``
 (two operator replicas, an agent pod per node). Workloads are pods of the product's image under Pod
 Security ``restricted`` that attach through their CacheLink's CSI volume; a test runs code in them with
@@ -21,11 +21,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cachelink.kvdemo import pods
-from cachelink.procs import wait_for
-from cachelink.realnodes.netns import call_in_netns
-from cachelink.realnodes.product import Product
-from cachelink.release.chart import OPERATOR_FLAGS
+from cachelink_dev.demo import pods
+from cachelink_dev.procs import wait_for
+from cachelink_dev.realnodes.netns import call_in_netns
+from cachelink_dev.realnodes.product import Product
+from cachelink_dev.release.chart import OPERATOR_FLAGS
 
 ROOT = Path(__file__).resolve().parents[3]
 NODES = ("node-a", "node-b", "node-c")
@@ -49,7 +49,7 @@ def e2e_values(agent_mode: str) -> dict[str, Any]:
 def workload_pod_spec(
     image: str, cachelink: str | None, node_selector: dict[str, str] | None = None
 ) -> dict[str, Any]:
-    """An idle workload under Pod Security ``restricted`` (:func:`cachelink.kvdemo.pods.idle_pod_spec`)."""
+    """An idle workload under Pod Security ``restricted`` (:func:`cachelink_dev.demo.pods.idle_pod_spec`)."""
     return pods.idle_pod_spec(image, cachelink, node_selector, container="server", grace_s=1)
 
 

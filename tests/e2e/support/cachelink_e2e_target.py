@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cachelink.devcluster import DevCluster, DevClusterError, ensure_tools
+from cachelink_dev.devcluster import DevCluster, DevClusterError, ensure_tools
 
 ROOT = Path(__file__).resolve().parents[3]
 CRDS = ROOT / "crds"
