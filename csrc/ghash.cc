@@ -4,6 +4,7 @@
 #include <openssl/crypto.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 
 // Every function that uses the wide instructions carries this target; callers check Ghash::supported() first.
@@ -65,6 +66,7 @@ CL_GHASH_TARGET inline __m128i fold(__m512i v) {
 }
 
 constexpr size_t kStep = Ghash::kLanes * 4 * Ghash::kBlock;  // bytes between reductions
+constexpr size_t kPrefetch = 8 * kStep;  // how far ahead loads are asked for (a prefetch never faults)
 
 /// Absorbs `steps` runs of 4 kLanes blocks: X = (X + b0) H^n + b1 H^(n-1) + ... + b(n-1) H, one reduction each.
 CL_GHASH_TARGET void absorb_wide(__m128i* x, const uint8_t (*powers)[64], const uint8_t* p, size_t steps) {
@@ -84,6 +86,8 @@ CL_GHASH_TARGET void absorb_wide(__m128i* x, const uint8_t (*powers)[64], const 
     __m512i mid = lo;
 #pragma GCC unroll 16  // the keys stay in registers
     for (size_t z = 0; z < Ghash::kLanes; ++z) {
+      // Asked for well ahead: a sender hashes pool memory that is not in the cache yet (loads stalled).
+      _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(p) + kPrefetch + 64 * z), _MM_HINT_T0);
       __m512i d = _mm512_shuffle_epi8(_mm512_loadu_si512(p + 64 * z), mask);
       if (z == 0) d = _mm512_xor_si512(d, _mm512_inserti32x4(_mm512_setzero_si512(), acc, 0));
       const __m512i dx = _mm512_xor_si512(d, _mm512_maskz_shuffle_epi32(0xFFFF, d, _MM_PERM_BADC));
